@@ -1,0 +1,123 @@
+//! AVX2 + FMA implementation of [`Simd`] — the crate's only intrinsics — and
+//! the `#[target_feature]` entry that instantiates the generic kernels with it.
+//!
+//! The entry [`run_chunk_avx2_fma`] is the only function compiled with
+//! `avx2,fma` enabled; everything it calls is `#[inline(always)]`, so the
+//! whole chunk loop (micro-kernels, exp, row passes) is generated for AVX2+FMA
+//! in a default build with no RUSTFLAGS. It is called only after
+//! `is_x86_feature_detected!` confirmed both features.
+
+use super::kernel::{Chunk, Shared, run_chunk};
+use super::simd::Simd;
+use std::arch::x86_64::*;
+
+/// Eight f32 lanes in a ymm register.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2(__m256);
+
+// SAFETY (for every block in this impl): the trait's contract is that the
+// running CPU supports AVX2 and FMA — the dispatcher only reaches these
+// methods through `run_chunk_avx2_fma`, after `is_x86_feature_detected!`
+// returned true for both — and, for load/store, that `p` is valid for 8 f32.
+// The unaligned load/store intrinsics have no alignment requirement.
+impl Simd for Avx2 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: see the impl comment.
+        unsafe { Self(_mm256_setzero_ps()) }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: see the impl comment.
+        unsafe { Self(_mm256_set1_ps(x)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: see the impl comment (p valid for 8 reads).
+        unsafe { Self(_mm256_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: see the impl comment (p valid for 8 writes).
+        unsafe { _mm256_storeu_ps(p, self.0) }
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        // SAFETY: see the impl comment.
+        unsafe { Self(_mm256_add_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        // SAFETY: see the impl comment.
+        unsafe { Self(_mm256_mul_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        // SAFETY: see the impl comment.
+        unsafe { Self(_mm256_fmadd_ps(self.0, b.0, c.0)) }
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        // SAFETY: see the impl comment.
+        unsafe { Self(_mm256_max_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn min(self, o: Self) -> Self {
+        // SAFETY: see the impl comment.
+        unsafe { Self(_mm256_min_ps(self.0, o.0)) }
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        // SAFETY: see the impl comment.
+        unsafe { Self(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self.0)) }
+    }
+    #[inline(always)]
+    unsafe fn pow2i(self) -> Self {
+        // SAFETY: see the impl comment. Lanes are integral in [−126, 127], so
+        // (r + 127) << 23 is the bit pattern of the normal float 2^r.
+        unsafe {
+            let e = _mm256_add_epi32(_mm256_cvtps_epi32(self.0), _mm256_set1_epi32(127));
+            Self(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn zero_where_below(self, x: Self, thr: f32) -> Self {
+        // SAFETY: see the impl comment.
+        unsafe {
+            let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x.0, _mm256_set1_ps(thr));
+            Self(_mm256_andnot_ps(below, self.0))
+        }
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(self) -> f32 {
+        // SAFETY: see the impl comment.
+        unsafe {
+            let m = _mm_max_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+            _mm_cvtss_f32(m)
+        }
+    }
+    #[inline(always)]
+    unsafe fn reduce_sum(self) -> f32 {
+        // SAFETY: see the impl comment.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+            _mm_cvtss_f32(s)
+        }
+    }
+}
+
+/// The fused chunk loop compiled for AVX2+FMA.
+///
+/// # Safety
+///
+/// The running CPU must support AVX2 and FMA (checked by the caller with
+/// `is_x86_feature_detected!`).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn run_chunk_avx2_fma(sh: &Shared<'_>, ch: &mut Chunk<'_>) {
+    // SAFETY: the caller guarantees AVX2+FMA, which is Avx2's whole contract.
+    unsafe { run_chunk::<Avx2>(sh, ch) }
+}

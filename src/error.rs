@@ -1,0 +1,99 @@
+//! The crate's one error type.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in a call of the fused MNS loss.
+///
+/// Every message carries the offending numbers, so that a caller can tell
+/// from the message alone which argument was wrong and by how much.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum MnsError {
+    /// B = 0: the batch has no query.
+    #[error("empty batch: u has no rows (B = 0)")]
+    EmptyBatch,
+    /// K = 0: embeddings have no component.
+    #[error("embedding dimension K must be at least 1, got K = 0")]
+    ZeroDim,
+    /// A slice whose length is not a whole number of K-long rows.
+    #[error("{name} has {len} elements, which is not a multiple of K = {dim}")]
+    RaggedRows {
+        /// Which argument (`u` or `v`).
+        name: &'static str,
+        /// Its length in elements.
+        len: usize,
+        /// The embedding dimension K.
+        dim: usize,
+    },
+    /// N < B: not every query has its positive among the candidates.
+    #[error("v has N = {n} rows but u has B = {b}; need N >= B (row i of v is the positive of query i)")]
+    TooFewCandidates {
+        /// Number of queries.
+        b: usize,
+        /// Number of candidates.
+        n: usize,
+    },
+    /// A slice of the wrong length.
+    #[error("{name} has length {got}, expected {expected}")]
+    Length {
+        /// Which argument.
+        name: &'static str,
+        /// The length it must have.
+        expected: usize,
+        /// The length it has.
+        got: usize,
+    },
+    /// τ ≤ 0, or τ not finite.
+    #[error("temperature must be finite and > 0, got {0}")]
+    Temperature(f32),
+    /// A NaN or an infinity in an input.
+    #[error("{name}[{index}] = {value} is not finite")]
+    NonFinite {
+        /// Which argument.
+        name: &'static str,
+        /// Flat index of the first non-finite element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+    /// A negative row weight.
+    #[error("row_weight[{index}] = {value} is negative")]
+    NegativeWeight {
+        /// Row index.
+        index: usize,
+        /// The weight.
+        value: f32,
+    },
+    /// Inputs so large that logits or gradients could overflow f32.
+    #[error(
+        "inputs too large for f32: {what} may reach {bound:e} \
+         (limit {limit:e}; max |u_i| = {max_u_norm:e}, max |v_j| = {max_v_norm:e}, temperature = {temperature})"
+    )]
+    Magnitude {
+        /// Which quantity could overflow.
+        what: &'static str,
+        /// Its a-priori bound (Cauchy–Schwarz).
+        bound: f64,
+        /// The largest bound accepted.
+        limit: f64,
+        /// Largest Euclidean norm of a row of u.
+        max_u_norm: f64,
+        /// Largest Euclidean norm of a row of v.
+        max_v_norm: f64,
+        /// τ.
+        temperature: f32,
+    },
+    /// An output buffer of the wrong length passed to `mns_loss_into`.
+    #[error("output {name} has length {got}, expected {expected}")]
+    OutputLength {
+        /// Which output.
+        name: &'static str,
+        /// Required length.
+        expected: usize,
+        /// Actual length.
+        got: usize,
+    },
+    /// A CPU kernel was forced that this CPU cannot run, or an unknown name.
+    #[error("CPU kernel {0} is not available on this machine")]
+    KernelUnavailable(String),
+}

@@ -1,0 +1,253 @@
+//! The borrowed input of the fused loss and its validation — the only place
+//! where shapes and values are checked. Kernels receive a [`Problem`] and
+//! trust it.
+
+use crate::error::MnsError;
+
+/// Largest a-priori bound accepted for |s_ij| and for any gradient element.
+///
+/// f32 overflows at 3.4e38; 1e30 leaves eight orders of magnitude for the
+/// sums of up to N terms that the kernels form, so no intermediate can reach
+/// infinity when the bound holds.
+pub const MAGNITUDE_LIMIT: f64 = 1e30;
+
+/// Borrowed input of one fused MNS loss call (DESIGN.md §2).
+///
+/// * `u`: B×K query embeddings, row-major.
+/// * `v`: N×K candidates, row-major, N = B + B′; row i < B is the positive of
+///   query i, rows B..N are the uniformly sampled negatives.
+/// * `log_q`: N values log Q*_j (the sampling log-probability of candidate j).
+/// * `ids` (optional): N item ids; for row i every column j ≠ i with
+///   `ids[j] == ids[i]` is removed (an *accidental hit*).
+/// * `row_weight` (optional): B weights w_i ≥ 0 (default 1).
+/// * `temperature` τ > 0 (default 1) and `correct_positive` (default true).
+///
+/// The logits are s_ij = ⟨u_i, v_j⟩/τ − log_q\[j\], where the diagonal term
+/// − log_q\[i\] is dropped when `correct_positive` is false.
+///
+/// Nothing here is checked until a backend is called; the backend validates
+/// once and returns an [`MnsError`] naming the offending numbers.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct MnsInput<'a> {
+    /// Query embeddings, B×K row-major.
+    pub u: &'a [f32],
+    /// Candidate embeddings, N×K row-major.
+    pub v: &'a [f32],
+    /// log Q*_j for each candidate, length N.
+    pub log_q: &'a [f32],
+    /// Embedding dimension K.
+    pub dim: usize,
+    /// Item id of every candidate, length N, for accidental-hit removal.
+    pub ids: Option<&'a [i64]>,
+    /// Per-example weights w_i ≥ 0, length B.
+    pub row_weight: Option<&'a [f32]>,
+    /// Temperature τ > 0: logits are divided by τ.
+    pub temperature: f32,
+    /// Subtract log_q on the diagonal too (Yi et al. 2019, TFRS); `false`
+    /// reproduces eq. (5) of the MNS paper literally.
+    pub correct_positive: bool,
+}
+
+impl<'a> MnsInput<'a> {
+    /// An input with τ = 1, `correct_positive` = true, no ids, unit weights.
+    /// B = `u.len() / dim` and N = `v.len() / dim`.
+    pub fn new(u: &'a [f32], v: &'a [f32], log_q: &'a [f32], dim: usize) -> Self {
+        Self {
+            u,
+            v,
+            log_q,
+            dim,
+            ids: None,
+            row_weight: None,
+            temperature: 1.0,
+            correct_positive: true,
+        }
+    }
+
+    /// Remove accidental hits using these N item ids.
+    pub fn ids(mut self, ids: &'a [i64]) -> Self {
+        self.ids = Some(ids);
+        self
+    }
+
+    /// Weight row i's loss by `w[i]` (length B, every w_i ≥ 0).
+    pub fn row_weight(mut self, w: &'a [f32]) -> Self {
+        self.row_weight = Some(w);
+        self
+    }
+
+    /// Set the temperature τ.
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = t;
+        self
+    }
+
+    /// Set whether log_q is also subtracted on the diagonal.
+    pub fn correct_positive(mut self, yes: bool) -> Self {
+        self.correct_positive = yes;
+        self
+    }
+
+    /// Check every shape and value; on success return the validated view.
+    pub fn validate(&self) -> Result<Problem<'a>, MnsError> {
+        let k = self.dim;
+        if k == 0 {
+            return Err(MnsError::ZeroDim);
+        }
+        for (name, len) in [("u", self.u.len()), ("v", self.v.len())] {
+            if len % k != 0 {
+                return Err(MnsError::RaggedRows { name, len, dim: k });
+            }
+        }
+        let b = self.u.len() / k;
+        let n = self.v.len() / k;
+        if b == 0 {
+            return Err(MnsError::EmptyBatch);
+        }
+        if n < b {
+            return Err(MnsError::TooFewCandidates { b, n });
+        }
+        check_len("log_q", self.log_q.len(), n)?;
+        if let Some(ids) = self.ids {
+            check_len("ids", ids.len(), n)?;
+        }
+        if let Some(w) = self.row_weight {
+            check_len("row_weight", w.len(), b)?;
+        }
+        let t = self.temperature;
+        if !(t.is_finite() && t > 0.0) {
+            return Err(MnsError::Temperature(t));
+        }
+        check_finite("u", self.u)?;
+        check_finite("v", self.v)?;
+        check_finite("log_q", self.log_q)?;
+        let mut max_w = 1.0f64;
+        if let Some(w) = self.row_weight {
+            check_finite("row_weight", w)?;
+            if let Some((index, &value)) = w.iter().enumerate().find(|(_, x)| **x < 0.0) {
+                return Err(MnsError::NegativeWeight { index, value });
+            }
+            max_w = w.iter().fold(0.0f64, |m, &x| m.max(x as f64));
+        }
+
+        // Cauchy–Schwarz bounds, in f64 so the check itself cannot overflow:
+        // |s_ij| ≤ |u_i||v_j|/τ + |log_q_j|, and |dU|, |dV| ≤ 2·w_max·max(|u|,|v|)/τ
+        // (each row of G has ℓ1 norm ≤ 2 w_i / B and the 1/B cancels the sum over rows).
+        let max_u = max_row_norm(self.u, k);
+        let max_v = max_row_norm(self.v, k);
+        let max_lq = self.log_q.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+        let tau = t as f64;
+        let logit_bound = max_u * max_v / tau + max_lq;
+        let grad_bound = 2.0 * max_w * max_u.max(max_v) / tau;
+        for (what, bound) in [("a logit", logit_bound), ("a gradient element", grad_bound)] {
+            if !(bound <= MAGNITUDE_LIMIT) {
+                return Err(MnsError::Magnitude {
+                    what,
+                    bound,
+                    limit: MAGNITUDE_LIMIT,
+                    max_u_norm: max_u,
+                    max_v_norm: max_v,
+                    temperature: t,
+                });
+            }
+        }
+        Ok(Problem {
+            u: self.u,
+            v: self.v,
+            log_q: self.log_q,
+            ids: self.ids,
+            row_weight: self.row_weight,
+            b,
+            n,
+            k,
+            temperature: t,
+            correct_positive: self.correct_positive,
+        })
+    }
+}
+
+fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), MnsError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(MnsError::Length { name, expected, got })
+    }
+}
+
+fn check_finite(name: &'static str, xs: &[f32]) -> Result<(), MnsError> {
+    match xs.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(MnsError::NonFinite { name, index, value: xs[index] }),
+    }
+}
+
+fn max_row_norm(x: &[f32], k: usize) -> f64 {
+    x.chunks_exact(k)
+        .map(|r| r.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>())
+        .fold(0.0f64, f64::max)
+        .sqrt()
+}
+
+/// A validated problem: shapes consistent, values finite, τ > 0, weights ≥ 0,
+/// logits and gradients bounded well inside f32. Kernels take this and only
+/// `debug_assert!` what it guarantees.
+#[derive(Debug, Clone, Copy)]
+pub struct Problem<'a> {
+    /// B×K queries.
+    pub u: &'a [f32],
+    /// N×K candidates.
+    pub v: &'a [f32],
+    /// N sampling log-probabilities.
+    pub log_q: &'a [f32],
+    /// N item ids, if accidental hits are removed.
+    pub ids: Option<&'a [i64]>,
+    /// B row weights, if any.
+    pub row_weight: Option<&'a [f32]>,
+    /// Number of queries B ≥ 1.
+    pub b: usize,
+    /// Number of candidates N ≥ B.
+    pub n: usize,
+    /// Embedding dimension K ≥ 1.
+    pub k: usize,
+    /// τ > 0.
+    pub temperature: f32,
+    /// Whether the diagonal logit is corrected by log_q too.
+    pub correct_positive: bool,
+}
+
+impl Problem<'_> {
+    /// Weight of row i (1 when no weights were given).
+    #[inline]
+    pub fn weight(&self, i: usize) -> f32 {
+        self.row_weight.map_or(1.0, |w| w[i])
+    }
+
+    /// Useful flops of one forward+backward call: 6·B·N·K (DESIGN.md §3).
+    pub fn flops(&self) -> f64 {
+        6.0 * self.b as f64 * self.n as f64 * self.k as f64
+    }
+
+    /// Accidental-hit groups: `(group_of_row, columns_of_group)` where
+    /// `columns_of_group[g]` lists, in increasing order, every column whose id
+    /// is the id of the rows in group g. O(N) memory whatever the duplication.
+    /// Row i's removed columns are `columns_of_group[group_of_row[i]]` minus i.
+    /// Groups holding only one column are dropped (`usize::MAX`).
+    pub fn hit_groups(&self) -> Option<(Vec<usize>, Vec<Vec<usize>>)> {
+        let ids = self.ids?;
+        let mut order: Vec<usize> = (0..self.n).collect();
+        order.sort_by_key(|&j| (ids[j], j));
+        let mut group_of_id = std::collections::HashMap::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for run in order.chunk_by(|&a, &b| ids[a] == ids[b]) {
+            if run.len() > 1 {
+                group_of_id.insert(ids[run[0]], groups.len());
+                groups.push(run.to_vec());
+            }
+        }
+        let row_group = (0..self.b)
+            .map(|i| group_of_id.get(&ids[i]).copied().unwrap_or(usize::MAX))
+            .collect();
+        Some((row_group, groups))
+    }
+}

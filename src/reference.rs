@@ -1,0 +1,89 @@
+//! The reference backend: the specification every fast path is tested against.
+//!
+//! It materializes the B×N logits and accumulates everything in f64, in safe
+//! scalar code, straight from the formulas of DESIGN.md §2:
+//!
+//! * s_ij = ⟨u_i, v_j⟩/τ − log_q\[j\] (no correction on j = i unless
+//!   `correct_positive`), s_ij = −∞ for removed accidental hits;
+//! * lse_i = m_i + log Σ_j exp(s_ij − m_i), m_i = max_j s_ij;
+//! * ℓ_i = lse_i − s_ii, L = (1/B) Σ_i w_i ℓ_i;
+//! * G_ij = (w_i/B)(P_ij − δ_ij), P_ij = exp(s_ij − lse_i);
+//! * dU = G·V/τ, dV = Gᵀ·U/τ.
+//!
+//! Memory is O(B·N): use it on small problems.
+
+use crate::{Backend, MnsError, MnsInput, MnsOutput};
+
+/// The materializing f64 reference. Implements [`Backend`] (results rounded
+/// to f32); [`mns_loss_f64`] returns the f64 values themselves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReferenceBackend;
+
+impl Backend for ReferenceBackend {
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+
+    fn mns_loss_into(&self, input: &MnsInput<'_>, out: &mut MnsOutput) -> Result<(), MnsError> {
+        let r = mns_loss_f64(input)?;
+        out.check_shape(r.lse.len(), r.d_v.len() / input.dim, input.dim)?;
+        let narrow = |dst: &mut [f32], src: &[f64]| {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s as f32)
+        };
+        out.loss = r.loss as f32;
+        narrow(&mut out.d_u, &r.d_u);
+        narrow(&mut out.d_v, &r.d_v);
+        narrow(&mut out.lse, &r.lse);
+        narrow(&mut out.row_loss, &r.row_loss);
+        out.top1.copy_from_slice(&r.top1);
+        Ok(())
+    }
+}
+
+/// The fused MNS loss in f64, materializing the logits.
+pub fn mns_loss_f64(input: &MnsInput<'_>) -> Result<MnsOutput<f64>, MnsError> {
+    let p = input.validate()?;
+    let (b, n, k) = (p.b, p.n, p.k);
+    let tau = p.temperature as f64;
+    let row = |x: &[f32], i: usize| -> Vec<f64> { x[i * k..(i + 1) * k].iter().map(|&a| a as f64).collect() };
+    let u: Vec<Vec<f64>> = (0..b).map(|i| row(p.u, i)).collect();
+    let v: Vec<Vec<f64>> = (0..n).map(|j| row(p.v, j)).collect();
+    let dot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f64>();
+
+    let mut out = MnsOutput::filled(b, n, k, 0.0f64);
+    let mut g = vec![vec![0.0f64; n]; b];
+    for i in 0..b {
+        let s: Vec<f64> = (0..n)
+            .map(|j| {
+                let removed = j != i && p.ids.is_some_and(|ids| ids[j] == ids[i]);
+                if removed {
+                    f64::NEG_INFINITY
+                } else if j == i && !p.correct_positive {
+                    dot(&u[i], &v[j]) / tau
+                } else {
+                    dot(&u[i], &v[j]) / tau - p.log_q[j] as f64
+                }
+            })
+            .collect();
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + s.iter().map(|&x| (x - m).exp()).sum::<f64>().ln();
+        let w = p.weight(i) as f64;
+        out.lse[i] = lse;
+        out.row_loss[i] = lse - s[i];
+        out.top1[i] = s[i] >= m;
+        out.loss += w * (lse - s[i]) / b as f64;
+        for j in 0..n {
+            let delta = if i == j { 1.0 } else { 0.0 };
+            g[i][j] = w / b as f64 * ((s[j] - lse).exp() - delta);
+        }
+    }
+    for i in 0..b {
+        for j in 0..n {
+            for c in 0..k {
+                out.d_u[i * k + c] += g[i][j] * v[j][c] / tau;
+                out.d_v[j * k + c] += g[i][j] * u[i][c] / tau;
+            }
+        }
+    }
+    Ok(out)
+}
