@@ -40,8 +40,12 @@ pub(crate) struct Shared<'a> {
     pub b: usize,
     /// N.
     pub n: usize,
-    /// N rounded up to a multiple of [`NR`]; the strip's row stride.
+    /// N rounded up to a multiple of [`NR`]: the strip's row length.
     pub np: usize,
+    /// The strip's row stride: np, or np + 16 so that stride/64 bytes is odd —
+    /// a stride of a multiple of 4 KiB maps every row of a column to the same
+    /// L1 set, and the dV kernel reads the strip down its columns.
+    pub ld: usize,
     /// K.
     pub k: usize,
     /// K rounded up to a multiple of 8; the packed rows' stride.
@@ -106,12 +110,12 @@ pub(crate) struct Chunk<'a> {
 /// micro-kernels rely on is asserted here, once per call.)
 #[inline(always)]
 pub(crate) unsafe fn run_chunk<S: Simd>(sh: &Shared<'_>, ch: &mut Chunk<'_>) {
-    let (n, np, k, kp, mb) = (sh.n, sh.np, sh.k, sh.kp, ch.mb);
-    assert!(np % NR == 0 && np >= n && kp % 8 == 0 && kp >= k && mb >= 1);
+    let (n, np, ld, k, kp, mb) = (sh.n, sh.np, sh.ld, sh.k, sh.kp, ch.mb);
+    assert!(np % NR == 0 && np >= n && ld >= np && kp % 8 == 0 && kp >= k && mb >= 1);
     assert!(ch.row0 + ch.rows <= sh.b);
     assert!(sh.up.len() == sh.b * kp && sh.vp.len() == n * kp);
     assert!(sh.vt.len() == np * kp && sh.nlq.len() == np && sh.log_q.len() == n);
-    assert!(ch.strip.len() >= mb * np && ch.du.len() >= mb * kp && ch.us.len() >= mb * kp);
+    assert!(ch.strip.len() >= mb * ld && ch.du.len() >= mb * kp && ch.us.len() >= mb * kp);
     assert!(ch.c.len() >= mb && ch.dv.len() == n * kp && ch.d_u.len() == ch.rows * k);
     assert!(ch.lse.len() == ch.rows && ch.row_loss.len() == ch.rows);
     assert!(ch.top1.len() == ch.rows && ch.wloss.len() == ch.rows);
@@ -121,11 +125,11 @@ pub(crate) unsafe fn run_chunk<S: Simd>(sh: &Shared<'_>, ch: &mut Chunk<'_>) {
         let r = mb.min(ch.rows - start);
         let i0 = ch.row0 + start;
         // SAFETY: S is supported (our contract); the asserts above bound every
-        // access: strip rows < r ≤ mb of stride np, up rows i0..i0+r < B.
+        // access: strip rows < r ≤ mb of stride ld, up rows i0..i0+r < B.
         unsafe { strip_block::<S>(sh, &sh.up[i0 * kp..(i0 + r) * kp], r, ch.strip) };
         for rr in 0..r {
             let local = start + rr;
-            let row = &mut ch.strip[rr * np..(rr + 1) * np];
+            let row = &mut ch.strip[rr * ld..rr * ld + np];
             // SAFETY: S is supported; row has np elements, a multiple of 16.
             let st = unsafe { row_softmax::<S>(sh, i0 + rr, row) };
             ch.lse[local] = st.lse as f32;
@@ -135,7 +139,7 @@ pub(crate) unsafe fn run_chunk<S: Simd>(sh: &Shared<'_>, ch: &mut Chunk<'_>) {
             ch.c[rr] = st.c;
         }
         ch.du[..r * kp].fill(0.0);
-        // SAFETY: S is supported; strip holds r rows of stride np ≥ n, du r rows of kp.
+        // SAFETY: S is supported; strip holds r rows of stride ld ≥ np ≥ n, du r rows of kp.
         unsafe { du_block::<S>(sh, ch.strip, r, ch.du) };
         for rr in 0..r {
             let c = ch.c[rr];
@@ -145,7 +149,7 @@ pub(crate) unsafe fn run_chunk<S: Simd>(sh: &Shared<'_>, ch: &mut Chunk<'_>) {
             let us = &mut ch.us[rr * kp..(rr + 1) * kp];
             us.iter_mut().zip(src).for_each(|(d, &x)| *d = c * x);
         }
-        // SAFETY: S is supported; strip r×np, us r×kp, dv n×kp.
+        // SAFETY: S is supported; strip r rows of stride ld, us r×kp, dv n×kp.
         unsafe { dv_block::<S>(sh, ch.strip, r, ch.us, ch.dv) };
         start += r;
     }
@@ -160,16 +164,16 @@ struct RowStats {
     c: f32,
 }
 
-/// strip[rr][j] = ⟨u_rr, v_j⟩/τ − log_q[j] for rr < r, j < np.
+/// strip[rr·ld + j] = ⟨u_rr, v_j⟩/τ − log_q[j] for rr < r, j < np.
 ///
 /// # Safety
 ///
-/// S supported; `ub.len() == r·kp`, `strip.len() ≥ r·np`, Shared sizes as
+/// S supported; `ub.len() == r·kp`, `strip.len() ≥ r·ld`, Shared sizes as
 /// asserted in [`run_chunk`].
 #[inline(always)]
 unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, ub: &[f32], r: usize, strip: &mut [f32]) {
-    debug_assert!(ub.len() == r * sh.kp && strip.len() >= r * sh.np);
-    let (kp, np) = (sh.kp, sh.np);
+    debug_assert!(ub.len() == r * sh.kp && strip.len() >= r * sh.ld);
+    let (kp, np, ld) = (sh.kp, sh.np, sh.ld);
     // Panel outer, row group inner: one 16×kp panel of Vᵀ stays in L1 while
     // every row group of the block (≤ mb×kp floats of U, also L1) passes.
     for p in 0..np / NR {
@@ -179,18 +183,18 @@ unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, ub: &[f32], r: usize, strip: &mu
         while g < r {
             let rows = MR.min(r - g);
             let a = ub[g * kp..].as_ptr();
-            let out = strip[g * np + p * NR..].as_mut_ptr();
+            let out = strip[g * ld + p * NR..].as_mut_ptr();
             // SAFETY: S supported; a covers `rows` rows of kp, the panel kp×16
-            // floats, nlq 16 floats, out `rows` rows of stride np with 16
+            // floats, nlq 16 floats, out `rows` rows of stride ld with 16
             // columns left in each (p·16 + 16 ≤ np).
             unsafe {
                 match rows {
-                    6 => strip_tile::<S, 6>(a, kp, panel, nlq, sh.inv_tau, out, np),
-                    5 => strip_tile::<S, 5>(a, kp, panel, nlq, sh.inv_tau, out, np),
-                    4 => strip_tile::<S, 4>(a, kp, panel, nlq, sh.inv_tau, out, np),
-                    3 => strip_tile::<S, 3>(a, kp, panel, nlq, sh.inv_tau, out, np),
-                    2 => strip_tile::<S, 2>(a, kp, panel, nlq, sh.inv_tau, out, np),
-                    _ => strip_tile::<S, 1>(a, kp, panel, nlq, sh.inv_tau, out, np),
+                    6 => strip_tile::<S, 6>(a, kp, panel, nlq, sh.inv_tau, out, ld),
+                    5 => strip_tile::<S, 5>(a, kp, panel, nlq, sh.inv_tau, out, ld),
+                    4 => strip_tile::<S, 4>(a, kp, panel, nlq, sh.inv_tau, out, ld),
+                    3 => strip_tile::<S, 3>(a, kp, panel, nlq, sh.inv_tau, out, ld),
+                    2 => strip_tile::<S, 2>(a, kp, panel, nlq, sh.inv_tau, out, ld),
+                    _ => strip_tile::<S, 1>(a, kp, panel, nlq, sh.inv_tau, out, ld),
                 }
             }
             g += rows;
@@ -301,8 +305,8 @@ unsafe fn row_softmax<S: Simd>(sh: &Shared<'_>, i: usize, row: &mut [f32]) -> Ro
 /// asserted in [`run_chunk`].
 #[inline(always)]
 unsafe fn du_block<S: Simd>(sh: &Shared<'_>, strip: &[f32], r: usize, du: &mut [f32]) {
-    debug_assert!(strip.len() >= r * sh.np && du.len() >= r * sh.kp);
-    let (n, np, kp) = (sh.n, sh.np, sh.kp);
+    debug_assert!(strip.len() >= r * sh.ld && du.len() >= r * sh.kp);
+    let (n, ld, kp) = (sh.n, sh.ld, sh.kp);
     for j0 in (0..n).step_by(JC) {
         let j1 = (j0 + JC).min(n);
         let mut g = 0;
@@ -310,19 +314,19 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, strip: &[f32], r: usize, du: &mut [
             let rows = MR.min(r - g);
             let mut c = 0;
             while c < kp {
-                let e = strip[g * np..].as_ptr();
+                let e = strip[g * ld..].as_ptr();
                 let v = sh.vp[c..].as_ptr();
                 let out = du[g * kp + c..].as_mut_ptr();
-                // SAFETY: S supported; e covers `rows` strip rows (stride np,
+                // SAFETY: S supported; e covers `rows` strip rows (stride ld,
                 // columns j0..j1 ≤ n ≤ np), v rows j0..j1 < n of stride kp
                 // from column c with 8·KV ≤ kp − c columns left, out `rows`
                 // rows of stride kp with the same columns.
                 unsafe {
                     if kp - c >= 16 {
-                        du_tile_rows::<S, 2>(rows, e, np, j0, j1, v, kp, out);
+                        du_tile_rows::<S, 2>(rows, e, ld, j0, j1, v, kp, out);
                         c += 16;
                     } else {
-                        du_tile_rows::<S, 1>(rows, e, np, j0, j1, v, kp, out);
+                        du_tile_rows::<S, 1>(rows, e, ld, j0, j1, v, kp, out);
                         c += 8;
                     }
                 }
@@ -413,8 +417,8 @@ unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
 /// S supported; `strip.len() ≥ r·np`, `us.len() ≥ r·kp`, `dv.len() == n·kp`.
 #[inline(always)]
 unsafe fn dv_block<S: Simd>(sh: &Shared<'_>, strip: &[f32], r: usize, us: &[f32], dv: &mut [f32]) {
-    debug_assert!(strip.len() >= r * sh.np && us.len() >= r * sh.kp && dv.len() == sh.n * sh.kp);
-    let (n, np, kp) = (sh.n, sh.np, sh.kp);
+    debug_assert!(strip.len() >= r * sh.ld && us.len() >= r * sh.kp && dv.len() == sh.n * sh.kp);
+    let (n, ld, kp) = (sh.n, sh.ld, sh.kp);
     let mut j = 0;
     while j < n {
         let cols = MR.min(n - j);
@@ -423,15 +427,15 @@ unsafe fn dv_block<S: Simd>(sh: &Shared<'_>, strip: &[f32], r: usize, us: &[f32]
             let e = strip[j..].as_ptr();
             let a = us[c..].as_ptr();
             let out = dv[j * kp + c..].as_mut_ptr();
-            // SAFETY: S supported; e covers r rows of stride np at columns
+            // SAFETY: S supported; e covers r rows of stride ld at columns
             // j..j+cols ≤ n; a covers r rows of stride kp at columns c..c+8KV
             // ≤ kp; out covers `cols` rows of stride kp at the same columns.
             unsafe {
                 if kp - c >= 16 {
-                    dv_tile_cols::<S, 2>(cols, e, np, r, a, kp, out);
+                    dv_tile_cols::<S, 2>(cols, e, ld, r, a, kp, out);
                     c += 16;
                 } else {
-                    dv_tile_cols::<S, 1>(cols, e, np, r, a, kp, out);
+                    dv_tile_cols::<S, 1>(cols, e, ld, r, a, kp, out);
                     c += 8;
                 }
             }
