@@ -1,0 +1,261 @@
+//! Every fast path against the f64 reference, on the awkward-shape sweep of
+//! STYLE.md and on inputs that exercise the numerics.
+
+mod common;
+use common::*;
+use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, reference};
+
+/// Every CPU kernel this machine can run, each on 1, 2 and 3 threads (the
+/// chunk split, and so the dV reduction, changes with the thread count).
+fn cpu_paths() -> Vec<CpuBackend> {
+    let mut v = vec![];
+    for k in Kernel::ALL {
+        match CpuBackend::with_kernel(k) {
+            Ok(b) => {
+                for t in [1, 2, 3] {
+                    v.push(b.clone().with_threads(t).unwrap());
+                }
+            }
+            Err(e) => eprintln!("skipping kernel {}: {e}", k.name()),
+        }
+    }
+    v
+}
+
+/// Run `case` through every CPU path with NaN-poisoned outputs and compare
+/// with the f64 reference: loss, d_u, d_v, lse, row_loss, the loss as the
+/// weighted mean of the row losses, and top-1 where it is not a near-tie.
+fn check_case(case: &Case) {
+    let want = reference::mns_loss_f64(&case.input()).unwrap();
+    for be in cpu_paths() {
+        let mut out = MnsOutput::filled(case.b(), case.n(), case.k, f32::NAN);
+        be.mns_loss_into(&case.input(), &mut out).unwrap();
+        let ctx = Case { name: format!("{} [{} x{}]", case.name, be.name(), be.threads()), ..case.clone() };
+        assert_output(&ctx, &out, want.loss, &want.d_u, &want.d_v, &want.lse);
+        assert_tensor("row_loss", &ctx, &out.row_loss, &want.row_loss, 1);
+        let w = |i: usize| case.row_weight.as_ref().map_or(1.0, |w| w[i] as f64);
+        let mean: f64 = out.row_loss.iter().enumerate().map(|(i, &l)| w(i) * l as f64).sum::<f64>() / case.b() as f64;
+        assert_loss(&ctx, out.loss, mean);
+        // top-1 may legitimately flip where the positive ties the best negative
+        // to within the logit error; elsewhere it must agree.
+        let tol = tolerance(case) * case.logit_scale().max(1.0);
+        for i in 0..case.b() {
+            if out.top1[i] != want.top1[i] {
+                let s_ii = want.lse[i] - want.row_loss[i];
+                let best_other = logits_row_max_other(case, i);
+                assert!((s_ii - best_other).abs() <= tol, "{}: top1[{i}] differs with margin {}", ctx.name, s_ii - best_other);
+            }
+        }
+    }
+}
+
+/// max over kept j ≠ i of s_ij, in f64 (for judging top-1 near-ties).
+fn logits_row_max_other(case: &Case, i: usize) -> f64 {
+    let k = case.k;
+    let u = &case.u[i * k..(i + 1) * k];
+    (0..case.n())
+        .filter(|&j| j != i && case.ids.as_ref().is_none_or(|ids| ids[j] != ids[i]))
+        .map(|j| {
+            let d: f64 = u.iter().zip(&case.v[j * k..(j + 1) * k]).map(|(&a, &b)| a as f64 * b as f64).sum();
+            d / case.temperature as f64 - case.log_q[j] as f64
+        })
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+#[test]
+fn shape_sweep() {
+    // STYLE.md's awkward sizes. Full product of B and B′ at a few K, and the
+    // full K list at a few (B, B′): 6·5·3 + 9·4 = 126 shapes × 6 paths.
+    let bs = [1, 2, 3, 17, 64, 113];
+    let bps = [0, 1, 7, 203, 1000];
+    let ks = [1, 3, 7, 8, 9, 31, 64, 65, 128];
+    let mut n = 0;
+    for &b in &bs {
+        for &bp in &bps {
+            for &k in &[1, 9, 65] {
+                check_case(&random_case(1, b, bp, k));
+                n += 1;
+            }
+        }
+    }
+    for &k in &ks {
+        for (b, bp) in [(1, 0), (17, 7), (64, 203), (113, 1000)] {
+            check_case(&random_case(2, b, bp, k));
+            n += 1;
+        }
+    }
+    eprintln!("{n} shapes checked");
+}
+
+#[test]
+fn realistic_shape_with_options() {
+    // A trainer-like batch: B = 512, B′ = 1536, K = 64, ids with duplicates,
+    // weights with zeros, both diagonal conventions, three temperatures.
+    for (t, cp) in [(0.05, true), (1.0, false), (0.02, true)] {
+        let mut c = random_case(3, 512, 1536, 64);
+        c.temperature = t;
+        c.correct_positive = cp;
+        c.row_weight = Some((0..512).map(|i| if i % 7 == 0 { 0.0 } else { 0.5 + (i % 5) as f32 }).collect());
+        c.name = format!("realistic(tau={t}, correct_positive={cp}, weights)");
+        check_case(&c);
+    }
+}
+
+#[test]
+fn no_ids_and_uncorrected_positive() {
+    let mut c = random_case(4, 37, 91, 23);
+    c.ids = None;
+    c.correct_positive = false;
+    c.name = "no ids, uncorrected positive".into();
+    check_case(&c);
+}
+
+#[test]
+fn huge_logits() {
+    // |s| ~ 10³: embeddings of norm ~30, τ = 1. exp of unshifted logits would
+    // overflow f32; the max-shift must keep everything finite.
+    let mut c = random_case(5, 33, 70, 16);
+    c.u.iter_mut().for_each(|x| *x *= 30.0);
+    c.v.iter_mut().for_each(|x| *x *= 30.0);
+    c.temperature = 1.0;
+    c.name = "huge logits".into();
+    assert!(c.logit_scale() > 500.0);
+    check_case(&c);
+}
+
+#[test]
+fn tiny_sampling_probabilities() {
+    // Q = 1e-9 for a third of the candidates: log_q = −20.7 lifts them by 20.7.
+    let mut c = random_case(6, 20, 60, 12);
+    for (j, q) in c.log_q.iter_mut().enumerate() {
+        if j % 3 == 0 {
+            *q = (1e-9f64).ln() as f32;
+        }
+    }
+    c.name = "tiny Q".into();
+    check_case(&c);
+}
+
+#[test]
+fn heavy_duplicate_ids() {
+    // Three distinct ids over 90 candidates: most of every row is removed.
+    let mut c = random_case(7, 30, 60, 8);
+    c.ids = Some((0..90).map(|j| (j % 3) as i64).collect());
+    c.name = "heavy duplicates".into();
+    check_case(&c);
+}
+
+#[test]
+fn row_with_everything_but_the_positive_removed() {
+    // B = 1 and every candidate carries the query's positive id: the only
+    // kept logit is the positive, so lse = s_00, ℓ = 0 and the gradient is 0.
+    let mut c = random_case(8, 1, 10, 6);
+    c.ids = Some(vec![42; 11]);
+    c.name = "all removed but positive".into();
+    check_case(&c);
+    for be in cpu_paths() {
+        let out = be.mns_loss(&c.input()).unwrap();
+        assert_eq!(out.row_loss[0], 0.0, "{}", be.name());
+        assert!(out.top1[0]);
+        assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0), "{}", be.name());
+    }
+}
+
+#[test]
+fn every_row_fully_removed() {
+    // All ids equal: every row keeps only its positive; loss 0, gradients 0.
+    let mut c = random_case(9, 7, 9, 5);
+    c.ids = Some(vec![3; 16]);
+    for be in cpu_paths() {
+        let out = be.mns_loss(&c.input()).unwrap();
+        assert_eq!(out.loss, 0.0);
+        assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0));
+        assert!(out.top1.iter().all(|&t| t));
+    }
+}
+
+#[test]
+fn dominating_positive_keeps_relative_accuracy() {
+    // s_ii exceeds every other logit by ~25: P_ii = 1 − O(1e-11) and the
+    // gradient is tiny. Forming P_ii − 1 in f32 would lose it entirely; the
+    // kernel's −Σ′ diagonal keeps it to the usual relative accuracy.
+    let (b, bp, k) = (8, 24, 8);
+    let mut c = random_case(10, b, bp, k);
+    c.temperature = 1.0;
+    c.ids = None;
+    c.log_q = vec![0.0; b + bp];
+    c.u = vec![0.0; b * k];
+    c.v = vec![0.0; (b + bp) * k];
+    for i in 0..b {
+        // Query i and its positive lie on axis i: s_ii = 25 + 0.05 i, s_ij = 0
+        // for the other positives.
+        c.u[i * k + i] = 5.0;
+        c.v[i * k + i] = 5.0 + 0.01 * i as f32;
+    }
+    for j in b..b + bp {
+        // Negatives: 0.3 on one axis, s_ij ∈ {0, 1.5}.
+        c.v[j * k + j % k] = 0.3;
+    }
+    c.name = "dominating positive".into();
+    let want = reference::mns_loss_f64(&c.input()).unwrap();
+    assert!(want.loss < 1e-8 && want.loss > 0.0, "loss {}", want.loss);
+    check_case(&c);
+}
+
+#[test]
+fn hand_worked_case() {
+    // B = 1, N = 2, K = 1, u = [1], v = [[1], [0]], log_q = 0, τ = 1:
+    // s = [1, 0], lse = ln(e + 1) = 1.3132617, loss = lse − 1 = 0.3132617,
+    // P = [0.7310586, 0.2689414], G = [−0.2689414, 0.2689414],
+    // dU = G·V = −0.2689414, dV = Gᵀ·U = [−0.2689414, 0.2689414].
+    let (u, v, lq) = ([1.0f32], [1.0f32, 0.0], [0.0f32; 2]);
+    let input = mixneg::MnsInput::new(&u, &v, &lq, 1);
+    let mut all: Vec<Box<dyn Backend>> = vec![Box::new(mixneg::ReferenceBackend)];
+    all.extend(cpu_paths().into_iter().map(|b| Box::new(b) as Box<dyn Backend>));
+    for be in all {
+        let out = be.mns_loss(&input).unwrap();
+        approx::assert_relative_eq!(out.loss, 0.313_261_7, max_relative = 1e-6);
+        approx::assert_relative_eq!(out.lse[0], 1.313_261_7, max_relative = 1e-6);
+        approx::assert_relative_eq!(out.d_u[0], -0.268_941_4, max_relative = 1e-6);
+        approx::assert_relative_eq!(out.d_v[0], -0.268_941_4, max_relative = 1e-6);
+        approx::assert_relative_eq!(out.d_v[1], 0.268_941_4, max_relative = 1e-6);
+        assert!(out.top1[0]);
+    }
+}
+
+#[test]
+fn forced_avx2_kernel_really_runs() {
+    let k = Kernel::Avx2Fma;
+    if !k.is_available() {
+        eprintln!("skipping: this CPU has no AVX2+FMA");
+        return;
+    }
+    let be = CpuBackend::with_kernel(k).unwrap();
+    assert_eq!(be.kernel(), k);
+    let before = k.chunks_run();
+    be.mns_loss(&random_case(11, 12, 12, 8).input()).unwrap();
+    assert!(k.chunks_run() > before, "the AVX2+FMA chunk entry was not called");
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(Kernel::best(), k, "auto-detection must pick AVX2+FMA on a CPU that has it");
+}
+
+#[test]
+fn deterministic_for_a_fixed_thread_count() {
+    let c = random_case(12, 300, 700, 33);
+    for be in cpu_paths() {
+        let a = be.mns_loss(&c.input()).unwrap();
+        let b = be.mns_loss(&c.input()).unwrap();
+        let bits = |o: &MnsOutput| -> Vec<u32> {
+            std::iter::once(o.loss).chain(o.d_u.iter().copied()).chain(o.d_v.iter().copied()).map(f32::to_bits).collect()
+        };
+        assert_eq!(bits(&a), bits(&b), "{} x{}", be.name(), be.threads());
+    }
+}
+
+#[test]
+fn strip_budget_shrinks_the_block_for_large_n() {
+    // N = 300 000 forces a row block of 12 rows (16 MiB budget): results must
+    // not depend on the block size. B = 20 keeps the f64 reference cheap.
+    let c = random_case(13, 20, 299_980, 8);
+    check_case(&Case { name: "large N".into(), ..c });
+}
