@@ -1,0 +1,161 @@
+//! Every bad input returns its `MnsError`, from every backend, and leaves the
+//! caller's output buffers untouched.
+
+use mixneg::{Backend, CpuBackend, Kernel, MnsError, MnsInput, MnsOutput, ReferenceBackend};
+
+fn backends() -> Vec<Box<dyn Backend>> {
+    let mut v: Vec<Box<dyn Backend>> = vec![Box::new(ReferenceBackend)];
+    v.extend(Kernel::ALL.into_iter().filter_map(|k| CpuBackend::with_kernel(k).ok()).map(|b| Box::new(b) as _));
+    v
+}
+
+/// (B, N, K) = (2, 3, 2) and valid data to corrupt one piece at a time.
+struct Ok3 {
+    u: Vec<f32>,
+    v: Vec<f32>,
+    lq: Vec<f32>,
+    ids: Vec<i64>,
+    w: Vec<f32>,
+}
+fn good() -> Ok3 {
+    Ok3 {
+        u: vec![0.1, 0.2, 0.3, 0.4],
+        v: vec![0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        lq: vec![-1.0, -2.0, -3.0],
+        ids: vec![1, 2, 3],
+        w: vec![1.0, 2.0],
+    }
+}
+
+fn expect(input: MnsInput<'_>, want: MnsError) {
+    assert_eq!(input.validate().unwrap_err(), want);
+    for be in backends() {
+        assert_eq!(be.mns_loss(&input).unwrap_err(), want, "{}", be.name());
+        // mns_loss_into with (possibly wrong-sized) poisoned buffers: untouched on error.
+        let mut out = MnsOutput::filled(2, 3, 2, f32::NAN);
+        out.top1 = vec![true; 2];
+        assert!(be.mns_loss_into(&input, &mut out).is_err());
+        assert!(out.loss.is_nan() && out.d_u.iter().chain(&out.d_v).chain(&out.lse).all(|x| x.is_nan()));
+        assert!(out.top1.iter().all(|&t| t));
+    }
+    // Messages carry the numbers.
+    assert!(!want.to_string().is_empty());
+}
+
+#[test]
+fn shapes() {
+    let g = good();
+    expect(MnsInput::new(&g.u, &g.v, &g.lq, 0), MnsError::ZeroDim);
+    expect(MnsInput::new(&[], &g.v, &g.lq, 2), MnsError::EmptyBatch);
+    expect(MnsInput::new(&g.u[..3], &g.v, &g.lq, 2), MnsError::RaggedRows { name: "u", len: 3, dim: 2 });
+    expect(MnsInput::new(&g.u, &g.v[..5], &g.lq, 2), MnsError::RaggedRows { name: "v", len: 5, dim: 2 });
+    expect(MnsInput::new(&g.u, &g.v[..2], &g.lq[..1], 2), MnsError::TooFewCandidates { b: 2, n: 1 });
+    expect(MnsInput::new(&g.u, &g.v, &g.lq[..2], 2), MnsError::Length { name: "log_q", expected: 3, got: 2 });
+    expect(
+        MnsInput::new(&g.u, &g.v, &g.lq, 2).ids(&g.ids[..2]),
+        MnsError::Length { name: "ids", expected: 3, got: 2 },
+    );
+    expect(
+        MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&[1.0; 3]),
+        MnsError::Length { name: "row_weight", expected: 2, got: 3 },
+    );
+}
+
+#[test]
+fn temperature() {
+    let g = good();
+    for t in [0.0, -1.0, f32::NAN, f32::INFINITY, -0.0] {
+        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(t).validate().unwrap_err();
+        assert!(matches!(e, MnsError::Temperature(x) if x.to_bits() == t.to_bits()), "{t}: {e}");
+    }
+    expect(MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(-0.5), MnsError::Temperature(-0.5));
+}
+
+#[test]
+fn non_finite_values() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut g = good();
+        g.u[3] = bad;
+        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
+        assert!(matches!(e, MnsError::NonFinite { name: "u", index: 3, .. }), "{e}");
+        let mut g = good();
+        g.v[4] = bad;
+        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
+        assert!(matches!(e, MnsError::NonFinite { name: "v", index: 4, .. }), "{e}");
+        let mut g = good();
+        g.lq[1] = bad;
+        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
+        assert!(matches!(e, MnsError::NonFinite { name: "log_q", index: 1, .. }), "{e}");
+        let mut g = good();
+        g.w[1] = bad;
+        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&g.w).validate().unwrap_err();
+        assert!(matches!(e, MnsError::NonFinite { name: "row_weight", index: 1, .. }), "{e}");
+    }
+    // Every backend, and the untouched-output check (∞: NaN ≠ NaN under ==).
+    let mut g = good();
+    g.v[5] = f32::INFINITY;
+    expect(
+        MnsInput::new(&g.u, &g.v, &g.lq, 2),
+        MnsError::NonFinite { name: "v", index: 5, value: f32::INFINITY },
+    );
+}
+
+#[test]
+fn negative_weight() {
+    let g = good();
+    expect(
+        MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&[1.0, -0.25]),
+        MnsError::NegativeWeight { index: 1, value: -0.25 },
+    );
+}
+
+#[test]
+fn logits_that_could_overflow_f32() {
+    // Finite, but |u||v|/τ ~ 1e40: refused up front rather than returning inf/NaN.
+    let mut g = good();
+    g.u[0] = 1e20;
+    g.v[0] = 1e20;
+    let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
+    assert!(matches!(e, MnsError::Magnitude { what: "a logit", .. }), "{e}");
+    // Tiny τ can do the same to moderate embeddings.
+    let g = good();
+    let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(1e-35).validate().unwrap_err();
+    assert!(matches!(e, MnsError::Magnitude { .. }), "{e}");
+    for be in backends() {
+        assert!(be.mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(1e-35)).is_err());
+    }
+}
+
+#[test]
+fn wrong_output_buffers() {
+    let g = good();
+    let input = MnsInput::new(&g.u, &g.v, &g.lq, 2);
+    for be in backends() {
+        let mut out = MnsOutput::filled(2, 4, 2, f32::NAN);
+        assert_eq!(
+            be.mns_loss_into(&input, &mut out).unwrap_err(),
+            MnsError::OutputLength { name: "d_v", expected: 6, got: 8 }
+        );
+        assert!(out.d_u.iter().all(|x| x.is_nan()));
+    }
+}
+
+#[test]
+fn unknown_or_unavailable_kernel() {
+    #[cfg(not(target_arch = "x86_64"))]
+    assert!(CpuBackend::with_kernel(Kernel::Avx2Fma).is_err());
+    assert_eq!(Kernel::from_name("avx512"), None);
+    assert_eq!(Kernel::from_name("portable"), Some(Kernel::Portable));
+}
+
+#[test]
+fn edge_values_that_are_valid() {
+    // Zero weights everywhere: loss 0 and zero gradients, no NaN.
+    let g = good();
+    for be in backends() {
+        let out = be.mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&[0.0, 0.0])).unwrap();
+        assert_eq!(out.loss, 0.0);
+        assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0));
+        assert!(out.lse.iter().all(|x| x.is_finite()));
+    }
+}
