@@ -22,14 +22,18 @@ fn data(b: usize, bp: usize, k: usize) -> Data {
     // A cheap LCG: benchmark data needs variety, not statistical quality.
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4 / (k as f32).sqrt()
     };
     let n = b + bp;
     Data {
         u: (0..b * k).map(|_| next()).collect(),
         v: (0..n * k).map(|_| next()).collect(),
-        log_q: (0..n).map(|j| -((j % 1000) as f32 + 1.0).ln() - 5.0).collect(),
+        log_q: (0..n)
+            .map(|j| -((j % 1000) as f32 + 1.0).ln() - 5.0)
+            .collect(),
         k,
     }
 }

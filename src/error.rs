@@ -26,7 +26,9 @@ pub enum MnsError {
         dim: usize,
     },
     /// N < B: not every query has its positive among the candidates.
-    #[error("v has N = {n} rows but u has B = {b}; need N >= B (row i of v is the positive of query i)")]
+    #[error(
+        "v has N = {n} rows but u has B = {b}; need N >= B (row i of v is the positive of query i)"
+    )]
     TooFewCandidates {
         /// Number of queries.
         b: usize,

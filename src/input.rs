@@ -136,12 +136,15 @@ impl<'a> MnsInput<'a> {
         // (each row of G has ℓ1 norm ≤ 2 w_i / B and the 1/B cancels the sum over rows).
         let max_u = max_row_norm(self.u, k);
         let max_v = max_row_norm(self.v, k);
-        let max_lq = self.log_q.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+        let max_lq = self
+            .log_q
+            .iter()
+            .fold(0.0f64, |m, &x| m.max((x as f64).abs()));
         let tau = t as f64;
         let logit_bound = max_u * max_v / tau + max_lq;
         let grad_bound = 2.0 * max_w * max_u.max(max_v) / tau;
         for (what, bound) in [("a logit", logit_bound), ("a gradient element", grad_bound)] {
-            if !(bound <= MAGNITUDE_LIMIT) {
+            if bound.is_nan() || bound > MAGNITUDE_LIMIT {
                 return Err(MnsError::Magnitude {
                     what,
                     bound,
@@ -171,14 +174,22 @@ fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), MnsE
     if got == expected {
         Ok(())
     } else {
-        Err(MnsError::Length { name, expected, got })
+        Err(MnsError::Length {
+            name,
+            expected,
+            got,
+        })
     }
 }
 
 fn check_finite(name: &'static str, xs: &[f32]) -> Result<(), MnsError> {
     match xs.iter().position(|x| !x.is_finite()) {
         None => Ok(()),
-        Some(index) => Err(MnsError::NonFinite { name, index, value: xs[index] }),
+        Some(index) => Err(MnsError::NonFinite {
+            name,
+            index,
+            value: xs[index],
+        }),
     }
 }
 

@@ -44,7 +44,11 @@ impl<T: Copy> MnsOutput<T> {
             ("top1", self.top1.len(), b),
         ] {
             if got != expected {
-                return Err(MnsError::OutputLength { name, expected, got });
+                return Err(MnsError::OutputLength {
+                    name,
+                    expected,
+                    got,
+                });
             }
         }
         Ok(())

@@ -45,7 +45,9 @@ pub fn mns_loss_f64(input: &MnsInput<'_>) -> Result<MnsOutput<f64>, MnsError> {
     let p = input.validate()?;
     let (b, n, k) = (p.b, p.n, p.k);
     let tau = p.temperature as f64;
-    let row = |x: &[f32], i: usize| -> Vec<f64> { x[i * k..(i + 1) * k].iter().map(|&a| a as f64).collect() };
+    let row = |x: &[f32], i: usize| -> Vec<f64> {
+        x[i * k..(i + 1) * k].iter().map(|&a| a as f64).collect()
+    };
     let u: Vec<Vec<f64>> = (0..b).map(|i| row(p.u, i)).collect();
     let v: Vec<Vec<f64>> = (0..n).map(|j| row(p.v, j)).collect();
     let dot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f64>();

@@ -30,11 +30,20 @@ fn check_case(case: &Case) {
     for be in cpu_paths() {
         let mut out = MnsOutput::filled(case.b(), case.n(), case.k, f32::NAN);
         be.mns_loss_into(&case.input(), &mut out).unwrap();
-        let ctx = Case { name: format!("{} [{} x{}]", case.name, be.name(), be.threads()), ..case.clone() };
+        let ctx = Case {
+            name: format!("{} [{} x{}]", case.name, be.name(), be.threads()),
+            ..case.clone()
+        };
         assert_output(&ctx, &out, want.loss, &want.d_u, &want.d_v, &want.lse);
         assert_tensor("row_loss", &ctx, &out.row_loss, &want.row_loss, 1);
         let w = |i: usize| case.row_weight.as_ref().map_or(1.0, |w| w[i] as f64);
-        let mean: f64 = out.row_loss.iter().enumerate().map(|(i, &l)| w(i) * l as f64).sum::<f64>() / case.b() as f64;
+        let mean: f64 = out
+            .row_loss
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| w(i) * l as f64)
+            .sum::<f64>()
+            / case.b() as f64;
         assert_loss(&ctx, out.loss, mean);
         // top-1 may legitimately flip where the positive ties the best negative
         // to within the logit error; elsewhere it must agree.
@@ -43,7 +52,12 @@ fn check_case(case: &Case) {
             if out.top1[i] != want.top1[i] {
                 let s_ii = want.lse[i] - want.row_loss[i];
                 let best_other = logits_row_max_other(case, i);
-                assert!((s_ii - best_other).abs() <= tol, "{}: top1[{i}] differs with margin {}", ctx.name, s_ii - best_other);
+                assert!(
+                    (s_ii - best_other).abs() <= tol,
+                    "{}: top1[{i}] differs with margin {}",
+                    ctx.name,
+                    s_ii - best_other
+                );
             }
         }
     }
@@ -56,7 +70,11 @@ fn logits_row_max_other(case: &Case, i: usize) -> f64 {
     (0..case.n())
         .filter(|&j| j != i && case.ids.as_ref().is_none_or(|ids| ids[j] != ids[i]))
         .map(|j| {
-            let d: f64 = u.iter().zip(&case.v[j * k..(j + 1) * k]).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let d: f64 = u
+                .iter()
+                .zip(&case.v[j * k..(j + 1) * k])
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
             d / case.temperature as f64 - case.log_q[j] as f64
         })
         .fold(f64::NEG_INFINITY, f64::max)
@@ -95,7 +113,17 @@ fn realistic_shape_with_options() {
         let mut c = random_case(3, 512, 1536, 64);
         c.temperature = t;
         c.correct_positive = cp;
-        c.row_weight = Some((0..512).map(|i| if i % 7 == 0 { 0.0 } else { 0.5 + (i % 5) as f32 }).collect());
+        c.row_weight = Some(
+            (0..512)
+                .map(|i| {
+                    if i % 7 == 0 {
+                        0.0
+                    } else {
+                        0.5 + (i % 5) as f32
+                    }
+                })
+                .collect(),
+        );
         c.name = format!("realistic(tau={t}, correct_positive={cp}, weights)");
         check_case(&c);
     }
@@ -157,7 +185,11 @@ fn row_with_everything_but_the_positive_removed() {
         let out = be.mns_loss(&c.input()).unwrap();
         assert_eq!(out.row_loss[0], 0.0, "{}", be.name());
         assert!(out.top1[0]);
-        assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0), "{}", be.name());
+        assert!(
+            out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0),
+            "{}",
+            be.name()
+        );
     }
 }
 
@@ -211,7 +243,11 @@ fn hand_worked_case() {
     let (u, v, lq) = ([1.0f32], [1.0f32, 0.0], [0.0f32; 2]);
     let input = mixneg::MnsInput::new(&u, &v, &lq, 1);
     let mut all: Vec<Box<dyn Backend>> = vec![Box::new(mixneg::ReferenceBackend)];
-    all.extend(cpu_paths().into_iter().map(|b| Box::new(b) as Box<dyn Backend>));
+    all.extend(
+        cpu_paths()
+            .into_iter()
+            .map(|b| Box::new(b) as Box<dyn Backend>),
+    );
     for be in all {
         let out = be.mns_loss(&input).unwrap();
         approx::assert_relative_eq!(out.loss, 0.313_261_7, max_relative = 1e-6);
@@ -234,9 +270,16 @@ fn forced_avx2_kernel_really_runs() {
     assert_eq!(be.kernel(), k);
     let before = k.chunks_run();
     be.mns_loss(&random_case(11, 12, 12, 8).input()).unwrap();
-    assert!(k.chunks_run() > before, "the AVX2+FMA chunk entry was not called");
+    assert!(
+        k.chunks_run() > before,
+        "the AVX2+FMA chunk entry was not called"
+    );
     #[cfg(target_arch = "x86_64")]
-    assert_eq!(Kernel::best(), k, "auto-detection must pick AVX2+FMA on a CPU that has it");
+    assert_eq!(
+        Kernel::best(),
+        k,
+        "auto-detection must pick AVX2+FMA on a CPU that has it"
+    );
 }
 
 #[test]
@@ -246,7 +289,11 @@ fn deterministic_for_a_fixed_thread_count() {
         let a = be.mns_loss(&c.input()).unwrap();
         let b = be.mns_loss(&c.input()).unwrap();
         let bits = |o: &MnsOutput| -> Vec<u32> {
-            std::iter::once(o.loss).chain(o.d_u.iter().copied()).chain(o.d_v.iter().copied()).map(f32::to_bits).collect()
+            std::iter::once(o.loss)
+                .chain(o.d_u.iter().copied())
+                .chain(o.d_v.iter().copied())
+                .map(f32::to_bits)
+                .collect()
         };
         assert_eq!(bits(&a), bits(&b), "{} x{}", be.name(), be.threads());
     }
@@ -257,5 +304,8 @@ fn strip_budget_shrinks_the_block_for_large_n() {
     // N = 300 000 forces a row block of 12 rows (16 MiB budget): results must
     // not depend on the block size. B = 20 keeps the f64 reference cheap.
     let c = random_case(13, 20, 299_980, 8);
-    check_case(&Case { name: "large N".into(), ..c });
+    check_case(&Case {
+        name: "large N".into(),
+        ..c
+    });
 }

@@ -5,7 +5,12 @@ use mixneg::{Backend, CpuBackend, Kernel, MnsError, MnsInput, MnsOutput, Referen
 
 fn backends() -> Vec<Box<dyn Backend>> {
     let mut v: Vec<Box<dyn Backend>> = vec![Box::new(ReferenceBackend)];
-    v.extend(Kernel::ALL.into_iter().filter_map(|k| CpuBackend::with_kernel(k).ok()).map(|b| Box::new(b) as _));
+    v.extend(
+        Kernel::ALL
+            .into_iter()
+            .filter_map(|k| CpuBackend::with_kernel(k).ok())
+            .map(|b| Box::new(b) as _),
+    );
     v
 }
 
@@ -35,7 +40,15 @@ fn expect(input: MnsInput<'_>, want: MnsError) {
         let mut out = MnsOutput::filled(2, 3, 2, f32::NAN);
         out.top1 = vec![true; 2];
         assert!(be.mns_loss_into(&input, &mut out).is_err());
-        assert!(out.loss.is_nan() && out.d_u.iter().chain(&out.d_v).chain(&out.lse).all(|x| x.is_nan()));
+        assert!(
+            out.loss.is_nan()
+                && out
+                    .d_u
+                    .iter()
+                    .chain(&out.d_v)
+                    .chain(&out.lse)
+                    .all(|x| x.is_nan())
+        );
         assert!(out.top1.iter().all(|&t| t));
     }
     // Messages carry the numbers.
@@ -47,17 +60,49 @@ fn shapes() {
     let g = good();
     expect(MnsInput::new(&g.u, &g.v, &g.lq, 0), MnsError::ZeroDim);
     expect(MnsInput::new(&[], &g.v, &g.lq, 2), MnsError::EmptyBatch);
-    expect(MnsInput::new(&g.u[..3], &g.v, &g.lq, 2), MnsError::RaggedRows { name: "u", len: 3, dim: 2 });
-    expect(MnsInput::new(&g.u, &g.v[..5], &g.lq, 2), MnsError::RaggedRows { name: "v", len: 5, dim: 2 });
-    expect(MnsInput::new(&g.u, &g.v[..2], &g.lq[..1], 2), MnsError::TooFewCandidates { b: 2, n: 1 });
-    expect(MnsInput::new(&g.u, &g.v, &g.lq[..2], 2), MnsError::Length { name: "log_q", expected: 3, got: 2 });
+    expect(
+        MnsInput::new(&g.u[..3], &g.v, &g.lq, 2),
+        MnsError::RaggedRows {
+            name: "u",
+            len: 3,
+            dim: 2,
+        },
+    );
+    expect(
+        MnsInput::new(&g.u, &g.v[..5], &g.lq, 2),
+        MnsError::RaggedRows {
+            name: "v",
+            len: 5,
+            dim: 2,
+        },
+    );
+    expect(
+        MnsInput::new(&g.u, &g.v[..2], &g.lq[..1], 2),
+        MnsError::TooFewCandidates { b: 2, n: 1 },
+    );
+    expect(
+        MnsInput::new(&g.u, &g.v, &g.lq[..2], 2),
+        MnsError::Length {
+            name: "log_q",
+            expected: 3,
+            got: 2,
+        },
+    );
     expect(
         MnsInput::new(&g.u, &g.v, &g.lq, 2).ids(&g.ids[..2]),
-        MnsError::Length { name: "ids", expected: 3, got: 2 },
+        MnsError::Length {
+            name: "ids",
+            expected: 3,
+            got: 2,
+        },
     );
     expect(
         MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&[1.0; 3]),
-        MnsError::Length { name: "row_weight", expected: 2, got: 3 },
+        MnsError::Length {
+            name: "row_weight",
+            expected: 2,
+            got: 3,
+        },
     );
 }
 
@@ -65,10 +110,19 @@ fn shapes() {
 fn temperature() {
     let g = good();
     for t in [0.0, -1.0, f32::NAN, f32::INFINITY, -0.0] {
-        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(t).validate().unwrap_err();
-        assert!(matches!(e, MnsError::Temperature(x) if x.to_bits() == t.to_bits()), "{t}: {e}");
+        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2)
+            .temperature(t)
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(e, MnsError::Temperature(x) if x.to_bits() == t.to_bits()),
+            "{t}: {e}"
+        );
     }
-    expect(MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(-0.5), MnsError::Temperature(-0.5));
+    expect(
+        MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(-0.5),
+        MnsError::Temperature(-0.5),
+    );
 }
 
 #[test]
@@ -77,26 +131,73 @@ fn non_finite_values() {
         let mut g = good();
         g.u[3] = bad;
         let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
-        assert!(matches!(e, MnsError::NonFinite { name: "u", index: 3, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                MnsError::NonFinite {
+                    name: "u",
+                    index: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let mut g = good();
         g.v[4] = bad;
         let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
-        assert!(matches!(e, MnsError::NonFinite { name: "v", index: 4, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                MnsError::NonFinite {
+                    name: "v",
+                    index: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let mut g = good();
         g.lq[1] = bad;
         let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
-        assert!(matches!(e, MnsError::NonFinite { name: "log_q", index: 1, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                MnsError::NonFinite {
+                    name: "log_q",
+                    index: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let mut g = good();
         g.w[1] = bad;
-        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&g.w).validate().unwrap_err();
-        assert!(matches!(e, MnsError::NonFinite { name: "row_weight", index: 1, .. }), "{e}");
+        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2)
+            .row_weight(&g.w)
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MnsError::NonFinite {
+                    name: "row_weight",
+                    index: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
     // Every backend, and the untouched-output check (∞: NaN ≠ NaN under ==).
     let mut g = good();
     g.v[5] = f32::INFINITY;
     expect(
         MnsInput::new(&g.u, &g.v, &g.lq, 2),
-        MnsError::NonFinite { name: "v", index: 5, value: f32::INFINITY },
+        MnsError::NonFinite {
+            name: "v",
+            index: 5,
+            value: f32::INFINITY,
+        },
     );
 }
 
@@ -105,7 +206,10 @@ fn negative_weight() {
     let g = good();
     expect(
         MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&[1.0, -0.25]),
-        MnsError::NegativeWeight { index: 1, value: -0.25 },
+        MnsError::NegativeWeight {
+            index: 1,
+            value: -0.25,
+        },
     );
 }
 
@@ -116,13 +220,28 @@ fn logits_that_could_overflow_f32() {
     g.u[0] = 1e20;
     g.v[0] = 1e20;
     let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
-    assert!(matches!(e, MnsError::Magnitude { what: "a logit", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            MnsError::Magnitude {
+                what: "a logit",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Tiny τ can do the same to moderate embeddings.
     let g = good();
-    let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(1e-35).validate().unwrap_err();
+    let e = MnsInput::new(&g.u, &g.v, &g.lq, 2)
+        .temperature(1e-35)
+        .validate()
+        .unwrap_err();
     assert!(matches!(e, MnsError::Magnitude { .. }), "{e}");
     for be in backends() {
-        assert!(be.mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(1e-35)).is_err());
+        assert!(
+            be.mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2).temperature(1e-35))
+                .is_err()
+        );
     }
 }
 
@@ -134,7 +253,11 @@ fn wrong_output_buffers() {
         let mut out = MnsOutput::filled(2, 4, 2, f32::NAN);
         assert_eq!(
             be.mns_loss_into(&input, &mut out).unwrap_err(),
-            MnsError::OutputLength { name: "d_v", expected: 6, got: 8 }
+            MnsError::OutputLength {
+                name: "d_v",
+                expected: 6,
+                got: 8
+            }
         );
         assert!(out.d_u.iter().all(|x| x.is_nan()));
     }
@@ -153,7 +276,9 @@ fn edge_values_that_are_valid() {
     // Zero weights everywhere: loss 0 and zero gradients, no NaN.
     let g = good();
     for be in backends() {
-        let out = be.mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&[0.0, 0.0])).unwrap();
+        let out = be
+            .mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2).row_weight(&[0.0, 0.0]))
+            .unwrap();
         assert_eq!(out.loss, 0.0);
         assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0));
         assert!(out.lse.iter().all(|x| x.is_finite()));

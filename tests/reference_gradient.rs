@@ -8,9 +8,21 @@
 
 use mixneg::{MnsInput, reference};
 
-fn check(u: &[f32], v: &[f32], lq: &[f32], k: usize, ids: Option<&[i64]>, w: Option<&[f32]>, t: f32, cp: bool) {
+#[allow(clippy::too_many_arguments)] // a test helper spelling out every option
+fn check(
+    u: &[f32],
+    v: &[f32],
+    lq: &[f32],
+    k: usize,
+    ids: Option<&[i64]>,
+    w: Option<&[f32]>,
+    t: f32,
+    cp: bool,
+) {
     let mk = |u: &[f32], v: &[f32]| -> f64 {
-        let mut x = MnsInput::new(u, v, lq, k).temperature(t).correct_positive(cp);
+        let mut x = MnsInput::new(u, v, lq, k)
+            .temperature(t)
+            .correct_positive(cp);
         if let Some(ids) = ids {
             x = x.ids(ids);
         }
@@ -19,7 +31,9 @@ fn check(u: &[f32], v: &[f32], lq: &[f32], k: usize, ids: Option<&[i64]>, w: Opt
         }
         reference::mns_loss_f64(&x).unwrap().loss
     };
-    let mut x = MnsInput::new(u, v, lq, k).temperature(t).correct_positive(cp);
+    let mut x = MnsInput::new(u, v, lq, k)
+        .temperature(t)
+        .correct_positive(cp);
     if let Some(ids) = ids {
         x = x.ids(ids);
     }
@@ -27,10 +41,18 @@ fn check(u: &[f32], v: &[f32], lq: &[f32], k: usize, ids: Option<&[i64]>, w: Opt
         x = x.row_weight(w);
     }
     let g = reference::mns_loss_f64(&x).unwrap();
-    let scale = g.d_u.iter().chain(&g.d_v).fold(0.0f64, |m, x| m.max(x.abs()));
+    let scale = g
+        .d_u
+        .iter()
+        .chain(&g.d_v)
+        .fold(0.0f64, |m, x| m.max(x.abs()));
     let fd = |which: usize, idx: usize| -> f64 {
         let (mut up, mut um, mut vp, mut vm) = (u.to_vec(), u.to_vec(), v.to_vec(), v.to_vec());
-        let (xp, xm) = if which == 0 { (&mut up[idx], &mut um[idx]) } else { (&mut vp[idx], &mut vm[idx]) };
+        let (xp, xm) = if which == 0 {
+            (&mut up[idx], &mut um[idx])
+        } else {
+            (&mut vp[idx], &mut vm[idx])
+        };
         let x0 = *xp;
         let h = 1e-3 * x0.abs().max(1.0);
         *xp = x0 + h;
@@ -40,19 +62,29 @@ fn check(u: &[f32], v: &[f32], lq: &[f32], k: usize, ids: Option<&[i64]>, w: Opt
     };
     for (idx, &an) in g.d_u.iter().enumerate() {
         let num = fd(0, idx);
-        assert!((num - an).abs() <= 1e-6 * scale, "dU[{idx}]: analytic {an}, numeric {num}");
+        assert!(
+            (num - an).abs() <= 1e-6 * scale,
+            "dU[{idx}]: analytic {an}, numeric {num}"
+        );
     }
     for (idx, &an) in g.d_v.iter().enumerate() {
         let num = fd(1, idx);
-        assert!((num - an).abs() <= 1e-6 * scale, "dV[{idx}]: analytic {an}, numeric {num}");
+        assert!(
+            (num - an).abs() <= 1e-6 * scale,
+            "dV[{idx}]: analytic {an}, numeric {num}"
+        );
     }
 }
 
 #[test]
 fn finite_differences_match_the_reference_gradient() {
     let (b, n, k) = (3, 7, 4);
-    let u: Vec<f32> = (0..b * k).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
-    let v: Vec<f32> = (0..n * k).map(|i| ((i * 23 % 13) as f32 - 6.0) / 9.0).collect();
+    let u: Vec<f32> = (0..b * k)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
+        .collect();
+    let v: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 23 % 13) as f32 - 6.0) / 9.0)
+        .collect();
     let lq: Vec<f32> = (0..n).map(|j| -1.0 - 0.3 * j as f32).collect();
     // ids: column 4 duplicates row 0's id, column 2 is row 1's... and row 2's duplicate of column 5.
     let ids = [10i64, 11, 12, 13, 10, 12, 14];

@@ -47,12 +47,30 @@ fn reference_f64_matches_pytorch_f64() {
         let t64: f64 = case.temperature_text.parse().unwrap();
         let tol = 1e-12 + 2.0 * ((case.temperature as f64 - t64) / t64).abs() * case.logit_scale();
         let rel = |a: &[f64], b: &[f64]| {
-            let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+            let num: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f64>()
+                .sqrt();
             num / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-300)
         };
-        assert!((r.loss - exp.loss).abs() <= tol * exp.loss.abs().max(1.0), "{}", case.name);
-        for (what, a, b) in [("d_u", &r.d_u, &exp.d_u), ("d_v", &r.d_v, &exp.d_v), ("lse", &r.lse, &exp.lse)] {
-            assert!(rel(a, b) <= tol, "{}: {what} {:.3e} > {tol:.3e}", case.name, rel(a, b));
+        assert!(
+            (r.loss - exp.loss).abs() <= tol * exp.loss.abs().max(1.0),
+            "{}",
+            case.name
+        );
+        for (what, a, b) in [
+            ("d_u", &r.d_u, &exp.d_u),
+            ("d_v", &r.d_v, &exp.d_v),
+            ("lse", &r.lse, &exp.lse),
+        ] {
+            assert!(
+                rel(a, b) <= tol,
+                "{}: {what} {:.3e} > {tol:.3e}",
+                case.name,
+                rel(a, b)
+            );
         }
     }
 }
@@ -61,11 +79,22 @@ fn reference_f64_matches_pytorch_f64() {
 /// τ = 0.1, ids): every tensor within 1e-5 relative, the loss within 1e-6.
 #[test]
 fn realistic_vector_meets_the_bar() {
-    let (case, exp) = load_vectors().into_iter().find(|(c, _)| c.name.starts_with("realistic")).unwrap();
+    let (case, exp) = load_vectors()
+        .into_iter()
+        .find(|(c, _)| c.name.starts_with("realistic"))
+        .unwrap();
     for be in backends() {
         let out = be.mns_loss(&case.input()).unwrap();
-        assert!(((out.loss as f64 - exp.loss) / exp.loss).abs() <= 1e-6, "{} loss", be.name());
-        for (what, got, want) in [("d_u", &out.d_u, &exp.d_u), ("d_v", &out.d_v, &exp.d_v), ("lse", &out.lse, &exp.lse)] {
+        assert!(
+            ((out.loss as f64 - exp.loss) / exp.loss).abs() <= 1e-6,
+            "{} loss",
+            be.name()
+        );
+        for (what, got, want) in [
+            ("d_u", &out.d_u, &exp.d_u),
+            ("d_v", &out.d_v, &exp.d_v),
+            ("lse", &out.lse, &exp.lse),
+        ] {
             let e = rel_l2(got, want);
             assert!(e <= 1e-5, "{}: {what} {e:.3e}", be.name());
         }

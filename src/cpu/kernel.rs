@@ -144,7 +144,9 @@ pub(crate) unsafe fn run_chunk<S: Simd>(sh: &Shared<'_>, ch: &mut Chunk<'_>) {
         for rr in 0..r {
             let c = ch.c[rr];
             let dst = &mut ch.d_u[(start + rr) * k..(start + rr + 1) * k];
-            dst.iter_mut().zip(&ch.du[rr * kp..]).for_each(|(d, &x)| *d = c * x);
+            dst.iter_mut()
+                .zip(&ch.du[rr * kp..])
+                .for_each(|(d, &x)| *d = c * x);
             let src = &sh.up[(i0 + rr) * kp..(i0 + rr + 1) * kp];
             let us = &mut ch.us[rr * kp..(rr + 1) * kp];
             us.iter_mut().zip(src).for_each(|(d, &x)| *d = c * x);
@@ -297,10 +299,19 @@ unsafe fn row_softmax<S: Simd>(sh: &Shared<'_>, i: usize, row: &mut [f32]) -> Ro
     let lse = m + sum.ln();
     // ln(1 + Σ′/e_ii) is exact to rounding even when the positive dominates;
     // when e_ii underflows the direct difference has no cancellation anyway.
-    let loss = if e_ii > 1e-300 { (sum_off / e_ii).ln_1p() } else { lse - s_ii64 };
+    let loss = if e_ii > 1e-300 {
+        (sum_off / e_ii).ln_1p()
+    } else {
+        lse - s_ii64
+    };
     row[i] = -(sum_off as f32);
     let w = sh.weight.map_or(1.0, |w| w[i] as f64);
-    RowStats { lse, loss, top1: s_ii >= m_off, c: (w * sh.inv_b_tau / sum) as f32 }
+    RowStats {
+        lse,
+        loss,
+        top1: s_ii >= m_off,
+        c: (w * sh.inv_b_tau / sum) as f32,
+    }
 }
 
 /// du[rr][·] += Σ_{j<n} strip[rr][j]·V[j][·] for rr < r.

@@ -1,7 +1,7 @@
 //! The fused CPU backend: packing, blocking, rayon, kernel dispatch.
 //!
 //! Rows of U are split into one contiguous chunk per worker thread; each
-//! worker runs the fused kernel of [`kernel`] over its chunk in row blocks,
+//! worker runs the fused kernel of `kernel.rs` over its chunk in row blocks,
 //! writing its own rows of dU, lse and the per-row losses, and accumulating
 //! dV into a private N×K buffer. The private buffers are summed in worker
 //! order at the end. Chunk boundaries depend only on (B, thread count), and
@@ -81,7 +81,11 @@ impl Kernel {
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
-            Kernel::ALL.into_iter().rev().find(|k| k.is_available()).unwrap_or(Kernel::Portable)
+            Kernel::ALL
+                .into_iter()
+                .rev()
+                .find(|k| k.is_available())
+                .unwrap_or(Kernel::Portable)
         })
     }
 
@@ -108,7 +112,10 @@ impl Default for CpuBackend {
 impl CpuBackend {
     /// The best kernel of this CPU, on rayon's global thread pool.
     pub fn new() -> Self {
-        Self { kernel: Kernel::best(), pool: None }
+        Self {
+            kernel: Kernel::best(),
+            pool: None,
+        }
     }
 
     /// Force a kernel; an error if this CPU cannot run it.
@@ -149,7 +156,9 @@ impl CpuBackend {
 
     /// Worker threads used per call (the number of row chunks for large B).
     pub fn threads(&self) -> usize {
-        self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+        self.pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
     }
 
     fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -170,16 +179,18 @@ impl CpuBackend {
         let mut vt = vec![0.0f32; np * kp];
         pad_rows(p.u, k, &mut up, kp);
         pad_rows(p.v, k, &mut vp, kp);
-        vt.par_chunks_mut(kp * NR).enumerate().for_each(|(panel, dst)| {
-            for (c, lanes) in dst.chunks_exact_mut(NR).enumerate().take(k) {
-                for (l, x) in lanes.iter_mut().enumerate() {
-                    let j = panel * NR + l;
-                    if j < n {
-                        *x = p.v[j * k + c];
+        vt.par_chunks_mut(kp * NR)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                for (c, lanes) in dst.chunks_exact_mut(NR).enumerate().take(k) {
+                    for (l, x) in lanes.iter_mut().enumerate() {
+                        let j = panel * NR + l;
+                        if j < n {
+                            *x = p.v[j * k + c];
+                        }
                     }
                 }
-            }
-        });
+            });
         let mut nlq = vec![f32::NEG_INFINITY; np];
         nlq.iter_mut().zip(p.log_q).for_each(|(d, &q)| *d = -q);
         let hits = p.hit_groups();
@@ -204,13 +215,20 @@ impl CpuBackend {
 
         // One chunk per worker, boundaries on multiples of the micro-kernel.
         let chunks = self.threads().min(b.div_ceil(MR)).max(1);
-        let bounds: Vec<usize> = (0..=chunks).map(|t| (b * t / chunks).next_multiple_of(MR).min(b)).collect();
+        let bounds: Vec<usize> = (0..=chunks)
+            .map(|t| (b * t / chunks).next_multiple_of(MR).min(b))
+            .collect();
         let mb = (STRIP_BUDGET_BYTES / (ld * 4) / MR * MR).clamp(MR, MB_MAX);
         let mut wloss = vec![0.0f64; b];
 
         let mut jobs = Vec::with_capacity(chunks);
-        let (mut du, mut lse, mut rl, mut t1, mut wl) =
-            (&mut out.d_u[..], &mut out.lse[..], &mut out.row_loss[..], &mut out.top1[..], &mut wloss[..]);
+        let (mut du, mut lse, mut rl, mut t1, mut wl) = (
+            &mut out.d_u[..],
+            &mut out.lse[..],
+            &mut out.row_loss[..],
+            &mut out.top1[..],
+            &mut wloss[..],
+        );
         for w in bounds.windows(2) {
             let rows = w[1] - w[0];
             let (a, rest) = du.split_at_mut(rows * k);
@@ -259,15 +277,19 @@ impl CpuBackend {
         // Sum the private accumulators in worker order (deterministic).
         let d_v = &mut out.d_v;
         let reduce = move || {
-            d_v.par_chunks_mut(k * 64).enumerate().for_each(|(blk, dst)| {
-                for (jj, row) in dst.chunks_exact_mut(k).enumerate() {
-                    let j = blk * 64 + jj;
-                    row.copy_from_slice(&dvs[0][j * kp..j * kp + k]);
-                    for acc in &dvs[1..] {
-                        row.iter_mut().zip(&acc[j * kp..j * kp + k]).for_each(|(d, &x)| *d += x);
+            d_v.par_chunks_mut(k * 64)
+                .enumerate()
+                .for_each(|(blk, dst)| {
+                    for (jj, row) in dst.chunks_exact_mut(k).enumerate() {
+                        let j = blk * 64 + jj;
+                        row.copy_from_slice(&dvs[0][j * kp..j * kp + k]);
+                        for acc in &dvs[1..] {
+                            row.iter_mut()
+                                .zip(&acc[j * kp..j * kp + k])
+                                .for_each(|(d, &x)| *d += x);
+                        }
                     }
-                }
-            })
+                })
         };
         self.in_pool(reduce);
         out.loss = (wloss.iter().sum::<f64>() / b as f64) as f32;
@@ -275,9 +297,13 @@ impl CpuBackend {
 }
 
 fn pad_rows(src: &[f32], k: usize, dst: &mut [f32], kp: usize) {
-    dst.par_chunks_mut(kp * 256).zip(src.par_chunks(k * 256)).for_each(|(d, s)| {
-        d.chunks_exact_mut(kp).zip(s.chunks_exact(k)).for_each(|(d, s)| d[..k].copy_from_slice(s))
-    });
+    dst.par_chunks_mut(kp * 256)
+        .zip(src.par_chunks(k * 256))
+        .for_each(|(d, s)| {
+            d.chunks_exact_mut(kp)
+                .zip(s.chunks_exact(k))
+                .for_each(|(d, s)| d[..k].copy_from_slice(s))
+        });
 }
 
 fn run_chunk(kernel: Kernel, sh: &Shared<'_>, ch: &mut Chunk<'_>) {
@@ -287,7 +313,10 @@ fn run_chunk(kernel: Kernel, sh: &Shared<'_>, ch: &mut Chunk<'_>) {
         Kernel::Portable => unsafe { kernel::run_chunk::<portable::Portable>(sh, ch) },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma => {
-            assert!(Kernel::Avx2Fma.is_available(), "AVX2+FMA kernel chosen on a CPU without it");
+            assert!(
+                Kernel::Avx2Fma.is_available(),
+                "AVX2+FMA kernel chosen on a CPU without it"
+            );
             // SAFETY: AVX2 and FMA were detected on this CPU just above.
             unsafe { x86::run_chunk_avx2_fma(sh, ch) }
         }

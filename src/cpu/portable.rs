@@ -27,7 +27,9 @@ impl Simd for Portable {
     unsafe fn load(p: *const f32) -> Self {
         // SAFETY: the caller guarantees p is valid for reading 8 f32;
         // read_unaligned has no alignment requirement.
-        Self(f32x8::from(unsafe { p.cast::<[f32; 8]>().read_unaligned() }))
+        Self(f32x8::from(unsafe {
+            p.cast::<[f32; 8]>().read_unaligned()
+        }))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -69,7 +71,10 @@ impl Simd for Portable {
     }
     #[inline(always)]
     unsafe fn reduce_max(self) -> f32 {
-        self.0.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+        self.0
+            .to_array()
+            .into_iter()
+            .fold(f32::NEG_INFINITY, f32::max)
     }
     #[inline(always)]
     unsafe fn reduce_sum(self) -> f32 {

@@ -61,7 +61,13 @@ pub(crate) unsafe fn exp<S: Simd>(x: S) -> S {
         let f = r.fma(S::splat(-0.693_359_4), xc);
         let f = r.fma(S::splat(2.121_944_4e-4), f);
         let mut p = S::splat(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
             p = p.fma(f, S::splat(c));
         }
         let y = p.fma(f.mul(f), f.add(S::splat(1.0)));

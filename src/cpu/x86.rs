@@ -69,7 +69,11 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn round(self) -> Self {
         // SAFETY: see the impl comment.
-        unsafe { Self(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self.0)) }
+        unsafe {
+            Self(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(self.0))
+        }
     }
     #[inline(always)]
     unsafe fn pow2i(self) -> Self {
@@ -92,7 +96,10 @@ impl Simd for Avx2 {
     unsafe fn reduce_max(self) -> f32 {
         // SAFETY: see the impl comment.
         unsafe {
-            let m = _mm_max_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+            let m = _mm_max_ps(
+                _mm256_castps256_ps128(self.0),
+                _mm256_extractf128_ps::<1>(self.0),
+            );
             let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
             let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
             _mm_cvtss_f32(m)
@@ -102,7 +109,10 @@ impl Simd for Avx2 {
     unsafe fn reduce_sum(self) -> f32 {
         // SAFETY: see the impl comment.
         unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+            let s = _mm_add_ps(
+                _mm256_castps256_ps128(self.0),
+                _mm256_extractf128_ps::<1>(self.0),
+            );
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
             _mm_cvtss_f32(s)

@@ -49,7 +49,10 @@ impl Case {
                 .fold(0.0, f64::max)
         };
         norm(&self.u) * norm(&self.v) / self.temperature as f64
-            + self.log_q.iter().fold(0.0f64, |m, &q| m.max((q as f64).abs()))
+            + self
+                .log_q
+                .iter()
+                .fold(0.0f64, |m, &q| m.max((q as f64).abs()))
     }
 }
 
@@ -90,8 +93,13 @@ pub fn random_case(seed: u64, b: usize, bp: usize, k: usize) -> Case {
     let u: Vec<f32> = (0..b * k).map(|_| rng.normal() * scale).collect();
     let v: Vec<f32> = (0..n * k).map(|_| rng.normal() * scale).collect();
     let corpus = 4 * n + 10;
-    let ids: Vec<i64> = (0..n).map(|_| (rng.below(corpus) as f64).powf(0.7) as i64).collect();
-    let log_q = ids.iter().map(|&id| (-(1.0 + id as f64).ln() - 3.0) as f32).collect();
+    let ids: Vec<i64> = (0..n)
+        .map(|_| (rng.below(corpus) as f64).powf(0.7) as i64)
+        .collect();
+    let log_q = ids
+        .iter()
+        .map(|&id| (-(1.0 + id as f64).ln() - 3.0) as f32)
+        .collect();
     Case {
         name: format!("random(seed={seed}, B={b}, B'={bp}, K={k})"),
         u,
@@ -120,11 +128,17 @@ pub fn vectors_dir() -> PathBuf {
 
 fn f32s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
     assert_eq!(t.dtype(), Dtype::F32);
-    t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 fn f64s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f64> {
     assert_eq!(t.dtype(), Dtype::F64);
-    t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    t.data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// Every test vector: (case, expected). Panics if the directory is empty, so
@@ -136,7 +150,11 @@ pub fn load_vectors() -> Vec<(Case, Expected)> {
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 7, "expected the 7 test vectors, found {}", paths.len());
+    assert!(
+        paths.len() >= 7,
+        "expected the 7 test vectors, found {}",
+        paths.len()
+    );
     paths
         .iter()
         .map(|p| {
@@ -153,7 +171,10 @@ pub fn load_vectors() -> Vec<(Case, Expected)> {
                 log_q: f32s(&st.tensor("log_q").unwrap()),
                 ids: st.tensor("ids").ok().map(|t| {
                     assert_eq!(t.dtype(), Dtype::I64);
-                    t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+                    t.data()
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect()
                 }),
                 row_weight: st.tensor("row_weight").ok().map(|t| f32s(&t)),
                 k,
@@ -201,7 +222,12 @@ pub fn tolerance(case: &Case) -> f64 {
 /// ‖x − ref‖₂ / ‖ref‖₂ (absolute ‖x − ref‖₂ when ref is 0).
 pub fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
-    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
     if den > 0.0 { num / den } else { num }
 }
@@ -221,7 +247,13 @@ pub fn assert_tensor(what: &str, case: &Case, got: &[f32], want: &[f64], cols: u
             .enumerate()
             .filter(|(_, (g, w))| !g.is_finite() || (**g as f64 - **w).abs() > tol * scale)
             .take(5)
-            .map(|(i, (g, w))| format!("({}, {}): got {g}, want {w}", i / cols.max(1), i % cols.max(1)))
+            .map(|(i, (g, w))| {
+                format!(
+                    "({}, {}): got {g}, want {w}",
+                    i / cols.max(1),
+                    i % cols.max(1)
+                )
+            })
             .collect();
         panic!(
             "{}: {what} rel-L2 error {err:.3e} > tolerance {tol:.3e}; {nan} non-finite; first offenders {bad:?}",
@@ -241,7 +273,14 @@ pub fn assert_loss(case: &Case, got: f32, want: f64) {
 }
 
 /// Compare every output of a backend with f64 expectations.
-pub fn assert_output(case: &Case, out: &MnsOutput, loss: f64, d_u: &[f64], d_v: &[f64], lse: &[f64]) {
+pub fn assert_output(
+    case: &Case,
+    out: &MnsOutput,
+    loss: f64,
+    d_u: &[f64],
+    d_v: &[f64],
+    lse: &[f64],
+) {
     assert_loss(case, out.loss, loss);
     assert_tensor("d_u", case, &out.d_u, d_u, case.k);
     assert_tensor("d_v", case, &out.d_v, d_v, case.k);
