@@ -56,8 +56,13 @@ pub(crate) struct Shared<'a> {
     pub inv_b_tau: f64,
     /// U packed B×kp, zero-padded.
     pub up: &'a [f32],
-    /// V packed N×kp, zero-padded.
+    /// V for the dU kernel, in column tiles: the 16 (last: 8) columns
+    /// c..c+w of every row j at vp[n·c + j·w ..][..w], zero-padded in K. The
+    /// dU kernel's j loop then streams one contiguous 64-byte line per j
+    /// (row-major V made it skip 4·kp bytes per j, and stall on the loads).
     pub vp: &'a [f32],
+    /// V as given, N×K (for the uncorrected diagonal).
+    pub v: &'a [f32],
     /// Vᵀ in np/16 panels of kp×16 (panel p, row c, lane l = V[16p+l][c]), zero-padded.
     pub vt: &'a [f32],
     /// −log_q[j] for j < N, −∞ for the padding columns (so they drop out).
@@ -252,7 +257,7 @@ unsafe fn row_softmax<S: Simd>(sh: &Shared<'_>, i: usize, row: &mut [f32]) -> Ro
     debug_assert!(row.len() == sh.np && row.len() % NR == 0);
     if !sh.correct_positive {
         // Uncorrected diagonal: ⟨u_i, v_i⟩/τ without − log_q[i].
-        let (u, v) = (&sh.up[i * sh.kp..][..sh.k], &sh.vp[i * sh.kp..][..sh.k]);
+        let (u, v) = (&sh.up[i * sh.kp..][..sh.k], &sh.v[i * sh.k..][..sh.k]);
         row[i] = u.iter().zip(v).fold(0.0f32, |s, (&x, &y)| x.mul_add(y, s)) * sh.inv_tau;
     }
     let s_ii = row[i];
@@ -332,18 +337,18 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, strip: &[f32], r: usize, du: &mut [
             let mut c = 0;
             while c < kp {
                 let e = strip[g * ld..].as_ptr();
-                let v = sh.vp[c..].as_ptr();
+                let v = sh.vp[n * c..].as_ptr();
                 let out = du[g * kp + c..].as_mut_ptr();
                 // SAFETY: S supported; e covers `rows` strip rows (stride ld,
-                // columns j0..j1 ≤ n ≤ np), v rows j0..j1 < n of stride kp
-                // from column c with 8·KV ≤ kp − c columns left, out `rows`
-                // rows of stride kp with the same columns.
+                // columns j0..j1 ≤ n ≤ np); v is column tile c (n rows of
+                // 8·KV floats, 8·KV = 16 when kp − c ≥ 16, else 8 = kp − c);
+                // out covers `rows` rows of stride kp at columns c..c+8·KV ≤ kp.
                 unsafe {
                     if kp - c >= 16 {
-                        du_tile_rows::<S, 2>(rows, e, ld, j0, j1, v, kp, out);
+                        du_tile_rows::<S, 2>(rows, e, ld, j0, j1, v, 16, out, kp);
                         c += 16;
                     } else {
-                        du_tile_rows::<S, 1>(rows, e, ld, j0, j1, v, kp, out);
+                        du_tile_rows::<S, 1>(rows, e, ld, j0, j1, v, 8, out, kp);
                         c += 8;
                     }
                 }
@@ -369,16 +374,17 @@ unsafe fn du_tile_rows<S: Simd, const KV: usize>(
     v: *const f32,
     ldv: usize,
     out: *mut f32,
+    ldo: usize,
 ) {
     // SAFETY: forwarded contract.
     unsafe {
         match rows {
-            6 => du_tile::<S, 6, KV>(e, lde, j0, j1, v, ldv, out),
-            5 => du_tile::<S, 5, KV>(e, lde, j0, j1, v, ldv, out),
-            4 => du_tile::<S, 4, KV>(e, lde, j0, j1, v, ldv, out),
-            3 => du_tile::<S, 3, KV>(e, lde, j0, j1, v, ldv, out),
-            2 => du_tile::<S, 2, KV>(e, lde, j0, j1, v, ldv, out),
-            _ => du_tile::<S, 1, KV>(e, lde, j0, j1, v, ldv, out),
+            6 => du_tile::<S, 6, KV>(e, lde, j0, j1, v, ldv, out, ldo),
+            5 => du_tile::<S, 5, KV>(e, lde, j0, j1, v, ldv, out, ldo),
+            4 => du_tile::<S, 4, KV>(e, lde, j0, j1, v, ldv, out, ldo),
+            3 => du_tile::<S, 3, KV>(e, lde, j0, j1, v, ldv, out, ldo),
+            2 => du_tile::<S, 2, KV>(e, lde, j0, j1, v, ldv, out, ldo),
+            _ => du_tile::<S, 1, KV>(e, lde, j0, j1, v, ldv, out, ldo),
         }
     }
 }
@@ -388,8 +394,9 @@ unsafe fn du_tile_rows<S: Simd, const KV: usize>(
 /// # Safety
 ///
 /// S supported; `e` readable at r·lde + j for r < R, j0 ≤ j < j1; `v` at
-/// j·ldv + 0..8KV; `out` readable and writable at r·ldv + 0..8KV.
+/// j·ldv + 0..8KV; `out` readable and writable at r·ldo + 0..8KV.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
     e: *const f32,
     lde: usize,
@@ -398,6 +405,7 @@ unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
     v: *const f32,
     ldv: usize,
     out: *mut f32,
+    ldo: usize,
 ) {
     // SAFETY: every offset is inside the ranges of the contract.
     unsafe {
@@ -419,7 +427,7 @@ unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
         }
         for (r, accr) in acc.iter().enumerate() {
             for (q, a) in accr.iter().enumerate() {
-                let p = out.add(r * ldv + 8 * q);
+                let p = out.add(r * ldo + 8 * q);
                 a.add(S::load(p)).store(p);
             }
         }

@@ -1,18 +1,22 @@
 //! The fused CPU backend: packing, blocking, rayon, kernel dispatch.
 //!
-//! Rows of U are split into one contiguous chunk per worker thread; each
-//! worker runs the fused kernel of `kernel.rs` over its chunk in row blocks,
-//! writing its own rows of dU, lse and the per-row losses, and accumulating
-//! dV into a private N×K buffer. The private buffers are summed in worker
-//! order at the end. Chunk boundaries depend only on (B, thread count), and
-//! every sum has a fixed order, so results are bit-for-bit reproducible for a
-//! fixed thread count.
+//! Rows of U are split into contiguous *chunks*, a few per worker thread;
+//! rayon hands chunks to idle workers (so a slower core — common on shared
+//! machines — takes fewer), and each chunk runs the fused kernel of
+//! `kernel.rs` over its rows in row blocks, writing its own rows of dU, lse
+//! and the per-row losses, and accumulating dV into its own N×K buffer. The
+//! chunk buffers are summed in chunk order at the end. Chunk boundaries
+//! depend only on (B, N, K, thread count) and every sum has a fixed order,
+//! so results are bit-for-bit reproducible for a fixed thread count, whatever
+//! the scheduling.
 //!
 //! Memory beyond the inputs and outputs: packed copies of U and V (two of V:
-//! row-major and panel-transposed), one logit strip of `mb × N` floats per
-//! worker with `mb` chosen so that a strip stays within [`STRIP_BUDGET_BYTES`]
-//! (never fewer than 6 rows), and one N×K dV accumulator per worker. Nothing
-//! is proportional to B·N.
+//! column-tiled and panel-transposed), one logit strip of `mb × N` floats per
+//! running chunk with `mb` chosen so that a strip stays within
+//! [`STRIP_BUDGET_BYTES`] (never fewer than 6 rows), and one N×K dV
+//! accumulator per chunk: up to 4 per thread while they fit in
+//! [`DV_BUDGET_BYTES`], never fewer than one per thread. Nothing is
+//! proportional to B·N.
 
 mod kernel;
 mod portable;
@@ -29,6 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Largest logit strip per worker, in bytes. With large N the row block
 /// shrinks (to no fewer than 6 rows) so that the strip fits.
 pub const STRIP_BUDGET_BYTES: usize = 16 << 20;
+/// Memory for the chunks' dV accumulators: more chunks than threads balance
+/// the load, at N×K floats each.
+pub const DV_BUDGET_BYTES: usize = 64 << 20;
 /// Preferred rows per block, a multiple of the 6-row micro-kernel. Measured
 /// at (4096, 4096, 64): 24 and 48 rows 86–88 GFLOP/s, 96 82, 144 76 (noisy
 /// machine, ±5%); 48 keeps the strip of N ≤ 8192 inside a 2 MiB L2.
@@ -154,7 +161,7 @@ impl CpuBackend {
         self.kernel
     }
 
-    /// Worker threads used per call (the number of row chunks for large B).
+    /// Worker threads used per call.
     pub fn threads(&self) -> usize {
         self.pool
             .as_ref()
@@ -178,7 +185,25 @@ impl CpuBackend {
         let mut vp = vec![0.0f32; n * kp];
         let mut vt = vec![0.0f32; np * kp];
         pad_rows(p.u, k, &mut up, kp);
-        pad_rows(p.v, k, &mut vp, kp);
+        // Column tiles of 16 (the last of 8 when kp % 16 == 8), rows contiguous.
+        let mut c0 = 0;
+        while c0 < kp {
+            let w = if kp - c0 >= 16 { 16 } else { 8 };
+            vp[n * c0..n * (c0 + w)]
+                .par_chunks_mut(w * 256)
+                .enumerate()
+                .for_each(|(blk, dst)| {
+                    for (jj, row) in dst.chunks_exact_mut(w).enumerate() {
+                        let j = blk * 256 + jj;
+                        for (c, x) in row.iter_mut().enumerate() {
+                            if c0 + c < k {
+                                *x = p.v[j * k + c0 + c];
+                            }
+                        }
+                    }
+                });
+            c0 += w;
+        }
         vt.par_chunks_mut(kp * NR)
             .enumerate()
             .for_each(|(panel, dst)| {
@@ -205,6 +230,7 @@ impl CpuBackend {
             inv_b_tau: 1.0 / (b as f64 * p.temperature as f64),
             up: &up,
             vp: &vp,
+            v: p.v,
             vt: &vt,
             nlq: &nlq,
             log_q: p.log_q,
@@ -214,7 +240,11 @@ impl CpuBackend {
         };
 
         // One chunk per worker, boundaries on multiples of the micro-kernel.
-        let chunks = self.threads().min(b.div_ceil(MR)).max(1);
+        let threads = self.threads();
+        let chunks = (DV_BUDGET_BYTES / (n * kp * 4))
+            .clamp(threads, 4 * threads)
+            .min(b.div_ceil(MR))
+            .max(1);
         let bounds: Vec<usize> = (0..=chunks)
             .map(|t| (b * t / chunks).next_multiple_of(MR).min(b))
             .collect();
@@ -246,6 +276,7 @@ impl CpuBackend {
         let kernel = self.kernel;
         let run = || {
             jobs.into_par_iter()
+                .with_max_len(1)
                 .map(|(row0, rows, d_u, lse, row_loss, top1, wloss)| {
                     let mb = mb.min(rows.max(1));
                     let mut dv = vec![0.0f32; n * kp];
