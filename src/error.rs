@@ -95,6 +95,9 @@ pub enum MnsError {
         /// Actual length.
         got: usize,
     },
+    /// The CUDA backend failed: no device or library, NVRTC, or a driver call.
+    #[error("CUDA: {0}")]
+    Cuda(String),
     /// A CPU kernel was forced that this CPU cannot run, or an unknown name.
     #[error("CPU kernel {0} is not available on this machine")]
     KernelUnavailable(String),

@@ -18,7 +18,9 @@
 //! Every backend implements [`Backend`]: the materializing f64
 //! [`ReferenceBackend`] (the specification), and the fused
 //! [`CpuBackend`] (AVX2+FMA chosen at run time, or portable `wide`
-//! SIMD; rayon-parallel; never stores the B×N logits).
+//! SIMD; rayon-parallel; never stores the B×N logits), and, with the default
+//! `cuda` feature, `CudaBackend` (hand-written CUDA kernels compiled by
+//! NVRTC at run time; host or device-resident entry points).
 //!
 //! ```
 //! use mixneg::{Backend, CpuBackend, MnsInput};
@@ -36,12 +38,16 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod input;
 mod output;
 pub mod reference;
 
 pub use cpu::{CpuBackend, Kernel};
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use error::MnsError;
 pub use input::{MAGNITUDE_LIMIT, MnsInput, Problem};
 pub use output::MnsOutput;

@@ -1,0 +1,347 @@
+// mixneg — the fused Mixed-Negative-Sampling loss on NVIDIA GPUs, f32.
+//
+// Semantics (DESIGN.md §2): s_ij = <u_i, v_j>/tau - log_q[j] (no correction on
+// j = i unless correct_positive), s_ij = -inf for j != i with ids[j] == ids[i];
+// lse_i = log sum_j exp(s_ij), l_i = lse_i - s_ii, L = (1/B) sum_i w_i l_i;
+// G_ij = (w_i/B)(P_ij - delta_ij); dU = G V / tau, dV = G^T U / tau.
+//
+// FlashAttention-2's scheme, never storing the B x N logits: every kernel
+// recomputes 64 x 64 logit tiles from U and V staged through shared memory
+// in 16-wide K slices, accumulating in f32 registers.
+//
+// Kernels, in launch order (one stream, no atomics: every result is
+// produced by a fixed sequence of f32/f64 operations, so runs are
+// bit-for-bit reproducible):
+//
+//   mns_fwd_f32   grid (ceil(B/64), splits), 256 threads. Block (x, y) owns
+//                 rows 64x..64x+63 and the y-th range of `cols_per_split`
+//                 columns; thread (ty, tx) = (tid/16, tid%16) computes rows
+//                 ty+16i and columns tx+16j (i, j < 4) of each tile and keeps
+//                 an online (max, sum) per row excluding the diagonal; the 16
+//                 threads of a row reduce with half-warp shuffles. Writes one
+//                 partial (max, sum) per row and split. The column split keeps
+//                 the GPU full when B is small.
+//   mns_rows_f32  one warp per row: s_ii by a warp dot product, the ordered
+//                 merge of the split partials (lane 0, f64), then lse_i, l_i,
+//                 top-1, c_i = w_i/(B tau) and P_ii - 1 = -S'/(e_ii + S')
+//                 (S' the off-diagonal sum: no cancellation when the positive
+//                 dominates).
+//   mns_loss_f32  one block: L = (1/B) sum_i w_i l_i, fixed-order f64 tree.
+//   mns_du_f32    grid (ceil(B/64), ceil(K/64)): block owns a 64-row x 64-
+//                 component tile of dU in registers and sweeps all columns:
+//                 logit tile -> G tile (shared) -> dU += G V_tile.
+//   mns_dv_f32    grid (ceil(N/64), ceil(K/64)): block owns a 64-candidate x
+//                 64-component tile of dV and sweeps all rows:
+//                 logit tile -> G tile (shared) -> dV += G^T U_tile.
+//
+// Versions: v1 (this file) — f32 SIMT, separate dU and dV kernels, each
+// recomputing the logit tile (10 B N K flops in all, for 6 B N K useful):
+// chosen over one backward kernel with atomic dU for determinism. When K > 64
+// the dU/dV kernels of each 64-component slice recompute the logits again.
+//
+// All index arithmetic that can exceed 2^31 (row * K, split * B) is 64-bit.
+
+#define MNS_BM 64
+#define MNS_BN 64
+#define MNS_BK 16
+#define MNS_KC 64
+#define MNS_NT 256
+#define MNS_PAD 4
+
+#define MNS_NEG_INF (-__int_as_float(0x7f800000))
+
+typedef long long i64;
+
+// Half-warp (16-lane) reductions: the 16 threads sharing a row group.
+__device__ __forceinline__ float mns_max16(float x) {
+    for (int m = 8; m >= 1; m >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, m));
+    return x;
+}
+__device__ __forceinline__ float mns_sum16(float x) {
+    for (int m = 8; m >= 1; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+    return x;
+}
+__device__ __forceinline__ float mns_sum32(float x) {
+    for (int m = 16; m >= 1; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+    return x;
+}
+
+// Shared staging of one 16-wide K slice of 64 rows of U and 64 rows of V,
+// transposed ([kk][row]) so that the inner product reads are conflict-free.
+struct MnsTileSmem {
+    float a[MNS_BK][MNS_BM + MNS_PAD];
+    float b[MNS_BK][MNS_BN + MNS_PAD];
+};
+
+// acc[i][j] = <x_{r0+ty+16i}, y_{c0+tx+16j}> over all K (0 outside the
+// matrices). Every thread of the block must call it (it synchronizes).
+__device__ __forceinline__ void mns_dot_tile(
+    MnsTileSmem& sm, float acc[4][4],
+    const float* __restrict__ x, i64 x_rows, i64 r0,
+    const float* __restrict__ y, i64 y_rows, i64 c0,
+    i64 k, int tid, int ty, int tx)
+{
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    for (i64 k0 = 0; k0 < k; k0 += MNS_BK) {
+        // 64 x 16 floats each, 4 per thread; consecutive threads read
+        // consecutive components of a row (64-byte segments).
+        for (int idx = tid; idx < MNS_BM * MNS_BK; idx += MNS_NT) {
+            int r = idx / MNS_BK, kk = idx % MNS_BK;
+            i64 gk = k0 + kk;
+            i64 gr = r0 + r, gc = c0 + r;
+            sm.a[kk][r] = (gr < x_rows && gk < k) ? x[gr * k + gk] : 0.0f;
+            sm.b[kk][r] = (gc < y_rows && gk < k) ? y[gc * k + gk] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MNS_BK; ++kk) {
+            float av[4], bv[4];
+            for (int i = 0; i < 4; ++i) av[i] = sm.a[kk][ty + 16 * i];
+            for (int j = 0; j < 4; ++j) bv[j] = sm.b[kk][tx + 16 * j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+}
+
+// The corrected logit s_rc from the raw dot product; -inf when removed
+// (accidental hit), outside the candidates, or (fwd only) on the diagonal.
+__device__ __forceinline__ float mns_logit(
+    float dot, i64 row, i64 col, i64 n, const float* __restrict__ log_q,
+    const i64* __restrict__ ids, float inv_tau, int correct_positive)
+{
+    if (col >= n) return MNS_NEG_INF;
+    if (col != row && ids != nullptr && ids[col] == ids[row]) return MNS_NEG_INF;
+    if (col == row && !correct_positive) return dot * inv_tau;
+    return fmaf(dot, inv_tau, -log_q[col]);
+}
+
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_fwd_f32(
+    const float* __restrict__ u, const float* __restrict__ v,
+    const float* __restrict__ log_q, const i64* __restrict__ ids,
+    i64 b, i64 n, i64 k, float inv_tau, int correct_positive,
+    i64 cols_per_split, float* __restrict__ part_m, float* __restrict__ part_s)
+{
+    __shared__ MnsTileSmem sm;
+    const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+    const i64 r0 = (i64)blockIdx.x * MNS_BM;
+    const i64 split = blockIdx.y;
+    const i64 c_begin = split * cols_per_split;
+    i64 c_end = c_begin + cols_per_split;
+    if (c_end > n) c_end = n;
+
+    float m[4], s[4];
+    for (int i = 0; i < 4; ++i) { m[i] = MNS_NEG_INF; s[i] = 0.0f; }
+
+    for (i64 c0 = c_begin; c0 < c_end; c0 += MNS_BN) {
+        float acc[4][4];
+        mns_dot_tile(sm, acc, u, b, r0, v, n, c0, k, tid, ty, tx);
+        for (int i = 0; i < 4; ++i) {
+            const i64 row = r0 + ty + 16 * i;
+            float x[4];
+            float tmax = MNS_NEG_INF;
+            for (int j = 0; j < 4; ++j) {
+                const i64 col = c0 + tx + 16 * j;
+                // Columns of the next split, rows past B and the diagonal are
+                // excluded (the diagonal is handled exactly by mns_rows_f32).
+                x[j] = (row >= b || col >= c_end || col == row)
+                           ? MNS_NEG_INF
+                           : mns_logit(acc[i][j], row, col, n, log_q, ids, inv_tau, correct_positive);
+                tmax = fmaxf(tmax, x[j]);
+            }
+            tmax = mns_max16(tmax);
+            const float m_new = fmaxf(m[i], tmax);
+            // While everything so far is removed, shift by 0: exp(-inf) = 0
+            // keeps s at 0 without a branch (all 32 lanes must reach the
+            // shuffles below, whatever their rows hold).
+            const float shift = m_new == MNS_NEG_INF ? 0.0f : m_new;
+            float p = 0.0f;
+            for (int j = 0; j < 4; ++j) p += expf(x[j] - shift);
+            p = mns_sum16(p);
+            s[i] = s[i] * expf(m[i] - shift) + p;
+            m[i] = m_new;
+        }
+    }
+    if (tx == 0) {
+        for (int i = 0; i < 4; ++i) {
+            const i64 row = r0 + ty + 16 * i;
+            if (row < b) {
+                part_m[split * b + row] = m[i];
+                part_s[split * b + row] = s[i];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(
+    const float* __restrict__ u, const float* __restrict__ v,
+    const float* __restrict__ log_q, const float* __restrict__ row_weight,
+    i64 b, i64 k, float inv_tau, int correct_positive, int splits,
+    const float* __restrict__ part_m, const float* __restrict__ part_s,
+    float* __restrict__ lse, float* __restrict__ row_loss, int* __restrict__ top1,
+    float* __restrict__ wloss, float* __restrict__ coef, float* __restrict__ pm1)
+{
+    const int lane = threadIdx.x % 32;
+    const i64 row = (i64)blockIdx.x * (MNS_NT / 32) + threadIdx.x / 32;
+    if (row >= b) return;  // whole warp
+    float d = 0.0f;
+    for (i64 c = lane; c < k; c += 32) d = fmaf(u[row * k + c], v[row * k + c], d);
+    d = mns_sum32(d);
+    if (lane != 0) return;
+    const float s_ii_f = correct_positive ? fmaf(d, inv_tau, -log_q[row]) : d * inv_tau;
+    // Ordered merge of the split partials (f64: B scalars, cheap).
+    const double neg_inf = (double)MNS_NEG_INF;
+    double m_off = neg_inf;
+    for (int sp = 0; sp < splits; ++sp) m_off = fmax(m_off, (double)part_m[(i64)sp * b + row]);
+    double so = 0.0;
+    if (m_off > neg_inf) {
+        for (int sp = 0; sp < splits; ++sp) {
+            const double pm = part_m[(i64)sp * b + row];
+            if (pm > neg_inf) so += (double)part_s[(i64)sp * b + row] * exp(pm - m_off);
+        }
+    }
+    const double s_ii = s_ii_f;
+    const double mx = fmax(m_off, s_ii);
+    const double e_ii = exp(s_ii - mx);
+    const double so2 = (m_off > neg_inf) ? so * exp(m_off - mx) : 0.0;
+    const double sum = e_ii + so2;
+    const double l = log(sum) + mx;
+    const double loss = e_ii > 1e-300 ? log1p(so2 / e_ii) : l - s_ii;
+    const double w = row_weight != nullptr ? (double)row_weight[row] : 1.0;
+    lse[row] = (float)l;
+    row_loss[row] = (float)loss;
+    top1[row] = s_ii >= m_off ? 1 : 0;
+    wloss[row] = (float)(w * loss);
+    coef[row] = (float)(w * (double)inv_tau / (double)b);
+    pm1[row] = (float)(-so2 / sum);
+}
+
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_loss_f32(
+    const float* __restrict__ wloss, i64 b, float* __restrict__ loss)
+{
+    __shared__ double part[MNS_NT];
+    double acc = 0.0;
+    for (i64 i = threadIdx.x; i < b; i += MNS_NT) acc += (double)wloss[i];
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int h = MNS_NT / 2; h >= 1; h >>= 1) {
+        if ((int)threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) loss[0] = (float)(part[0] / (double)b);
+}
+
+// G_rc / tau for one logit: c_r P_rc off the diagonal, c_r (P_rr - 1) on it,
+// 0 when removed or outside the matrices.
+__device__ __forceinline__ float mns_grad(
+    float dot, i64 row, i64 col, i64 b, i64 n, const float* __restrict__ log_q,
+    const i64* __restrict__ ids, float inv_tau, int correct_positive,
+    const float* __restrict__ lse, const float* __restrict__ coef, const float* __restrict__ pm1)
+{
+    if (row >= b || col >= n) return 0.0f;
+    if (col == row) return coef[row] * pm1[row];
+    const float x = mns_logit(dot, row, col, n, log_q, ids, inv_tau, correct_positive);
+    return coef[row] * expf(x - lse[row]);  // expf(-inf) = 0 for removed hits
+}
+
+struct MnsBwdSmem {
+    MnsTileSmem t;
+    float g[MNS_BM][MNS_BN + 1];   // G tile, [row][col]
+    float w[MNS_BM][MNS_KC + 1];   // V (dU) or U (dV) slice, [row or col][component]
+};
+
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(
+    const float* __restrict__ u, const float* __restrict__ v,
+    const float* __restrict__ log_q, const i64* __restrict__ ids,
+    i64 b, i64 n, i64 k, float inv_tau, int correct_positive,
+    const float* __restrict__ lse, const float* __restrict__ coef, const float* __restrict__ pm1,
+    float* __restrict__ d_u)
+{
+    __shared__ MnsBwdSmem sm;
+    const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+    const i64 r0 = (i64)blockIdx.x * MNS_BM;
+    const i64 kc0 = (i64)blockIdx.y * MNS_KC;
+    float acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (i64 c0 = 0; c0 < n; c0 += MNS_BN) {
+        float dot[4][4];
+        mns_dot_tile(sm.t, dot, u, b, r0, v, n, c0, k, tid, ty, tx);
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j)
+                sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n,
+                                                          log_q, ids, inv_tau, correct_positive, lse, coef, pm1);
+        for (int idx = tid; idx < MNS_BN * MNS_KC; idx += MNS_NT) {
+            const int c = idx / MNS_KC, kk = idx % MNS_KC;
+            const i64 gc = c0 + c, gk = kc0 + kk;
+            sm.w[c][kk] = (gc < n && gk < k) ? v[gc * k + gk] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int c = 0; c < MNS_BN; ++c) {
+            float gv[4], vv[4];
+            for (int i = 0; i < 4; ++i) gv[i] = sm.g[ty + 16 * i][c];
+            for (int j = 0; j < 4; ++j) vv[j] = sm.w[c][tx + 16 * j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(gv[i], vv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; ++i) {
+        const i64 row = r0 + ty + 16 * i;
+        for (int j = 0; j < 4; ++j) {
+            const i64 c = kc0 + tx + 16 * j;
+            if (row < b && c < k) d_u[row * k + c] = acc[i][j];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(
+    const float* __restrict__ u, const float* __restrict__ v,
+    const float* __restrict__ log_q, const i64* __restrict__ ids,
+    i64 b, i64 n, i64 k, float inv_tau, int correct_positive,
+    const float* __restrict__ lse, const float* __restrict__ coef, const float* __restrict__ pm1,
+    float* __restrict__ d_v)
+{
+    __shared__ MnsBwdSmem sm;
+    const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+    const i64 c0 = (i64)blockIdx.x * MNS_BN;
+    const i64 kc0 = (i64)blockIdx.y * MNS_KC;
+    float acc[4][4];  // [candidate ty+16i][component tx+16j]
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (i64 r0 = 0; r0 < b; r0 += MNS_BM) {
+        float dot[4][4];
+        mns_dot_tile(sm.t, dot, u, b, r0, v, n, c0, k, tid, ty, tx);
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j)
+                sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n,
+                                                          log_q, ids, inv_tau, correct_positive, lse, coef, pm1);
+        for (int idx = tid; idx < MNS_BM * MNS_KC; idx += MNS_NT) {
+            const int r = idx / MNS_KC, kk = idx % MNS_KC;
+            const i64 gr = r0 + r, gk = kc0 + kk;
+            sm.w[r][kk] = (gr < b && gk < k) ? u[gr * k + gk] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int r = 0; r < MNS_BM; ++r) {
+            float gv[4], uv[4];
+            for (int i = 0; i < 4; ++i) gv[i] = sm.g[r][ty + 16 * i];
+            for (int j = 0; j < 4; ++j) uv[j] = sm.w[r][tx + 16 * j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(gv[i], uv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; ++i) {
+        const i64 col = c0 + ty + 16 * i;
+        for (int j = 0; j < 4; ++j) {
+            const i64 c = kc0 + tx + 16 * j;
+            if (col < n && c < k) d_v[col * k + c] = acc[i][j];
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! The CUDA backend: hand-written kernels (`kernels/mns.cu`) compiled at run
+//! time by NVRTC and launched through `cudarc`.
+//!
+//! The crate links nothing CUDA: `cudarc` loads `libcuda` and `libnvrtc`
+//! (version 13) when first used, so building and testing need no toolkit and
+//! no GPU. [`is_available`] probes without panicking (cudarc panics if
+//! `libcuda` is missing and a context is created anyway).
+//!
+//! Two entry points compute the same thing (DESIGN.md §2):
+//!
+//! * the [`Backend`] trait — host slices in, host results out, with the full
+//!   validation of [`MnsInput::validate`];
+//! * [`CudaBackend::mns_loss_device`] — `CudaSlice`s in and out on the
+//!   caller's stream, no host copies and no synchronization, for GPU training
+//!   loops. It checks shapes and τ; it cannot scan device values for NaN/∞
+//!   without a copy, so callers feed it finite data (or validate on the host).
+//!
+//! Kernel launch sequence (one stream): `mns_fwd_f32` (partial max/sum per
+//! row and column split) → `mns_rows_f32` (lse, ℓ, top-1, per-row
+//! coefficients) → `mns_loss_f32` (the loss) → `mns_du_f32` and `mns_dv_f32`
+//! (the gradients, recomputing logit tiles). See the header of `mns.cu`.
+
+use crate::{Backend, MnsError, MnsInput, MnsOutput};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
+use std::ffi::{CString, c_char};
+use std::sync::Arc;
+
+/// The kernel source, embedded at build time.
+pub const SOURCE: &str = include_str!("../../kernels/mns.cu");
+
+/// Every kernel in [`SOURCE`], in launch order.
+pub const KERNELS: [&str; 5] = [
+    "mns_fwd_f32",
+    "mns_rows_f32",
+    "mns_loss_f32",
+    "mns_du_f32",
+    "mns_dv_f32",
+];
+
+/// Rows / columns of a logit tile and the dU/dV component slice (`mns.cu`).
+const TILE: usize = 64;
+/// Threads per block of every kernel.
+const THREADS: u32 = 256;
+
+/// Whether `libnvrtc.so.13` can be loaded (no panic).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: cudarc's probe only attempts to dlopen the library by name.
+    unsafe { nvrtc_sys::is_culib_present() }
+}
+
+/// `Ok(())` when a CUDA device can be used; otherwise why not. Checks the
+/// driver library, the NVRTC library and the device count in that order,
+/// never creating a context (and so never panicking) when one is missing.
+pub fn is_available() -> Result<(), String> {
+    // SAFETY: cudarc's probe only attempts to dlopen the library by name.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("no CUDA driver library (libcuda.so) on this machine".into());
+    }
+    if !nvrtc_available() {
+        return Err("no NVRTC 13 library (libnvrtc.so.13) found".into());
+    }
+    match CudaContext::device_count() {
+        Ok(0) => Err("the CUDA driver reports no device".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("CUDA driver: {e}")),
+    }
+}
+
+/// The result of compiling [`SOURCE`] for one architecture.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The target, e.g. `sm_90`.
+    pub arch: String,
+    /// NVRTC's program log (with `ptxas info` lines when `verbose`).
+    pub log: String,
+    /// The CUBIN image for `arch`.
+    pub cubin: Vec<u8>,
+}
+
+/// Compile the kernels for `arch` (e.g. `sm_90`) to a CUBIN with NVRTC;
+/// `verbose` adds `--ptxas-options=-v` so the log reports registers, shared
+/// memory, stack and spills per kernel. Needs only `libnvrtc`, no GPU.
+pub fn compile(arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
+    if !nvrtc_available() {
+        return Err(MnsError::Cuda("NVRTC 13 (libnvrtc.so.13) not found".into()));
+    }
+    let err = |what: &str, e: nvrtc::NvrtcError| MnsError::Cuda(format!("NVRTC {what}: {e}"));
+    let src = CString::new(SOURCE).map_err(|e| MnsError::Cuda(format!("kernel source: {e}")))?;
+    let prog = nvrtc::create_program(&src, Some(c"mns.cu")).map_err(|e| err("create", e))?;
+    let mut opts = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+    ];
+    if verbose {
+        opts.push("--ptxas-options=-v".into());
+    }
+    // SAFETY: `prog` was created above and is destroyed only at the end.
+    let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
+    // SAFETY: as above; the log exists whether or not compilation succeeded.
+    let log = unsafe { nvrtc::get_program_log(prog) }
+        .map(|raw| {
+            let bytes: Vec<u8> = raw
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .unwrap_or_default();
+    let cubin = compiled
+        .map_err(|e| MnsError::Cuda(format!("NVRTC compile for {arch}: {e}\n{log}")))
+        .and_then(|()| {
+            let mut size = 0usize;
+            // SAFETY: `prog` compiled successfully for a real sm_XY target, so a
+            // CUBIN of `size` bytes exists; the buffer has exactly that size.
+            unsafe {
+                nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
+                    .result()
+                    .map_err(|e| err("cubin size", e))?;
+                let mut buf = vec![0u8; size];
+                nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char)
+                    .result()
+                    .map_err(|e| err("cubin", e))?;
+                Ok(buf)
+            }
+        });
+    // SAFETY: created above, not yet destroyed, not used afterwards.
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    Ok(Compiled {
+        arch: arch.to_string(),
+        log,
+        cubin: cubin?,
+    })
+}
+
+/// Grid sizes of one call; a pure function of the shape and the device's
+/// multiprocessor count, shared by the launches and by the tests that run
+/// the kernels on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Column splits of the forward kernel.
+    pub splits: usize,
+    /// Columns per split, a multiple of 64.
+    pub cols_per_split: usize,
+    /// `mns_fwd_f32` grid: (⌈B/64⌉, splits).
+    pub fwd_grid: (u32, u32),
+    /// `mns_rows_f32` grid: ⌈B/8⌉ blocks (one warp per row).
+    pub rows_grid: u32,
+    /// `mns_du_f32` grid: (⌈B/64⌉, ⌈K/64⌉).
+    pub du_grid: (u32, u32),
+    /// `mns_dv_f32` grid: (⌈N/64⌉, ⌈K/64⌉).
+    pub dv_grid: (u32, u32),
+}
+
+impl Plan {
+    /// The plan for a B×N×K problem on a device with `sms` multiprocessors:
+    /// enough column splits that the forward grid has ≥ 2 blocks per SM.
+    pub fn new(b: usize, n: usize, k: usize, sms: usize) -> Plan {
+        let row_blocks = b.div_ceil(TILE);
+        let col_tiles = n.div_ceil(TILE);
+        let splits = (2 * sms.max(1))
+            .div_ceil(row_blocks)
+            .clamp(1, col_tiles.max(1));
+        let tiles_per_split = col_tiles.div_ceil(splits);
+        let splits = col_tiles.div_ceil(tiles_per_split);
+        let k_slices = k.div_ceil(TILE) as u32;
+        Plan {
+            splits,
+            cols_per_split: tiles_per_split * TILE,
+            fwd_grid: (row_blocks as u32, splits as u32),
+            rows_grid: b.div_ceil(8) as u32,
+            du_grid: (row_blocks as u32, k_slices),
+            dv_grid: (col_tiles as u32, k_slices),
+        }
+    }
+}
+
+/// Device-resident input of [`CudaBackend::mns_loss_device`]; the same
+/// meaning as [`MnsInput`].
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceInput<'a> {
+    /// B×K queries.
+    pub u: &'a CudaSlice<f32>,
+    /// N×K candidates.
+    pub v: &'a CudaSlice<f32>,
+    /// N sampling log-probabilities.
+    pub log_q: &'a CudaSlice<f32>,
+    /// Optional N item ids (accidental-hit removal).
+    pub ids: Option<&'a CudaSlice<i64>>,
+    /// Optional B row weights.
+    pub row_weight: Option<&'a CudaSlice<f32>>,
+    /// K.
+    pub dim: usize,
+    /// τ > 0.
+    pub temperature: f32,
+    /// Subtract log_q on the diagonal too.
+    pub correct_positive: bool,
+}
+
+/// Device-resident results of [`CudaBackend::mns_loss_device`].
+#[derive(Debug)]
+pub struct DeviceOutput {
+    /// L, one element.
+    pub loss: CudaSlice<f32>,
+    /// B×K.
+    pub d_u: CudaSlice<f32>,
+    /// N×K.
+    pub d_v: CudaSlice<f32>,
+    /// B.
+    pub lse: CudaSlice<f32>,
+    /// B.
+    pub row_loss: CudaSlice<f32>,
+    /// B flags, 1 where s_ii is the row maximum.
+    pub top1: CudaSlice<i32>,
+}
+
+impl DeviceOutput {
+    /// Zeroed outputs for a B×N×K problem on `stream`.
+    pub fn zeros(stream: &Arc<CudaStream>, b: usize, n: usize, k: usize) -> Result<Self, MnsError> {
+        Ok(Self {
+            loss: stream.alloc_zeros(1).map_err(cuda_err)?,
+            d_u: stream.alloc_zeros(b * k).map_err(cuda_err)?,
+            d_v: stream.alloc_zeros(n * k).map_err(cuda_err)?,
+            lse: stream.alloc_zeros(b).map_err(cuda_err)?,
+            row_loss: stream.alloc_zeros(b).map_err(cuda_err)?,
+            top1: stream.alloc_zeros(b).map_err(cuda_err)?,
+        })
+    }
+}
+
+fn cuda_err(e: impl std::fmt::Display) -> MnsError {
+    MnsError::Cuda(e.to_string())
+}
+
+/// The fused MNS loss on one CUDA device. The module is compiled once, at
+/// construction, for the device's own `sm_XY`; `Send + Sync`, and calls from
+/// several threads are serialized on the backend's stream by the driver.
+#[derive(Debug)]
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: Vec<CudaFunction>,
+    sms: usize,
+    arch: String,
+}
+
+impl CudaBackend {
+    /// Open device `ordinal`, compile the kernels for it and load them.
+    pub fn new(ordinal: usize) -> Result<Self, MnsError> {
+        is_available().map_err(MnsError::Cuda)?;
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
+        let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
+        let arch = format!("sm_{major}{minor}");
+        let compiled = compile(&arch, false)?;
+        let module = ctx
+            .load_module(Ptx::from_binary(compiled.cubin))
+            .map_err(cuda_err)?;
+        let funcs = KERNELS
+            .iter()
+            .map(|k| module.load_function(k).map_err(cuda_err))
+            .collect::<Result<_, _>>()?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(cuda_err)? as usize;
+        let stream = ctx.default_stream();
+        Ok(Self {
+            ctx,
+            stream,
+            funcs,
+            sms,
+            arch,
+        })
+    }
+
+    /// The device's architecture, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The backend's own stream (used by the host entry point).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The context, to allocate device buffers for [`Self::mns_loss_device`].
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The fused loss on device buffers, enqueued on `stream` (no host copy,
+    /// no synchronization). Checks shapes and τ; values must be finite.
+    pub fn mns_loss_device(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &DeviceInput<'_>,
+        out: &mut DeviceOutput,
+    ) -> Result<(), MnsError> {
+        let k = input.dim;
+        if k == 0 {
+            return Err(MnsError::ZeroDim);
+        }
+        for (name, len) in [("u", input.u.len()), ("v", input.v.len())] {
+            if len % k != 0 {
+                return Err(MnsError::RaggedRows { name, len, dim: k });
+            }
+        }
+        let (b, n) = (input.u.len() / k, input.v.len() / k);
+        if b == 0 {
+            return Err(MnsError::EmptyBatch);
+        }
+        if n < b {
+            return Err(MnsError::TooFewCandidates { b, n });
+        }
+        let lens = [
+            ("log_q", input.log_q.len(), n),
+            ("ids", input.ids.map_or(n, |x| x.len()), n),
+            ("row_weight", input.row_weight.map_or(b, |x| x.len()), b),
+        ];
+        for (name, got, expected) in lens {
+            if got != expected {
+                return Err(MnsError::Length {
+                    name,
+                    expected,
+                    got,
+                });
+            }
+        }
+        let t = input.temperature;
+        if !(t.is_finite() && t > 0.0) {
+            return Err(MnsError::Temperature(t));
+        }
+        let outs = [
+            ("loss", out.loss.len(), 1),
+            ("d_u", out.d_u.len(), b * k),
+            ("d_v", out.d_v.len(), n * k),
+            ("lse", out.lse.len(), b),
+            ("row_loss", out.row_loss.len(), b),
+            ("top1", out.top1.len(), b),
+        ];
+        for (name, got, expected) in outs {
+            if got != expected {
+                return Err(MnsError::OutputLength {
+                    name,
+                    expected,
+                    got,
+                });
+            }
+        }
+        self.launch(stream, input, b, n, k, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: &DeviceInput<'_>,
+        b: usize,
+        n: usize,
+        k: usize,
+        out: &mut DeviceOutput,
+    ) -> Result<(), MnsError> {
+        let plan = Plan::new(b, n, k, self.sms);
+        let (bi, ni, ki) = (b as i64, n as i64, k as i64);
+        let inv_tau = 1.0f32 / x.temperature;
+        let cp = x.correct_positive as i32;
+        let splits = plan.splits as i32;
+        let cps = plan.cols_per_split as i64;
+        // A null device pointer for the absent optional inputs.
+        let null = 0u64;
+        let mut part_m = stream
+            .alloc_zeros::<f32>(plan.splits * b)
+            .map_err(cuda_err)?;
+        let mut part_s = stream
+            .alloc_zeros::<f32>(plan.splits * b)
+            .map_err(cuda_err)?;
+        let mut wloss = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
+        let mut coef = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
+        let mut pm1 = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
+        let cfg = |grid: (u32, u32)| LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+
+        let mut l = stream.launch_builder(&self.funcs[0]);
+        l.arg(x.u).arg(x.v).arg(x.log_q);
+        match x.ids {
+            Some(ids) => l.arg(ids),
+            None => l.arg(&null),
+        };
+        l.arg(&bi)
+            .arg(&ni)
+            .arg(&ki)
+            .arg(&inv_tau)
+            .arg(&cp)
+            .arg(&cps)
+            .arg(&mut part_m)
+            .arg(&mut part_s);
+        // SAFETY: the argument list matches mns_fwd_f32's signature in order
+        // and type; every buffer has the length the kernel indexes (checked in
+        // mns_loss_device: u B·K, v N·K, log_q and ids N; part_* splits·B).
+        unsafe { l.launch(cfg(plan.fwd_grid)) }.map_err(cuda_err)?;
+
+        let mut l = stream.launch_builder(&self.funcs[1]);
+        l.arg(x.u).arg(x.v).arg(x.log_q);
+        match x.row_weight {
+            Some(w) => l.arg(w),
+            None => l.arg(&null),
+        };
+        l.arg(&bi)
+            .arg(&ki)
+            .arg(&inv_tau)
+            .arg(&cp)
+            .arg(&splits)
+            .arg(&part_m)
+            .arg(&part_s);
+        l.arg(&mut out.lse)
+            .arg(&mut out.row_loss)
+            .arg(&mut out.top1)
+            .arg(&mut wloss)
+            .arg(&mut coef)
+            .arg(&mut pm1);
+        // SAFETY: matches mns_rows_f32; row-indexed buffers have B elements,
+        // row_weight B (checked), part_* splits·B.
+        unsafe { l.launch(cfg((plan.rows_grid, 1))) }.map_err(cuda_err)?;
+
+        let mut l = stream.launch_builder(&self.funcs[2]);
+        l.arg(&wloss).arg(&bi).arg(&mut out.loss);
+        // SAFETY: matches mns_loss_f32; wloss has B elements, loss 1.
+        unsafe { l.launch(cfg((1, 1))) }.map_err(cuda_err)?;
+
+        for (f, grid, dst) in [
+            (3, plan.du_grid, &mut out.d_u),
+            (4, plan.dv_grid, &mut out.d_v),
+        ] {
+            let mut l = stream.launch_builder(&self.funcs[f]);
+            l.arg(x.u).arg(x.v).arg(x.log_q);
+            match x.ids {
+                Some(ids) => l.arg(ids),
+                None => l.arg(&null),
+            };
+            l.arg(&bi)
+                .arg(&ni)
+                .arg(&ki)
+                .arg(&inv_tau)
+                .arg(&cp)
+                .arg(&out.lse)
+                .arg(&coef)
+                .arg(&pm1)
+                .arg(dst);
+            // SAFETY: matches mns_du_f32 / mns_dv_f32; d_u has B·K elements,
+            // d_v N·K, lse/coef/pm1 B, the inputs as for the forward kernel.
+            unsafe { l.launch(cfg(grid)) }.map_err(cuda_err)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn mns_loss_into(&self, input: &MnsInput<'_>, out: &mut MnsOutput) -> Result<(), MnsError> {
+        let p = input.validate()?;
+        out.check_shape(p.b, p.n, p.k)?;
+        let s = &self.stream;
+        let u = s.clone_htod(p.u).map_err(cuda_err)?;
+        let v = s.clone_htod(p.v).map_err(cuda_err)?;
+        let log_q = s.clone_htod(p.log_q).map_err(cuda_err)?;
+        let ids = p
+            .ids
+            .map(|x| s.clone_htod(x))
+            .transpose()
+            .map_err(cuda_err)?;
+        let w = p
+            .row_weight
+            .map(|x| s.clone_htod(x))
+            .transpose()
+            .map_err(cuda_err)?;
+        let dev = DeviceInput {
+            u: &u,
+            v: &v,
+            log_q: &log_q,
+            ids: ids.as_ref(),
+            row_weight: w.as_ref(),
+            dim: p.k,
+            temperature: p.temperature,
+            correct_positive: p.correct_positive,
+        };
+        let mut d = DeviceOutput::zeros(s, p.b, p.n, p.k)?;
+        self.mns_loss_device(s, &dev, &mut d)?;
+        // Copy everything back before touching `out`, so that a failure
+        // leaves the caller's buffers as they were.
+        let loss = s.clone_dtoh(&d.loss).map_err(cuda_err)?;
+        let d_u = s.clone_dtoh(&d.d_u).map_err(cuda_err)?;
+        let d_v = s.clone_dtoh(&d.d_v).map_err(cuda_err)?;
+        let lse = s.clone_dtoh(&d.lse).map_err(cuda_err)?;
+        let row_loss = s.clone_dtoh(&d.row_loss).map_err(cuda_err)?;
+        let top1 = s.clone_dtoh(&d.top1).map_err(cuda_err)?;
+        s.synchronize().map_err(cuda_err)?;
+        out.loss = loss[0];
+        out.d_u.copy_from_slice(&d_u);
+        out.d_v.copy_from_slice(&d_v);
+        out.lse.copy_from_slice(&lse);
+        out.row_loss.copy_from_slice(&row_loss);
+        out.top1
+            .iter_mut()
+            .zip(&top1)
+            .for_each(|(t, &x)| *t = x != 0);
+        Ok(())
+    }
+}
