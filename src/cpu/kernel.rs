@@ -254,7 +254,7 @@ unsafe fn strip_tile<S: Simd, const R: usize>(
 /// S supported; `row.len() == sh.np`, a multiple of 16.
 #[inline(always)]
 unsafe fn row_softmax<S: Simd>(sh: &Shared<'_>, i: usize, row: &mut [f32]) -> RowStats {
-    debug_assert!(row.len() == sh.np && row.len() % NR == 0);
+    debug_assert!(row.len() == sh.np && row.len().is_multiple_of(NR));
     if !sh.correct_positive {
         // Uncorrected diagonal: ⟨u_i, v_i⟩/τ without − log_q[i].
         let (u, v) = (&sh.up[i * sh.kp..][..sh.k], &sh.v[i * sh.k..][..sh.k]);
@@ -262,10 +262,10 @@ unsafe fn row_softmax<S: Simd>(sh: &Shared<'_>, i: usize, row: &mut [f32]) -> Ro
     }
     let s_ii = row[i];
     row[i] = f32::NEG_INFINITY;
-    if let Some((group_of_row, groups)) = sh.hits {
-        if let Some(cols) = groups.get(group_of_row[i]) {
-            cols.iter().for_each(|&j| row[j] = f32::NEG_INFINITY);
-        }
+    if let Some((group_of_row, groups)) = sh.hits
+        && let Some(cols) = groups.get(group_of_row[i])
+    {
+        cols.iter().for_each(|&j| row[j] = f32::NEG_INFINITY);
     }
     let p = row.as_mut_ptr();
     let len = row.len();

@@ -179,7 +179,11 @@ impl CpuBackend {
         let (b, n, k) = (p.b, p.n, p.k);
         let kp = k.next_multiple_of(8);
         let np = n.next_multiple_of(NR);
-        let ld = if (np / NR) % 2 == 0 { np + NR } else { np };
+        let ld = if (np / NR).is_multiple_of(2) {
+            np + NR
+        } else {
+            np
+        };
 
         let mut up = vec![0.0f32; b * kp];
         let mut vp = vec![0.0f32; n * kp];
