@@ -6,17 +6,18 @@
 //! unless `REQUIRE_NVRTC=1`, which turns the skip into a failure.
 #![cfg(feature = "cuda")]
 
+mod common;
 use mixneg::cuda;
 
 #[test]
 fn kernels_compile_without_spills() {
     if !cuda::nvrtc_available() {
-        let msg = "skipping: libnvrtc.so.13 not found (install nvidia-cuda-nvrtc and set LD_LIBRARY_PATH)";
+        let msg = "libnvrtc.so.13 not found (install nvidia-cuda-nvrtc and set LD_LIBRARY_PATH)";
         assert!(
             std::env::var("REQUIRE_NVRTC").as_deref() != Ok("1"),
             "REQUIRE_NVRTC=1 but {msg}"
         );
-        eprintln!("{msg}");
+        common::skip(msg);
         return;
     }
     for arch in ["sm_80", "sm_90"] {

@@ -1,0 +1,163 @@
+//! The CUDA backend on a real GPU: the shape sweep and every test vector
+//! against the f64 reference and the CPU backend, the device-resident entry
+//! point, and sharing one backend across threads.
+//!
+//! With no usable device every test prints `skipping: <reason>` and passes;
+//! `REQUIRE_GPU=1` turns the skip into a failure (the GPU check script sets it).
+#![cfg(feature = "cuda")]
+
+mod common;
+use common::*;
+use mixneg::cuda::{self, CudaBackend, DeviceInput, DeviceOutput};
+use mixneg::{Backend, CpuBackend, MnsOutput, reference};
+use std::sync::OnceLock;
+
+fn gpu() -> Option<&'static CudaBackend> {
+    static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    let r = GPU.get_or_init(|| {
+        cuda::is_available()?;
+        CudaBackend::new(0).map_err(|e| e.to_string())
+    });
+    match r {
+        Ok(b) => Some(b),
+        Err(why) => {
+            assert!(
+                std::env::var("REQUIRE_GPU").as_deref() != Ok("1"),
+                "REQUIRE_GPU=1 but no GPU: {why}"
+            );
+            skip(why);
+            None
+        }
+    }
+}
+
+fn check(be: &CudaBackend, case: &Case) {
+    let want = reference::mns_loss_f64(&case.input()).unwrap();
+    let mut out = MnsOutput::filled(case.b(), case.n(), case.k, f32::NAN);
+    be.mns_loss_into(&case.input(), &mut out).unwrap();
+    let ctx = Case {
+        name: format!("{} [cuda {}]", case.name, be.arch()),
+        ..case.clone()
+    };
+    assert_output(&ctx, &out, want.loss, &want.d_u, &want.d_v, &want.lse);
+    assert_tensor("row_loss", &ctx, &out.row_loss, &want.row_loss, 1);
+    // And against the CPU backend: both f32, each within the policy of the truth.
+    let cpu = CpuBackend::new().mns_loss(&case.input()).unwrap();
+    let agree = out
+        .top1
+        .iter()
+        .zip(&cpu.top1)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(
+        agree + 1 >= case.b(),
+        "{}: top1 agrees with the CPU on {agree}/{}",
+        ctx.name,
+        case.b()
+    );
+}
+
+#[test]
+fn shape_sweep() {
+    let Some(be) = gpu() else { return };
+    for &b in &[1, 2, 3, 17, 64, 113] {
+        for &bp in &[0, 1, 7, 203, 1000] {
+            for &k in &[1, 9, 65] {
+                check(be, &random_case(1, b, bp, k));
+            }
+        }
+    }
+    for &k in &[1, 3, 7, 8, 9, 31, 64, 65, 128] {
+        for (b, bp) in [(1, 0), (17, 7), (64, 203), (113, 1000)] {
+            check(be, &random_case(2, b, bp, k));
+        }
+    }
+    check(be, &random_case(3, 512, 1536, 64));
+}
+
+#[test]
+fn every_vector() {
+    let Some(be) = gpu() else { return };
+    for (case, exp) in load_vectors() {
+        let out = be.mns_loss(&case.input()).unwrap();
+        let ctx = Case {
+            name: format!("{} [cuda]", case.name),
+            ..case.clone()
+        };
+        assert_output(&ctx, &out, exp.loss, &exp.d_u, &exp.d_v, &exp.lse);
+    }
+}
+
+#[test]
+fn numerical_edges() {
+    let Some(be) = gpu() else { return };
+    let mut c = random_case(5, 33, 70, 16);
+    c.u.iter_mut().for_each(|x| *x *= 30.0);
+    c.v.iter_mut().for_each(|x| *x *= 30.0);
+    c.temperature = 1.0;
+    c.name = "huge logits".into();
+    check(be, &c);
+    let mut c = random_case(7, 30, 60, 8);
+    c.ids = Some((0..90).map(|j| (j % 3) as i64).collect());
+    c.correct_positive = false;
+    c.row_weight = Some((0..30).map(|i| (i % 4) as f32).collect());
+    c.name = "heavy duplicates, uncorrected, weights".into();
+    check(be, &c);
+    let mut c = random_case(9, 7, 9, 5);
+    c.ids = Some(vec![3; 16]);
+    let out = be.mns_loss(&c.input()).unwrap();
+    assert_eq!(out.loss, 0.0);
+    assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0));
+}
+
+#[test]
+fn device_entry_point_matches_host_entry_point() {
+    let Some(be) = gpu() else { return };
+    let c = random_case(31, 200, 600, 48);
+    let s = be.context().new_stream().unwrap();
+    let u = s.clone_htod(&c.u).unwrap();
+    let v = s.clone_htod(&c.v).unwrap();
+    let lq = s.clone_htod(&c.log_q).unwrap();
+    let ids = s.clone_htod(c.ids.as_ref().unwrap()).unwrap();
+    let x = DeviceInput {
+        u: &u,
+        v: &v,
+        log_q: &lq,
+        ids: Some(&ids),
+        row_weight: None,
+        dim: c.k,
+        temperature: c.temperature,
+        correct_positive: true,
+    };
+    let mut out = DeviceOutput::zeros(&s, c.b(), c.n(), c.k).unwrap();
+    be.mns_loss_device(&s, &x, &mut out).unwrap();
+    let d_u = s.clone_dtoh(&out.d_u).unwrap();
+    let loss = s.clone_dtoh(&out.loss).unwrap()[0];
+    s.synchronize().unwrap();
+    let host = be.mns_loss(&c.input()).unwrap();
+    assert_eq!(
+        loss.to_bits(),
+        host.loss.to_bits(),
+        "same kernels, same bits"
+    );
+    assert_eq!(d_u, host.d_u);
+    // Shape errors are reported, not launched.
+    let bad = DeviceInput { dim: 7, ..x };
+    assert!(be.mns_loss_device(&s, &bad, &mut out).is_err());
+}
+
+#[test]
+fn shared_across_threads_gives_the_same_bits() {
+    let Some(be) = gpu() else { return };
+    let c = random_case(32, 100, 300, 32);
+    let alone = be.mns_loss(&c.input()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let out = be.mns_loss(&c.input()).unwrap();
+                assert_eq!(out.d_v, alone.d_v);
+                assert_eq!(out.loss.to_bits(), alone.loss.to_bits());
+            });
+        }
+    });
+}
