@@ -45,6 +45,15 @@ fn bench(c: &mut Criterion) {
             backends.push(Box::new(b));
         }
     }
+    // The CUDA backend through the host entry point (copies included; the
+    // device-resident timing with CUDA events is `mixneg gpu-bench`).
+    #[cfg(feature = "cuda")]
+    match mixneg::cuda::is_available()
+        .and_then(|()| mixneg::CudaBackend::new(0).map_err(|e| e.to_string()))
+    {
+        Ok(g) => backends.push(Box::new(g)),
+        Err(why) => eprintln!("skipping cuda: {why}"),
+    }
     for (b, bp, k) in SHAPES {
         let n = b + bp;
         let d = data(b, bp, k);

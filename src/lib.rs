@@ -44,6 +44,7 @@ mod error;
 mod input;
 mod output;
 pub mod reference;
+pub mod synthetic;
 
 pub use cpu::{CpuBackend, Kernel};
 #[cfg(feature = "cuda")]

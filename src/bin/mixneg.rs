@@ -2,6 +2,7 @@
 //! safetensors file (`loss`), or time it on a random problem (`demo`).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mixneg::synthetic::Synthetic;
 use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput, ReferenceBackend};
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
@@ -68,6 +69,26 @@ enum Cmd {
         /// Skip the check against the reference.
         #[arg(long)]
         no_check: bool,
+        /// Which implementation to time.
+        #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+        backend: BackendArg,
+    },
+    /// Time the CUDA kernels on device-resident data with CUDA events
+    /// (no host copies in the measured region) and report device memory.
+    #[cfg(feature = "cuda")]
+    GpuBench {
+        /// Queries per batch, B.
+        #[arg(long, default_value_t = 16384)]
+        b: usize,
+        /// Uniformly sampled negatives, B′.
+        #[arg(long, default_value_t = 16384)]
+        b_prime: usize,
+        /// Embedding dimension, K.
+        #[arg(long, default_value_t = 128)]
+        k: usize,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
     },
 }
 
@@ -77,6 +98,8 @@ enum BackendArg {
     Reference,
     /// The fused CPU kernels (kernel from MIXNEG_CPU_KERNEL, else the best).
     Cpu,
+    /// The CUDA kernels on GPU 0 (needs a GPU, its driver and NVRTC 13).
+    Cuda,
 }
 
 fn main() -> ExitCode {
@@ -95,7 +118,15 @@ fn main() -> ExitCode {
             k,
             reps,
             no_check,
-        } => demo(b, b_prime, k, reps, !no_check),
+            backend,
+        } => demo(b, b_prime, k, reps, !no_check, backend),
+        #[cfg(feature = "cuda")]
+        Cmd::GpuBench {
+            b,
+            b_prime,
+            k,
+            reps,
+        } => gpu_bench(b, b_prime, k, reps),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,6 +141,12 @@ fn backend(which: BackendArg) -> Result<Box<dyn Backend>, Error> {
     Ok(match which {
         BackendArg::Reference => Box::new(ReferenceBackend),
         BackendArg::Cpu => Box::new(CpuBackend::from_env()?),
+        #[cfg(feature = "cuda")]
+        BackendArg::Cuda => Box::new(mixneg::CudaBackend::new(0)?),
+        #[cfg(not(feature = "cuda"))]
+        BackendArg::Cuda => {
+            return Err("this build has no CUDA backend (feature `cuda` off)".into());
+        }
     })
 }
 
@@ -240,34 +277,26 @@ fn loss(
     Ok(())
 }
 
-fn demo(b: usize, bp: usize, k: usize, reps: usize, check: bool) -> Result<(), Error> {
+fn demo(
+    b: usize,
+    bp: usize,
+    k: usize,
+    reps: usize,
+    check: bool,
+    which: BackendArg,
+) -> Result<(), Error> {
     let n = b + bp;
-    // A seeded LCG; embeddings of norm ~1, τ = 0.05, a Zipf-like log Q*,
-    // ids with accidental hits.
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.46 / (k as f32).sqrt()
-    };
-    let u: Vec<f32> = (0..b * k).map(|_| next()).collect();
-    let mut v: Vec<f32> = (0..n * k).map(|_| next()).collect();
-    // Positives correlated with their queries, so that top-1 means something.
-    v.iter_mut()
-        .zip(&u)
-        .for_each(|(v, &u)| *v = 0.6 * u + 0.8 * *v);
-    let log_q: Vec<f32> = (0..n)
-        .map(|j| -(((j * 7919) % 5000 + 1) as f32).ln() - 2.0)
-        .collect();
-    let ids: Vec<i64> = (0..n).map(|j| ((j * 7919) % (4 * n)) as i64).collect();
-    let input = MnsInput::new(&u, &v, &log_q, k).temperature(0.05).ids(&ids);
+    let data = Synthetic::new(b, bp, k, 1);
+    let input = data.input();
 
-    let cpu = CpuBackend::from_env()?;
+    let cpu = backend(which)?;
+    let threads = match which {
+        BackendArg::Cuda => "the GPU".to_string(),
+        _ => format!("{} threads", rayon::current_num_threads()),
+    };
     println!(
-        "mixneg demo: B = {b}, B' = {bp}, N = {n}, K = {k}; {} on {} threads",
-        cpu.name(),
-        cpu.threads()
+        "mixneg demo: B = {b}, B' = {bp}, N = {n}, K = {k}; {} on {threads}",
+        cpu.name()
     );
     let mut out = MnsOutput::filled(b, n, k, 0.0);
     let mut times = Vec::with_capacity(reps);
@@ -294,9 +323,9 @@ fn demo(b: usize, bp: usize, k: usize, reps: usize, check: bool) -> Result<(), E
     if check {
         // The f64 reference on the first 128 queries with all their candidates.
         let bs = b.min(128);
-        let sub = MnsInput::new(&u[..bs * k], &v, &log_q, k)
+        let sub = MnsInput::new(&data.u[..bs * k], &data.v, &data.log_q, k)
             .temperature(0.05)
-            .ids(&ids);
+            .ids(&data.ids);
         let want = mixneg::reference::mns_loss_f64(&sub)?;
         let got = cpu.mns_loss(&sub)?;
         let rel = |g: &[f32], w: &[f64]| {
@@ -316,5 +345,62 @@ fn demo(b: usize, bp: usize, k: usize, reps: usize, check: bool) -> Result<(), E
             rel(&got.lse, &want.lse)
         );
     }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
+    use mixneg::cuda::{CudaBackend, DeviceInput, DeviceOutput};
+    let n = b + bp;
+    let data = Synthetic::new(b, bp, k, 1);
+    let gpu = CudaBackend::new(0)?;
+    let ctx = gpu.context().clone();
+    let s = ctx.new_stream()?;
+    let (free0, total) = ctx.mem_get_info()?;
+    let u = s.clone_htod(&data.u)?;
+    let v = s.clone_htod(&data.v)?;
+    let lq = s.clone_htod(&data.log_q)?;
+    let ids = s.clone_htod(&data.ids)?;
+    let x = DeviceInput {
+        u: &u,
+        v: &v,
+        log_q: &lq,
+        ids: Some(&ids),
+        row_weight: None,
+        dim: k,
+        temperature: 0.05,
+        correct_positive: true,
+    };
+    let mut out = DeviceOutput::zeros(&s, b, n, k)?;
+    gpu.mns_loss_device(&s, &x, &mut out)?; // warm-up
+    s.synchronize()?;
+    let (free1, _) = ctx.mem_get_info()?;
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t0 = ctx.new_event(None)?;
+        let t1 = ctx.new_event(None)?;
+        t0.record(&s)?;
+        gpu.mns_loss_device(&s, &x, &mut out)?;
+        t1.record(&s)?;
+        t1.synchronize()?;
+        ms.push(t0.elapsed_ms(&t1)? as f64);
+    }
+    ms.sort_by(f64::total_cmp);
+    let med = ms[ms.len() / 2];
+    let loss = s.clone_dtoh(&out.loss)?[0];
+    let flops = 6.0 * b as f64 * n as f64 * k as f64;
+    // Inputs, outputs and the per-call scratch (splits·B·2 + 3·B floats).
+    let plan = gpu.plan(b, n, k);
+    let bytes = 4 * (2 * (b + n) * k + n * 3 + b * 6 + 2 * plan.splits * b);
+    println!(
+        "mixneg cuda {}: B = {b}, B' = {bp}, K = {k}: loss {loss:.6}, median {med:.3} ms over {} runs, \
+         {:.2} effective TFLOP/s, device memory {:.1} MiB (buffers) / {:.1} MiB (driver delta), GPU total {:.0} GiB",
+        gpu.arch(),
+        ms.len(),
+        flops / med / 1e9,
+        bytes as f64 / (1u64 << 20) as f64,
+        (free0.saturating_sub(free1)) as f64 / (1u64 << 20) as f64,
+        total as f64 / (1u64 << 30) as f64
+    );
     Ok(())
 }

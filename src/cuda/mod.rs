@@ -277,6 +277,11 @@ impl CudaBackend {
         })
     }
 
+    /// The grid plan this backend uses for a B×N×K problem.
+    pub fn plan(&self, b: usize, n: usize, k: usize) -> Plan {
+        Plan::new(b, n, k, self.sms)
+    }
+
     /// The device's architecture, e.g. `sm_90`.
     pub fn arch(&self) -> &str {
         &self.arch
@@ -364,7 +369,7 @@ impl CudaBackend {
         k: usize,
         out: &mut DeviceOutput,
     ) -> Result<(), MnsError> {
-        let plan = Plan::new(b, n, k, self.sms);
+        let plan = self.plan(b, n, k);
         let (bi, ni, ki) = (b as i64, n as i64, k as i64);
         let inv_tau = 1.0f32 / x.temperature;
         let cp = x.correct_positive as i32;

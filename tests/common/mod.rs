@@ -122,8 +122,13 @@ pub struct Expected {
     pub lse: Vec<f64>,
 }
 
+/// `tests/vectors`, or `$MIXNEG_VECTORS` when set (prebuilt test binaries
+/// run elsewhere, e.g. by `scripts/gpu_check.sh`).
 pub fn vectors_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+    match std::env::var_os("MIXNEG_VECTORS") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors"),
+    }
 }
 
 fn f32s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
