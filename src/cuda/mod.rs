@@ -136,6 +136,22 @@ pub fn compile(arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
     })
 }
 
+/// The CUBIN for `arch`, compiled once per process and architecture (NVRTC
+/// takes ~0.5 s for the five kernels); each backend loads it into its own
+/// context.
+fn cubin_for(arch: &str) -> Result<Vec<u8>, MnsError> {
+    static CACHE: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, c)) = cache.iter().find(|(a, _)| a == arch) {
+        return Ok(c.clone());
+    }
+    let c = compile(arch, false)?.cubin;
+    cache.push((arch.to_string(), c.clone()));
+    Ok(c)
+}
+
 /// Grid sizes of one call; a pure function of the shape and the device's
 /// multiprocessor count, shared by the launches and by the tests that run
 /// the kernels on the CPU.
@@ -235,8 +251,8 @@ fn cuda_err(e: impl std::fmt::Display) -> MnsError {
     MnsError::Cuda(e.to_string())
 }
 
-/// The fused MNS loss on one CUDA device. The module is compiled once, at
-/// construction, for the device's own `sm_XY`; `Send + Sync`, and calls from
+/// The fused MNS loss on one CUDA device. The kernels are compiled for the
+/// device's own `sm_XY` once per process and loaded at construction; `Send + Sync`, and calls from
 /// several threads are serialized on the backend's stream by the driver.
 #[derive(Debug)]
 pub struct CudaBackend {
