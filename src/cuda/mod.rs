@@ -270,9 +270,8 @@ impl CudaBackend {
         let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
         let arch = format!("sm_{major}{minor}");
-        let compiled = compile(&arch, false)?;
         let module = ctx
-            .load_module(Ptx::from_binary(compiled.cubin))
+            .load_module(Ptx::from_binary(cubin_for(&arch)?))
             .map_err(cuda_err)?;
         let funcs = KERNELS
             .iter()
