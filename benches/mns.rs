@@ -1,52 +1,163 @@
-//! criterion: the fused MNS loss, forward + backward, per backend and shape.
+//! criterion: the fused MNS loss, forward + backward, per backend and shape,
+//! with the machine's SGEMM ceiling measured in the same run.
 //!
-//! Groups are named `{backend}/mns/{B}x{N}x{K}`; throughput is
-//! `Elements(6·B·N·K)`, so criterion's "elem/s" is effective flop/s.
-//! Run: `cargo bench --bench mns` (filter e.g. `-- avx2_fma/mns/4096x8192x64`).
+//! Groups are named `{backend}/{op}/{B}x{N}x{K}`; throughput is
+//! `Elements(6·B·N·K)` everywhere, so criterion's "elem/s" is effective
+//! flop/s and rates compare directly:
+//!
+//! * `reference/mns` — the f64 specification (small shapes only);
+//! * `portable/mns`, `avx2_fma/mns` — the fused CPU kernels, each forced;
+//! * `cuda/mns` — the CUDA backend (host entry, copies included) when a GPU
+//!   is available;
+//! * `gemm/3mm` — the ceiling: the `gemm` crate (its default AVX2/FMA
+//!   kernels, same thread count) computing U·Vᵀ, S·V and Sᵀ·U for the same
+//!   shapes — the 6·B·N·K flops of the loss with no softmax, materializing S.
+//!
+//! Run: `cargo bench --bench mns` (filter e.g. `-- 4096x8192x64`).
+//! `MIXNEG_BENCH_SHAPES=small` runs the two smallest shapes only.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mixneg::{Backend, CpuBackend, Kernel, MnsInput, MnsOutput, ReferenceBackend};
+use mixneg::synthetic::Synthetic;
+use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, ReferenceBackend};
 use std::hint::black_box;
 
-/// (B, B′, K) of issue #2.
-const SHAPES: [(usize, usize, usize); 3] = [(1024, 1024, 64), (4096, 4096, 64), (4096, 4096, 128)];
+/// (B, B′, K): the ladder of issue #4, plus an awkward shape.
+const SHAPES: [(usize, usize, usize); 7] = [
+    (256, 256, 64),
+    (1024, 1024, 64),
+    (1000, 3001, 65),
+    (4096, 4096, 64),
+    (4096, 4096, 128),
+    (8192, 8192, 64),
+    (4096, 65536, 64),
+];
 
-struct Data {
-    u: Vec<f32>,
-    v: Vec<f32>,
-    log_q: Vec<f32>,
-    k: usize,
+/// U·Vᵀ, S·V and Sᵀ·U with the gemm crate (row-major, S of B×N).
+struct ThreeMm {
+    s: Vec<f32>,
+    du: Vec<f32>,
+    dv: Vec<f32>,
 }
 
-fn data(b: usize, bp: usize, k: usize) -> Data {
-    // A cheap LCG: benchmark data needs variety, not statistical quality.
-    let mut s = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4 / (k as f32).sqrt()
-    };
-    let n = b + bp;
-    Data {
-        u: (0..b * k).map(|_| next()).collect(),
-        v: (0..n * k).map(|_| next()).collect(),
-        log_q: (0..n)
-            .map(|j| -((j % 1000) as f32 + 1.0).ln() - 5.0)
-            .collect(),
-        k,
+impl ThreeMm {
+    fn new(b: usize, n: usize, k: usize) -> Self {
+        Self {
+            s: vec![0.0; b * n],
+            du: vec![0.0; b * k],
+            dv: vec![0.0; n * k],
+        }
+    }
+
+    fn run(&mut self, u: &[f32], v: &[f32], b: usize, n: usize, k: usize, threads: usize) {
+        let par = gemm::Parallelism::Rayon(threads);
+        let (ni, ki) = (n as isize, k as isize);
+        // SAFETY: every pointer covers the matrix its strides describe:
+        // S B×N (row stride N), U B×K (row stride K), V N×K (row stride K),
+        // dU B×K, dV N×K; the three destinations do not alias any source.
+        unsafe {
+            // S = U·Vᵀ: rhs Vᵀ is K×N with element (c, j) at V[j·K + c].
+            gemm::gemm(
+                b,
+                n,
+                k,
+                self.s.as_mut_ptr(),
+                1,
+                ni,
+                false,
+                u.as_ptr(),
+                1,
+                ki,
+                v.as_ptr(),
+                ki,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+            // dU = S·V.
+            gemm::gemm(
+                b,
+                k,
+                n,
+                self.du.as_mut_ptr(),
+                1,
+                ki,
+                false,
+                self.s.as_ptr(),
+                1,
+                ni,
+                v.as_ptr(),
+                1,
+                ki,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+            // dV = Sᵀ·U: lhs Sᵀ is N×B with element (j, i) at S[i·N + j].
+            gemm::gemm(
+                n,
+                k,
+                b,
+                self.dv.as_mut_ptr(),
+                1,
+                ki,
+                false,
+                self.s.as_ptr(),
+                ni,
+                1,
+                u.as_ptr(),
+                1,
+                ki,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+}
+
+/// The ceiling must compute the right products: check it on a tiny shape.
+fn check_three_mm() {
+    let (b, n, k) = (3, 5, 4);
+    let d = Synthetic::new(b, n - b, k, 7);
+    let mut mm = ThreeMm::new(b, n, k);
+    mm.run(&d.u, &d.v, b, n, k, 1);
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f32>();
+    for i in 0..b {
+        for j in 0..n {
+            let want = dot(&d.u[i * k..][..k], &d.v[j * k..][..k]);
+            assert!((mm.s[i * n + j] - want).abs() < 1e-5, "S[{i}][{j}]");
+        }
+        for c in 0..k {
+            let want: f32 = (0..n).map(|j| mm.s[i * n + j] * d.v[j * k + c]).sum();
+            assert!((mm.du[i * k + c] - want).abs() < 1e-4, "dU[{i}][{c}]");
+        }
+    }
+    for j in 0..n {
+        for c in 0..k {
+            let want: f32 = (0..b).map(|i| mm.s[i * n + j] * d.u[i * k + c]).sum();
+            assert!((mm.dv[j * k + c] - want).abs() < 1e-4, "dV[{j}][{c}]");
+        }
     }
 }
 
 fn bench(c: &mut Criterion) {
+    check_three_mm();
     let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(ReferenceBackend)];
     for k in Kernel::ALL {
         if let Ok(b) = CpuBackend::with_kernel(k) {
             backends.push(Box::new(b));
         }
     }
-    // The CUDA backend through the host entry point (copies included; the
-    // device-resident timing with CUDA events is `mixneg gpu-bench`).
     #[cfg(feature = "cuda")]
     match mixneg::cuda::is_available()
         .and_then(|()| mixneg::CudaBackend::new(0).map_err(|e| e.to_string()))
@@ -54,18 +165,25 @@ fn bench(c: &mut Criterion) {
         Ok(g) => backends.push(Box::new(g)),
         Err(why) => eprintln!("skipping cuda: {why}"),
     }
-    for (b, bp, k) in SHAPES {
+    let small = std::env::var("MIXNEG_BENCH_SHAPES").as_deref() == Ok("small");
+    let threads = rayon::current_num_threads();
+    for (b, bp, k) in SHAPES
+        .into_iter()
+        .take(if small { 2 } else { SHAPES.len() })
+    {
         let n = b + bp;
-        let d = data(b, bp, k);
-        let input = MnsInput::new(&d.u, &d.v, &d.log_q, d.k).temperature(0.05);
+        let d = Synthetic::new(b, bp, k, 1);
+        let input = d.input();
+        let flops = (6 * b * n * k) as u64;
+        let shape = format!("{b}x{n}x{k}");
         for be in &backends {
-            // The reference materializes B×N f64 and is ~100× slower: only the smallest shape.
-            if be.name() == "reference" && b > 1024 {
+            // The reference materializes B×N f64: only the small shapes.
+            if be.name() == "reference" && b * n > 1024 * 4096 {
                 continue;
             }
             let name = be.name().trim_start_matches("cpu/");
-            let mut g = c.benchmark_group(format!("{name}/mns/{b}x{n}x{k}"));
-            g.throughput(Throughput::Elements((6 * b * n * k) as u64));
+            let mut g = c.benchmark_group(format!("{name}/mns/{shape}"));
+            g.throughput(Throughput::Elements(flops));
             g.sample_size(10);
             let mut out = MnsOutput::filled(b, n, k, 0.0);
             g.bench_function("fwd_bwd", |bench| {
@@ -73,6 +191,14 @@ fn bench(c: &mut Criterion) {
             });
             g.finish();
         }
+        let mut g = c.benchmark_group(format!("gemm/3mm/{shape}"));
+        g.throughput(Throughput::Elements(flops));
+        g.sample_size(10);
+        let mut mm = ThreeMm::new(b, n, k);
+        g.bench_function("ceiling", |bench| {
+            bench.iter(|| mm.run(black_box(&d.u), black_box(&d.v), b, n, k, threads))
+        });
+        g.finish();
     }
 }
 
