@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# mixneg against NumPy, JAX (jit of value_and_grad) and, opt-in, PyTorch
+# (eager and torch.compile), in one run, same shapes, same data, 2 threads.
+# Installs its Python dependencies into benches/peers/.venv (NumPy, JAX CPU,
+# matplotlib: < 1 minute). PyTorch's PyPI wheel pulls ~6 GB of CUDA wheels,
+# so it is only installed and run with PEERS_TORCH=1.
+#
+#   benches/peers/run.sh            # results in benches/peers/results.csv and a table on stdout
+#   PEERS_SHAPES="4096,4096,64" benches/peers/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HERE=benches/peers
+VENV=$HERE/.venv
+if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
+"$VENV/bin/pip" install -q --disable-pip-version-check numpy "jax[cpu]" matplotlib
+IMPLS="numpy jax"
+if [ "${PEERS_TORCH:-0}" = 1 ]; then
+    "$VENV/bin/pip" install -q --disable-pip-version-check torch
+    IMPLS="$IMPLS torch torch.compile"
+fi
+cargo build --release --locked --bin mixneg 2>&1 | tail -n 1
+
+export THREADS=${THREADS:-2}
+export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+export XLA_FLAGS="--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=$THREADS"
+PY="$VENV/bin/python"
+
+# peak RSS (MiB) and the program's last line, for one command
+measure() {
+    local log; log=$(mktemp)
+    /usr/bin/time -v "$@" >"$log.out" 2>"$log" || { echo "FAILED: $*" >&2; tail -n 3 "$log" >&2; rm -f "$log" "$log.out"; return 1; }
+    local rss; rss=$(awk '/Maximum resident set size/ {printf "%.0f", $NF/1024}' "$log")
+    echo "$rss|$(grep -E 'median' "$log.out" | tail -n 1)"
+    rm -f "$log" "$log.out"
+}
+
+echo "== agreement on a small case (B = 256, B' = 768, K = 32): every loss must match mixneg's to 1e-4"
+ref=$(./target/release/mixneg demo --b 256 --b-prime 768 --k 32 --reps 1 --no-check | awk '/loss/ {print $2}')
+echo "mixneg: loss $ref"
+for impl in $IMPLS; do
+    line=$("$PY" $HERE/peers.py "$impl" 256 768 32 --reps 1)
+    echo "$line"
+    got=$(echo "$line" | sed -E 's/.*loss ([-0-9.e]+),.*/\1/')
+    "$PY" -c "import sys; r, g = float('$ref'), float('$got'); sys.exit(0 if abs(r - g) <= 1e-4 * abs(r) else 1)" ||
+        { echo "DISAGREEMENT: $impl loss $got vs mixneg $ref" >&2; exit 1; }
+done
+
+SHAPES=${PEERS_SHAPES:-"1024,1024,64 4096,4096,64 4096,4096,128 16384,16384,64"}
+CSV=$HERE/results.csv
+echo "b,b_prime,k,impl,median_ms,gflops,peak_rss_mib" > "$CSV"
+for shape in $SHAPES; do
+    IFS=, read -r b bp k <<<"$shape"
+    n=$((b + bp)); flops=$((6 * b * n * k))
+    reps=$(( b >= 16384 ? 3 : 10 ))
+    r=$(measure ./target/release/mixneg demo --b "$b" --b-prime "$bp" --k "$k" --reps "$reps" --no-check) || continue
+    ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
+    echo "$b,$bp,$k,mixneg,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
+    for impl in $IMPLS; do
+        r=$(measure "$PY" $HERE/peers.py "$impl" "$b" "$bp" "$k" --reps $(( b >= 16384 ? 2 : 5 ))) || continue
+        ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
+        echo "$b,$bp,$k,$impl,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
+    done
+done
+
+echo
+"$PY" - "$CSV" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print("| (B, B′, K) | implementation | median ms | effective GFLOP/s | peak RSS MiB | time vs mixneg | RSS vs mixneg |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    base = next(x for x in rows if x["impl"] == "mixneg" and (x["b"], x["b_prime"], x["k"]) == (r["b"], r["b_prime"], r["k"]))
+    t = float(r["median_ms"]) / float(base["median_ms"])
+    m = float(r["peak_rss_mib"]) / float(base["peak_rss_mib"])
+    print(f"| {r['b']}, {r['b_prime']}, {r['k']} | {r['impl']} | {float(r['median_ms']):.1f} | {r['gflops']} | {r['peak_rss_mib']} | {t:.2f}× | {m:.1f}× |")
+PY
