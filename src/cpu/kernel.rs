@@ -1,29 +1,38 @@
 //! The fused CPU kernels, generic over the [`Simd`] instruction set.
 //!
-//! One worker owns a contiguous range of rows (a [`Chunk`]) and walks it in
-//! row blocks of `mb` rows. For one block (rows i0..i0+r):
+//! Work is organized by row blocks of `mb` queries; within a block the N
+//! candidates are split into column *parts* that the workers process in
+//! parallel (see `mod.rs`). For one block (rows i0..i0+r) and one part
+//! (columns j0..j1):
 //!
-//! 1. **Logit strip** S = U_b·Vᵀ/τ − log_q (r × N_pad floats, the only buffer
-//!    that grows with N), by a 6×16 register-blocked micro-kernel over the
-//!    packed panels of Vᵀ (12 ymm accumulators; broadcast from U, two vector
-//!    loads from the panel).
-//! 2. **Row pass** for each row i: diagonal and accidental-hit fix-ups, then
-//!    m = max_j s_ij and e_ij = exp(s_ij − m) *in place*, one exp per element.
-//!    The diagonal is kept out of the sums: with Σ′ = Σ_{j≠i} e_ij and
-//!    e_ii = exp(s_ii − m), lse_i = m + ln(e_ii + Σ′), ℓ_i = ln(1 + Σ′/e_ii),
-//!    and the strip's diagonal is overwritten by −Σ′, so that
-//!    c_i·strip_ij = G_ij/τ for every j with c_i = w_i/(B·τ·(e_ii + Σ′)):
-//!    G_ii = (w_i/B)(P_ii − 1) = −(w_i/B)·Σ′/(e_ii + Σ′) is formed without the
-//!    cancellation of P_ii − 1 when the positive dominates.
-//! 3. **dU_b** = diag(c)·E·V (6×16 micro-kernel, broadcast from the strip,
-//!    vector loads from V's rows; blocked over `JC` columns for cache reuse).
-//! 4. **dV** += Eᵀ·diag(c)·U_b into the worker's private accumulator
-//!    (6 candidates × 16 components per micro-kernel, reduction over the
-//!    block's rows in registers, then one add into the accumulator).
+//! **Phase A** ([`phase_a`]):
+//! 1. the part's logit strip S = U_b·V_partᵀ/τ − log_q (r × w floats) by a
+//!    6×16 register-blocked micro-kernel over packed panels of Vᵀ (12 ymm
+//!    accumulators; broadcast from U, two vector loads from the panel);
+//! 2. per row: the diagonal (if column i is in the part) is recorded and
+//!    taken out, accidental hits are set to −∞, then m_p = max of the part's
+//!    row and e_ij = exp(s_ij − m_p) *in place* (one exp per logit), with the
+//!    part's sum Σ_p.
 //!
-//! The strip is written once and read back (6·B·N·K flops, no recompute).
-//! Every sum runs in a fixed order, so a chunk's results depend only on its
-//! rows: the CPU backend is deterministic for a fixed number of chunks.
+//! Between the phases the caller merges the parts' (m_p, Σ_p) per row, in
+//! part order: m = max(s_ii, max_p m_p), Σ′ = Σ_p Σ_p·e^{m_p − m},
+//! e_ii = e^{s_ii − m}, lse = m + ln(e_ii + Σ′), ℓ = ln(1 + Σ′/e_ii), and
+//! gives each part the row coefficients c_p = w_i e^{m_p − m}/(B·τ·(e_ii + Σ′)),
+//! so that c_p·e_ij = G_ij/τ off the diagonal. The diagonal,
+//! G_ii/τ = −(w_i/(B·τ))·Σ′/(e_ii + Σ′), never forms P_ii − 1 (no
+//! cancellation when the positive dominates) and is added by the caller as a
+//! rank-one term.
+//!
+//! **Phase B** ([`phase_b`]):
+//! 3. the part's share of dU_b, Σ_j e_ij·V_j (6×16 micro-kernel, broadcast
+//!    from the strip, vector loads from V's column tiles, blocked over `JC`
+//!    columns), scaled and summed over parts by the caller;
+//! 4. dV_j += Σ_i e_ij·(c_p,i·U_i) for the part's own columns j — each part
+//!    owns its rows of dV, so no reduction and no private copies.
+//!
+//! The strips are written once and read back (6·B·N·K flops, no recompute).
+//! Every sum runs in a fixed order, independent of which thread runs which
+//! part: results are bit-for-bit reproducible.
 
 use super::simd::{Simd, exp};
 
@@ -40,20 +49,14 @@ pub(crate) struct Shared<'a> {
     pub b: usize,
     /// N.
     pub n: usize,
-    /// N rounded up to a multiple of [`NR`]: the strip's row length.
+    /// N rounded up to a multiple of [`NR`].
     pub np: usize,
-    /// The strip's row stride: np, or np + 16 so that stride/64 bytes is odd —
-    /// a stride of a multiple of 4 KiB maps every row of a column to the same
-    /// L1 set, and the dV kernel reads the strip down its columns.
-    pub ld: usize,
     /// K.
     pub k: usize,
     /// K rounded up to a multiple of 8; the packed rows' stride.
     pub kp: usize,
     /// 1/τ.
     pub inv_tau: f32,
-    /// 1/(B·τ) in f64.
-    pub inv_b_tau: f64,
     /// U packed B×kp, zero-padded.
     pub up: &'a [f32],
     /// V for the dU kernel, in column tiles: the 16 (last: 8) columns
@@ -67,133 +70,144 @@ pub(crate) struct Shared<'a> {
     pub vt: &'a [f32],
     /// −log_q[j] for j < N, −∞ for the padding columns (so they drop out).
     pub nlq: &'a [f32],
-    /// log_q, for the uncorrected diagonal.
-    pub log_q: &'a [f32],
-    /// Row weights, if any.
-    pub weight: Option<&'a [f32]>,
     /// Subtract log_q on the diagonal too.
     pub correct_positive: bool,
     /// Accidental-hit groups (see `Problem::hit_groups`).
     pub hits: Option<(&'a [usize], &'a [Vec<usize>])>,
 }
 
-/// The rows one worker owns, its outputs and its scratch.
-pub(crate) struct Chunk<'a> {
-    /// First global row.
-    pub row0: usize,
-    /// Number of rows.
-    pub rows: usize,
-    /// Rows of the row block (multiple of [`MR`] unless it covers the chunk).
-    pub mb: usize,
-    /// This chunk's rows of dU, rows×K.
-    pub d_u: &'a mut [f32],
-    /// lse of this chunk's rows.
-    pub lse: &'a mut [f32],
-    /// ℓ_i of this chunk's rows.
-    pub row_loss: &'a mut [f32],
-    /// Top-1 flags of this chunk's rows.
-    pub top1: &'a mut [bool],
-    /// w_i·ℓ_i in f64, for the loss sum.
-    pub wloss: &'a mut [f64],
-    /// Private dV accumulator, n×kp, zero on entry.
+/// One column part of the current row block, with its scratch. Parts are
+/// created once per call and reused for every row block.
+pub(crate) struct Part<'a> {
+    /// First column (a multiple of [`NR`]).
+    pub j0: usize,
+    /// One past the last real column (≤ N).
+    pub j1: usize,
+    /// Width of the part's strip rows: j1 − j0 rounded up to [`NR`].
+    pub w: usize,
+    /// Row stride of the strip: w, or w + 16 so that stride/64 bytes is odd —
+    /// a stride of a multiple of 4 KiB maps every row of a column to the same
+    /// L1 set, and the dV kernel reads the strip down its columns.
+    pub ld: usize,
+    /// The strip, mb × ld.
+    pub strip: Vec<f32>,
+    /// Unscaled dU share of the block, mb × kp.
+    pub du: Vec<f32>,
+    /// c_p,i·U_i of the block, mb × kp.
+    pub us: Vec<f32>,
+    /// Per row: m_p, the part's max (−∞ if all its columns are removed).
+    pub max: Vec<f32>,
+    /// Per row: Σ_p, the part's sum of exp(s − m_p) (0 if all removed).
+    pub sum: Vec<f32>,
+    /// Per row: s_ii when column i is in this part.
+    pub diag: Vec<Option<f32>>,
+    /// Per row: c_p,i, set by the caller between the phases.
+    pub coef: Vec<f32>,
+    /// Rows j0..j1 of the dV accumulator (stride kp), owned by this part.
     pub dv: &'a mut [f32],
-    /// Scratch: the logit strip, mb×np.
-    pub strip: &'a mut [f32],
-    /// Scratch: unscaled dU of the block, mb×kp.
-    pub du: &'a mut [f32],
-    /// Scratch: c_i·U_i of the block, mb×kp.
-    pub us: &'a mut [f32],
-    /// Scratch: c_i of the block, mb.
-    pub c: &'a mut [f32],
 }
 
-/// Runs the four phases over every row block of the chunk.
+/// Phase A of one part for rows i0..i0+r: strip, fix-ups, exp in place,
+/// per-row (max, sum). See the module docs.
 ///
 /// # Safety
 ///
 /// The CPU supports `S`'s instruction set. (Every buffer size the
 /// micro-kernels rely on is asserted here, once per call.)
 #[inline(always)]
-pub(crate) unsafe fn run_chunk<S: Simd>(sh: &Shared<'_>, ch: &mut Chunk<'_>) {
-    let (n, np, ld, k, kp, mb) = (sh.n, sh.np, sh.ld, sh.k, sh.kp, ch.mb);
-    assert!(np % NR == 0 && np >= n && ld >= np && kp % 8 == 0 && kp >= k && mb >= 1);
-    assert!(ch.row0 + ch.rows <= sh.b);
-    assert!(sh.up.len() == sh.b * kp && sh.vp.len() == n * kp);
-    assert!(sh.vt.len() == np * kp && sh.nlq.len() == np && sh.log_q.len() == n);
-    assert!(ch.strip.len() >= mb * ld && ch.du.len() >= mb * kp && ch.us.len() >= mb * kp);
-    assert!(ch.c.len() >= mb && ch.dv.len() == n * kp && ch.d_u.len() == ch.rows * k);
-    assert!(ch.lse.len() == ch.rows && ch.row_loss.len() == ch.rows);
-    assert!(ch.top1.len() == ch.rows && ch.wloss.len() == ch.rows);
-
-    let mut start = 0;
-    while start < ch.rows {
-        let r = mb.min(ch.rows - start);
-        let i0 = ch.row0 + start;
-        // SAFETY: S is supported (our contract); the asserts above bound every
-        // access: strip rows < r ≤ mb of stride ld, up rows i0..i0+r < B.
-        unsafe { strip_block::<S>(sh, &sh.up[i0 * kp..(i0 + r) * kp], r, ch.strip) };
-        for rr in 0..r {
-            let local = start + rr;
-            let row = &mut ch.strip[rr * ld..rr * ld + np];
-            // SAFETY: S is supported; row has np elements, a multiple of 16.
-            let st = unsafe { row_softmax::<S>(sh, i0 + rr, row) };
-            ch.lse[local] = st.lse as f32;
-            ch.row_loss[local] = st.loss as f32;
-            ch.top1[local] = st.top1;
-            ch.wloss[local] = sh.weight.map_or(1.0, |w| w[i0 + rr] as f64) * st.loss;
-            ch.c[rr] = st.c;
+pub(crate) unsafe fn phase_a<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+    let (kp, w, ld) = (sh.kp, part.w, part.ld);
+    assert!(
+        part.j0.is_multiple_of(NR)
+            && part.j1 <= sh.n
+            && part.j0 + w <= sh.np
+            && w.is_multiple_of(NR)
+    );
+    assert!(ld >= w && part.strip.len() >= r * ld && i0 + r <= sh.b);
+    assert!(part.max.len() >= r && part.sum.len() >= r && part.diag.len() >= r);
+    assert!(sh.up.len() == sh.b * kp && sh.vt.len() == sh.np * kp && sh.nlq.len() == sh.np);
+    // SAFETY: S is supported (our contract); the asserts bound every access:
+    // panels j0/16 .. (j0+w)/16 ≤ np/16, strip rows < r of stride ld ≥ w.
+    unsafe { strip_block::<S>(sh, &sh.up[i0 * kp..(i0 + r) * kp], r, part) };
+    for rr in 0..r {
+        let i = i0 + rr;
+        let row = &mut part.strip[rr * ld..rr * ld + w];
+        part.diag[rr] = None;
+        if (part.j0..part.j1).contains(&i) {
+            let local = i - part.j0;
+            if !sh.correct_positive {
+                // Uncorrected diagonal: ⟨u_i, v_i⟩/τ without − log_q[i].
+                let (u, v) = (&sh.up[i * kp..][..sh.k], &sh.v[i * sh.k..][..sh.k]);
+                row[local] =
+                    u.iter().zip(v).fold(0.0f32, |s, (&x, &y)| x.mul_add(y, s)) * sh.inv_tau;
+            }
+            part.diag[rr] = Some(row[local]);
+            row[local] = f32::NEG_INFINITY;
         }
-        ch.du[..r * kp].fill(0.0);
-        // SAFETY: S is supported; strip holds r rows of stride ld ≥ np ≥ n, du r rows of kp.
-        unsafe { du_block::<S>(sh, ch.strip, r, ch.du) };
-        for rr in 0..r {
-            let c = ch.c[rr];
-            let dst = &mut ch.d_u[(start + rr) * k..(start + rr + 1) * k];
-            dst.iter_mut()
-                .zip(&ch.du[rr * kp..])
-                .for_each(|(d, &x)| *d = c * x);
-            let src = &sh.up[(i0 + rr) * kp..(i0 + rr + 1) * kp];
-            let us = &mut ch.us[rr * kp..(rr + 1) * kp];
-            us.iter_mut().zip(src).for_each(|(d, &x)| *d = c * x);
+        if let Some((group_of_row, groups)) = sh.hits
+            && let Some(cols) = groups.get(group_of_row[i])
+        {
+            for &j in cols.iter().filter(|&&j| (part.j0..part.j1).contains(&j)) {
+                row[j - part.j0] = f32::NEG_INFINITY;
+            }
         }
-        // SAFETY: S is supported; strip r rows of stride ld, us r×kp, dv n×kp.
-        unsafe { dv_block::<S>(sh, ch.strip, r, ch.us, ch.dv) };
-        start += r;
+        // SAFETY: S is supported; row has w elements, a multiple of 16.
+        let (m, s) = unsafe { max_exp_sum::<S>(row) };
+        part.max[rr] = m;
+        part.sum[rr] = s;
     }
 }
 
-/// Per-row results of the row pass.
-struct RowStats {
-    lse: f64,
-    loss: f64,
-    top1: bool,
-    /// w_i / (B·τ·Σ_j e_ij): turns strip values into G_ij/τ.
-    c: f32,
-}
-
-/// strip[rr·ld + j] = ⟨u_rr, v_j⟩/τ − log_q[j] for rr < r, j < np.
+/// Phase B of one part for rows i0..i0+r: the unscaled dU share and the
+/// part's dV rows (see the module docs). Needs `part.coef` from the merge.
 ///
 /// # Safety
 ///
-/// S supported; `ub.len() == r·kp`, `strip.len() ≥ r·ld`, Shared sizes as
-/// asserted in [`run_chunk`].
+/// The CPU supports `S`'s instruction set. (Sizes asserted here.)
 #[inline(always)]
-unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, ub: &[f32], r: usize, strip: &mut [f32]) {
-    debug_assert!(ub.len() == r * sh.kp && strip.len() >= r * sh.ld);
-    let (kp, np, ld) = (sh.kp, sh.np, sh.ld);
+pub(crate) unsafe fn phase_b<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+    let (kp, ld) = (sh.kp, part.ld);
+    let cols = part.j1 - part.j0;
+    assert!(part.strip.len() >= r * ld && part.du.len() >= r * kp && part.us.len() >= r * kp);
+    assert!(part.coef.len() >= r && part.dv.len() == cols * kp && i0 + r <= sh.b);
+    assert!(sh.vp.len() == sh.n * kp && part.j1 <= sh.n && cols <= part.w && part.w <= ld);
+    part.du[..r * kp].fill(0.0);
+    // SAFETY: S is supported; strip r rows of stride ld with ≥ cols columns,
+    // du r rows of kp, vp N·kp with rows j0..j1 < N in every column tile.
+    unsafe { du_block::<S>(sh, part, r) };
+    for rr in 0..r {
+        let c = part.coef[rr];
+        let src = &sh.up[(i0 + rr) * kp..(i0 + rr + 1) * kp];
+        let us = &mut part.us[rr * kp..(rr + 1) * kp];
+        us.iter_mut().zip(src).for_each(|(d, &x)| *d = c * x);
+    }
+    // SAFETY: S is supported; strip as above, us r×kp, dv cols×kp.
+    unsafe { dv_block::<S>(part, kp, r) };
+}
+
+/// strip[rr·ld + j − j0] = ⟨u_rr, v_j⟩/τ − log_q[j] for rr < r and the
+/// part's padded columns j0 ≤ j < j0 + w.
+///
+/// # Safety
+///
+/// S supported; `ub.len() == r·kp`, sizes as asserted in [`phase_a`].
+#[inline(always)]
+unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, ub: &[f32], r: usize, part: &mut Part<'_>) {
+    debug_assert!(ub.len() == r * sh.kp && part.strip.len() >= r * part.ld);
+    let (kp, ld, p0) = (sh.kp, part.ld, part.j0 / NR);
     // Panel outer, row group inner: one 16×kp panel of Vᵀ stays in L1 while
     // every row group of the block (≤ mb×kp floats of U, also L1) passes.
-    for p in 0..np / NR {
+    for p in p0..p0 + part.w / NR {
         let panel = sh.vt[p * kp * NR..].as_ptr();
         let nlq = sh.nlq[p * NR..].as_ptr();
         let mut g = 0;
         while g < r {
             let rows = MR.min(r - g);
             let a = ub[g * kp..].as_ptr();
-            let out = strip[g * ld + p * NR..].as_mut_ptr();
+            let out = part.strip[g * ld + (p - p0) * NR..].as_mut_ptr();
             // SAFETY: S supported; a covers `rows` rows of kp, the panel kp×16
             // floats, nlq 16 floats, out `rows` rows of stride ld with 16
-            // columns left in each (p·16 + 16 ≤ np).
+            // columns left in each ((p − p0)·16 + 16 ≤ w ≤ ld).
             unsafe {
                 match rows {
                     6 => strip_tile::<S, 6>(a, kp, panel, nlq, sh.inv_tau, out, ld),
@@ -247,40 +261,30 @@ unsafe fn strip_tile<S: Simd, const R: usize>(
     }
 }
 
-/// The row pass of row `i` (see the module docs), in place on its strip row.
+/// One strip row of a part: m = max_j row[j], then row[j] = exp(row[j] − m)
+/// in place and Σ_j row[j]; returns (m, Σ). A row of −∞ gives (−∞, 0) and
+/// zeros (the shift is then 0).
 ///
 /// # Safety
 ///
-/// S supported; `row.len() == sh.np`, a multiple of 16.
+/// S supported; `row.len()` is a multiple of 16.
 #[inline(always)]
-unsafe fn row_softmax<S: Simd>(sh: &Shared<'_>, i: usize, row: &mut [f32]) -> RowStats {
-    debug_assert!(row.len() == sh.np && row.len().is_multiple_of(NR));
-    if !sh.correct_positive {
-        // Uncorrected diagonal: ⟨u_i, v_i⟩/τ without − log_q[i].
-        let (u, v) = (&sh.up[i * sh.kp..][..sh.k], &sh.v[i * sh.k..][..sh.k]);
-        row[i] = u.iter().zip(v).fold(0.0f32, |s, (&x, &y)| x.mul_add(y, s)) * sh.inv_tau;
-    }
-    let s_ii = row[i];
-    row[i] = f32::NEG_INFINITY;
-    if let Some((group_of_row, groups)) = sh.hits
-        && let Some(cols) = groups.get(group_of_row[i])
-    {
-        cols.iter().for_each(|&j| row[j] = f32::NEG_INFINITY);
-    }
+unsafe fn max_exp_sum<S: Simd>(row: &mut [f32]) -> (f32, f32) {
+    debug_assert!(row.len().is_multiple_of(NR));
     let p = row.as_mut_ptr();
     let len = row.len();
     // SAFETY: S supported; p is valid for len elements, len a multiple of 16,
-    // and every access below is at offset j..j+16 with j + 16 ≤ len.
-    let (m_off, sum_off) = unsafe {
+    // and every access is at offset j..j+16 with j + 16 ≤ len.
+    unsafe {
         let (mut m0, mut m1) = (S::splat(f32::NEG_INFINITY), S::splat(f32::NEG_INFINITY));
         for j in (0..len).step_by(NR) {
             m0 = m0.max(S::load(p.add(j)));
             m1 = m1.max(S::load(p.add(j + 8)));
         }
-        let m_off = m0.max(m1).reduce_max();
-        let mv = S::splat(-m_off.max(s_ii));
+        let m = m0.max(m1).reduce_max();
+        let mv = S::splat(if m == f32::NEG_INFINITY { 0.0 } else { -m });
         // Blocked sum (JC columns from zero, then into the total): rounding
-        // grows with N/JC + JC, not with N.
+        // grows with len/JC + JC, not with len.
         let mut total = S::zero();
         for j0 in (0..len).step_by(JC) {
             let (mut s0, mut s1) = (S::zero(), S::zero());
@@ -294,64 +298,45 @@ unsafe fn row_softmax<S: Simd>(sh: &Shared<'_>, i: usize, row: &mut [f32]) -> Ro
             }
             total = total.add(s0.add(s1));
         }
-        (m_off, total.reduce_sum())
-    };
-    let m = m_off.max(s_ii) as f64;
-    let s_ii64 = s_ii as f64;
-    let sum_off = sum_off as f64;
-    let e_ii = (s_ii64 - m).exp();
-    let sum = e_ii + sum_off;
-    let lse = m + sum.ln();
-    // ln(1 + Σ′/e_ii) is exact to rounding even when the positive dominates;
-    // when e_ii underflows the direct difference has no cancellation anyway.
-    let loss = if e_ii > 1e-300 {
-        (sum_off / e_ii).ln_1p()
-    } else {
-        lse - s_ii64
-    };
-    row[i] = -(sum_off as f32);
-    let w = sh.weight.map_or(1.0, |w| w[i] as f64);
-    RowStats {
-        lse,
-        loss,
-        top1: s_ii >= m_off,
-        c: (w * sh.inv_b_tau / sum) as f32,
+        (m, total.reduce_sum())
     }
 }
 
-/// du[rr][·] += Σ_{j<n} strip[rr][j]·V[j][·] for rr < r.
+/// part.du[rr][·] += Σ_{j0≤j<j1} e_rr,j·V_j[·] for rr < r (local strip
+/// columns 0..j1−j0).
 ///
 /// # Safety
 ///
-/// S supported; `strip.len() ≥ r·np`, `du.len() ≥ r·kp`, Shared sizes as
-/// asserted in [`run_chunk`].
+/// S supported; sizes as asserted in [`phase_b`].
 #[inline(always)]
-unsafe fn du_block<S: Simd>(sh: &Shared<'_>, strip: &[f32], r: usize, du: &mut [f32]) {
-    debug_assert!(strip.len() >= r * sh.ld && du.len() >= r * sh.kp);
-    let (n, ld, kp) = (sh.n, sh.ld, sh.kp);
-    for j0 in (0..n).step_by(JC) {
-        let j1 = (j0 + JC).min(n);
+unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
+    let (n, ld, kp) = (sh.n, part.ld, sh.kp);
+    let cols = part.j1 - part.j0;
+    debug_assert!(part.strip.len() >= r * ld && part.du.len() >= r * kp);
+    for c0 in (0..cols).step_by(JC) {
+        let c1 = (c0 + JC).min(cols);
         let mut g = 0;
         while g < r {
             let rows = MR.min(r - g);
             let mut c = 0;
             while c < kp {
-                let e = strip[g * ld..].as_ptr();
-                let v = sh.vp[n * c..].as_ptr();
-                let out = du[g * kp + c..].as_mut_ptr();
+                let w = if kp - c >= 16 { 16 } else { 8 };
+                let e = part.strip[g * ld..].as_ptr();
+                let v = sh.vp[n * c + part.j0 * w..].as_ptr();
+                let out = part.du[g * kp + c..].as_mut_ptr();
                 // SAFETY: S supported; e covers `rows` strip rows (stride ld,
-                // columns j0..j1 ≤ n ≤ np); v is column tile c (n rows of
-                // 8·KV floats, 8·KV = 16 when kp − c ≥ 16, else 8 = kp − c);
-                // out covers `rows` rows of stride kp at columns c..c+8·KV ≤ kp.
+                // local columns c0..c1 ≤ cols ≤ w_part ≤ ld); v is column tile
+                // c from row j0 (rows j0 + c0..j0 + c1 ≤ j1 ≤ n of w floats,
+                // w = 16 when kp − c ≥ 16, else 8 = kp − c); out covers
+                // `rows` rows of stride kp at columns c..c+w ≤ kp.
                 unsafe {
-                    if kp - c >= 16 {
-                        du_tile_rows::<S, 2>(rows, e, ld, j0, j1, v, 16, out, kp);
-                        c += 16;
+                    if w == 16 {
+                        du_tile_rows::<S, 2>(rows, e, ld, c0, c1, v, 16, out, kp);
                     } else {
-                        du_tile_rows::<S, 1>(rows, e, ld, j0, j1, v, 8, out, kp);
-                        c += 8;
+                        du_tile_rows::<S, 1>(rows, e, ld, c0, c1, v, 8, out, kp);
                     }
                 }
+                c += w;
             }
             g += rows;
         }
@@ -434,37 +419,41 @@ unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
     }
 }
 
-/// dv[j][·] += Σ_{rr<r} strip[rr][j]·us[rr][·] for j < n.
+/// part.dv[j][·] += Σ_{rr<r} e_rr,j·us[rr][·] for the part's columns j
+/// (local indices 0..j1−j0).
 ///
 /// # Safety
 ///
-/// S supported; `strip.len() ≥ r·np`, `us.len() ≥ r·kp`, `dv.len() == n·kp`.
+/// S supported; sizes as asserted in [`phase_b`].
 #[inline(always)]
-unsafe fn dv_block<S: Simd>(sh: &Shared<'_>, strip: &[f32], r: usize, us: &[f32], dv: &mut [f32]) {
-    debug_assert!(strip.len() >= r * sh.ld && us.len() >= r * sh.kp && dv.len() == sh.n * sh.kp);
-    let (n, ld, kp) = (sh.n, sh.ld, sh.kp);
+unsafe fn dv_block<S: Simd>(part: &mut Part<'_>, kp: usize, r: usize) {
+    let (ld, cols) = (part.ld, part.j1 - part.j0);
+    debug_assert!(
+        part.strip.len() >= r * ld && part.us.len() >= r * kp && part.dv.len() == cols * kp
+    );
     let mut j = 0;
-    while j < n {
-        let cols = MR.min(n - j);
+    while j < cols {
+        let jn = MR.min(cols - j);
         let mut c = 0;
         while c < kp {
-            let e = strip[j..].as_ptr();
-            let a = us[c..].as_ptr();
-            let out = dv[j * kp + c..].as_mut_ptr();
-            // SAFETY: S supported; e covers r rows of stride ld at columns
-            // j..j+cols ≤ n; a covers r rows of stride kp at columns c..c+8KV
-            // ≤ kp; out covers `cols` rows of stride kp at the same columns.
+            let e = part.strip[j..].as_ptr();
+            let a = part.us[c..].as_ptr();
+            let out = part.dv[j * kp + c..].as_mut_ptr();
+            // SAFETY: S supported; e covers r rows of stride ld at local
+            // columns j..j+jn ≤ cols ≤ ld; a covers r rows of stride kp at
+            // columns c..c+8KV ≤ kp; out covers jn rows of stride kp at the
+            // same columns (rows j..j+jn ≤ cols of the part's dV).
             unsafe {
                 if kp - c >= 16 {
-                    dv_tile_cols::<S, 2>(cols, e, ld, r, a, kp, out);
+                    dv_tile_cols::<S, 2>(jn, e, ld, r, a, kp, out);
                     c += 16;
                 } else {
-                    dv_tile_cols::<S, 1>(cols, e, ld, r, a, kp, out);
+                    dv_tile_cols::<S, 1>(jn, e, ld, r, a, kp, out);
                     c += 8;
                 }
             }
         }
-        j += cols;
+        j += jn;
     }
 }
 

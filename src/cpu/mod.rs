@@ -1,21 +1,23 @@
 //! The fused CPU backend: packing, blocking, rayon, kernel dispatch.
 //!
-//! Rows of U are split into contiguous *chunks*, a few per worker thread;
-//! rayon hands chunks to idle workers (so a slower core — common on shared
-//! machines — takes fewer), and each chunk runs the fused kernel of
-//! `kernel.rs` over its rows in row blocks, writing its own rows of dU, lse
-//! and the per-row losses, and accumulating dV into its own N×K buffer. The
-//! chunk buffers are summed in chunk order at the end. Chunk boundaries
-//! depend only on (B, N, K, thread count) and every sum has a fixed order,
-//! so results are bit-for-bit reproducible for a fixed thread count, whatever
+//! Row blocks of `mb` queries are processed one after another; inside a
+//! block the N candidates are split into column *parts* (up to 4 per worker
+//! thread, at least 256 columns each) that rayon hands to idle workers, in
+//! two fork–join phases per block (see `kernel.rs`): A — logits, fix-ups,
+//! exp and per-part (max, sum); B — the part's dU share and its own rows of
+//! dV. Between the phases the parts' row statistics are merged in part
+//! order, and after phase B the dU shares are summed in part order. All
+//! threads thus share each block's pass over V (each reads only its parts'
+//! columns), each part owns its rows of dV (no per-thread copies, no
+//! reduction), and a slower core simply takes fewer parts. Part boundaries
+//! depend only on (N, thread count) and every sum has a fixed order, so
+//! results are bit-for-bit reproducible for a fixed thread count, whatever
 //! the scheduling.
 //!
 //! Memory beyond the inputs and outputs: packed copies of U and V (two of V:
-//! column-tiled and panel-transposed), one logit strip of `mb × N` floats per
-//! running chunk with `mb` chosen so that a strip stays within
-//! [`STRIP_BUDGET_BYTES`] (never fewer than 6 rows), and one N×K dV
-//! accumulator per chunk: up to 4 per thread while they fit in
-//! [`DV_BUDGET_BYTES`], never fewer than one per thread. Nothing is
+//! column-tiled and panel-transposed), one N×K dV accumulator, and the
+//! strips of one row block, `mb × N` floats with `mb` chosen so that they
+//! stay within [`STRIP_BUDGET_BYTES`] (never fewer than 6 rows). Nothing is
 //! proportional to B·N.
 
 mod kernel;
@@ -25,21 +27,21 @@ mod simd;
 mod x86;
 
 use crate::{Backend, MnsError, MnsInput, MnsOutput, Problem};
-use kernel::{Chunk, MR, NR, Shared};
+use kernel::{MR, NR, Part, Shared};
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Largest logit strip per worker, in bytes. With large N the row block
-/// shrinks (to no fewer than 6 rows) so that the strip fits.
+/// Largest size of a row block's strips (all parts together), in bytes.
+/// With large N the row block shrinks (to no fewer than 6 rows) to fit.
 pub const STRIP_BUDGET_BYTES: usize = 16 << 20;
-/// Memory for the chunks' dV accumulators: more chunks than threads balance
-/// the load, at N×K floats each.
-pub const DV_BUDGET_BYTES: usize = 64 << 20;
-/// Preferred rows per block, a multiple of the 6-row micro-kernel. Measured
-/// at (4096, 4096, 64): 24 and 48 rows 86–88 GFLOP/s, 96 82, 144 76 (noisy
-/// machine, ±5%); 48 keeps the strip of N ≤ 8192 inside a 2 MiB L2.
-const MB_MAX: usize = 48;
+/// Preferred rows per block, a multiple of the 6-row micro-kernel. Each
+/// block reads V (twice) and writes dV once, so taller blocks mean less
+/// memory traffic per flop; the block's strips (mb × N floats) should stay
+/// in the workers' L2 caches.
+const MB_MAX: usize = 96;
+/// Narrowest column part (a multiple of 16).
+const PART_MIN: usize = 256;
 
 /// Environment variable that forces a CPU kernel in [`CpuBackend::from_env`]:
 /// `portable`, `avx2_fma` or `auto`.
@@ -96,7 +98,7 @@ impl Kernel {
         })
     }
 
-    /// How many row chunks this kernel has processed in this process — lets
+    /// How many part phases this kernel has run in this process — lets
     /// tests prove that a forced kernel really ran.
     pub fn chunks_run(self) -> u64 {
         CALLS[self as usize].load(Ordering::Relaxed)
@@ -179,11 +181,6 @@ impl CpuBackend {
         let (b, n, k) = (p.b, p.n, p.k);
         let kp = k.next_multiple_of(8);
         let np = n.next_multiple_of(NR);
-        let ld = if (np / NR).is_multiple_of(2) {
-            np + NR
-        } else {
-            np
-        };
 
         let mut up = vec![0.0f32; b * kp];
         let mut vp = vec![0.0f32; n * kp];
@@ -227,106 +224,145 @@ impl CpuBackend {
             b,
             n,
             np,
-            ld,
             k,
             kp,
             inv_tau: 1.0 / p.temperature,
-            inv_b_tau: 1.0 / (b as f64 * p.temperature as f64),
             up: &up,
             vp: &vp,
             v: p.v,
             vt: &vt,
             nlq: &nlq,
-            log_q: p.log_q,
-            weight: p.row_weight,
             correct_positive: p.correct_positive,
             hits: hits.as_ref().map(|(r, g)| (r.as_slice(), g.as_slice())),
         };
 
-        // One chunk per worker, boundaries on multiples of the micro-kernel.
+        // Column parts: up to 4 per thread, ≥ PART_MIN columns, 16-aligned.
         let threads = self.threads();
-        let chunks = (DV_BUDGET_BYTES / (n * kp * 4))
-            .clamp(threads, 4 * threads)
-            .min(b.div_ceil(MR))
-            .max(1);
-        let bounds: Vec<usize> = (0..=chunks)
-            .map(|t| (b * t / chunks).next_multiple_of(MR).min(b))
-            .collect();
-        let mb = (STRIP_BUDGET_BYTES / (ld * 4) / MR * MR).clamp(MR, MB_MAX);
-        let mut wloss = vec![0.0f64; b];
-
-        let mut jobs = Vec::with_capacity(chunks);
-        let (mut du, mut lse, mut rl, mut t1, mut wl) = (
-            &mut out.d_u[..],
-            &mut out.lse[..],
-            &mut out.row_loss[..],
-            &mut out.top1[..],
-            &mut wloss[..],
-        );
+        let nparts = (4 * threads).min(np / PART_MIN).max(1);
+        let width = np.div_ceil(nparts).next_multiple_of(NR);
+        let bounds: Vec<usize> = (0..np).step_by(width).chain([np]).collect();
+        let mb = (STRIP_BUDGET_BYTES / (np.max(1) * 4) / MR * MR)
+            .clamp(MR, MB_MAX)
+            .min(b.next_multiple_of(MR));
+        let mut dv = vec![0.0f32; n * kp];
+        let mut parts: Vec<Part<'_>> = Vec::with_capacity(bounds.len() - 1);
+        let mut rest = &mut dv[..];
         for w in bounds.windows(2) {
-            let rows = w[1] - w[0];
-            let (a, rest) = du.split_at_mut(rows * k);
-            du = rest;
-            let (l, rest) = lse.split_at_mut(rows);
-            lse = rest;
-            let (r, rest) = rl.split_at_mut(rows);
-            rl = rest;
-            let (t, rest) = t1.split_at_mut(rows);
-            t1 = rest;
-            let (x, rest) = wl.split_at_mut(rows);
-            wl = rest;
-            jobs.push((w[0], rows, a, l, r, t, x));
+            let (j0, j1) = (w[0], w[1].min(n));
+            let wd = w[1] - w[0];
+            let ld = if (wd / NR).is_multiple_of(2) {
+                wd + NR
+            } else {
+                wd
+            };
+            let (mine, tail) = rest.split_at_mut((j1 - j0) * kp);
+            rest = tail;
+            parts.push(Part {
+                j0,
+                j1,
+                w: wd,
+                ld,
+                strip: vec![0.0; mb * ld],
+                du: vec![0.0; mb * kp],
+                us: vec![0.0; mb * kp],
+                max: vec![0.0; mb],
+                sum: vec![0.0; mb],
+                diag: vec![None; mb],
+                coef: vec![0.0; mb],
+                dv: mine,
+            });
         }
+
         let kernel = self.kernel;
-        let run = || {
-            jobs.into_par_iter()
-                .with_max_len(1)
-                .map(|(row0, rows, d_u, lse, row_loss, top1, wloss)| {
-                    let mb = mb.min(rows.max(1));
-                    let mut dv = vec![0.0f32; n * kp];
-                    let mut strip = vec![0.0f32; mb * ld];
-                    let mut du = vec![0.0f32; mb * kp];
-                    let mut us = vec![0.0f32; mb * kp];
-                    let mut c = vec![0.0f32; mb];
-                    let mut ch = Chunk {
-                        row0,
-                        rows,
-                        mb,
-                        d_u,
-                        lse,
-                        row_loss,
-                        top1,
-                        wloss,
-                        dv: &mut dv,
-                        strip: &mut strip,
-                        du: &mut du,
-                        us: &mut us,
-                        c: &mut c,
+        let inv_b_tau = 1.0 / (b as f64 * p.temperature as f64);
+        let mut wloss = vec![0.0f64; b];
+        let mut gdiag = vec![0.0f32; mb];
+        self.in_pool(|| {
+            for i0 in (0..b).step_by(mb) {
+                let r = mb.min(b - i0);
+                parts
+                    .par_iter_mut()
+                    .with_max_len(1)
+                    .for_each(|part| run_phase(kernel, Phase::A, &sh, part, i0, r));
+                // Merge the parts' row statistics, in part order.
+                for (rr, gd) in gdiag[..r].iter_mut().enumerate() {
+                    let i = i0 + rr;
+                    let s_ii = parts
+                        .iter()
+                        .find_map(|q| q.diag[rr])
+                        .expect("column i < B lies in some part")
+                        as f64;
+                    let m_off = parts
+                        .iter()
+                        .fold(f64::NEG_INFINITY, |m, q| m.max(q.max[rr] as f64));
+                    let m = m_off.max(s_ii);
+                    let so: f64 = parts
+                        .iter()
+                        .filter(|q| q.max[rr] > f32::NEG_INFINITY)
+                        .map(|q| q.sum[rr] as f64 * (q.max[rr] as f64 - m).exp())
+                        .sum();
+                    let e_ii = (s_ii - m).exp();
+                    let sum = e_ii + so;
+                    let lse = m + sum.ln();
+                    // ln(1 + Σ′/e_ii) is exact to rounding even when the positive
+                    // dominates; when e_ii underflows the difference has no cancellation.
+                    let loss = if e_ii > 1e-300 {
+                        (so / e_ii).ln_1p()
+                    } else {
+                        lse - s_ii
                     };
-                    run_chunk(kernel, &sh, &mut ch);
-                    dv
-                })
-                .collect::<Vec<_>>()
-        };
-        let dvs = self.in_pool(run);
-        // Sum the private accumulators in worker order (deterministic).
-        let d_v = &mut out.d_v;
-        let reduce = move || {
-            d_v.par_chunks_mut(k * 64)
-                .enumerate()
-                .for_each(|(blk, dst)| {
-                    for (jj, row) in dst.chunks_exact_mut(k).enumerate() {
-                        let j = blk * 64 + jj;
-                        row.copy_from_slice(&dvs[0][j * kp..j * kp + k]);
-                        for acc in &dvs[1..] {
-                            row.iter_mut()
-                                .zip(&acc[j * kp..j * kp + k])
-                                .for_each(|(d, &x)| *d += x);
-                        }
+                    let w = p.weight(i) as f64;
+                    let c = w * inv_b_tau / sum;
+                    for q in parts.iter_mut() {
+                        q.coef[rr] = if q.max[rr] > f32::NEG_INFINITY {
+                            (c * (q.max[rr] as f64 - m).exp()) as f32
+                        } else {
+                            0.0
+                        };
                     }
-                })
-        };
-        self.in_pool(reduce);
+                    *gd = (-c * so) as f32;
+                    out.lse[i] = lse as f32;
+                    out.row_loss[i] = loss as f32;
+                    out.top1[i] = s_ii >= m_off;
+                    wloss[i] = w * loss;
+                }
+                parts
+                    .par_iter_mut()
+                    .with_max_len(1)
+                    .for_each(|part| run_phase(kernel, Phase::B, &sh, part, i0, r));
+                // dU rows: the parts' shares in part order, plus the diagonal term.
+                for (rr, &gd) in gdiag[..r].iter().enumerate() {
+                    let i = i0 + rr;
+                    let du = &mut out.d_u[i * k..(i + 1) * k];
+                    du.iter_mut()
+                        .zip(&p.v[i * k..(i + 1) * k])
+                        .for_each(|(x, &v)| *x = gd * v);
+                    for q in parts.iter() {
+                        let cq = q.coef[rr];
+                        du.iter_mut()
+                            .zip(&q.du[rr * kp..])
+                            .for_each(|(x, &y)| *x += cq * y);
+                    }
+                }
+                // The diagonal's dV term, G_ii/τ·U_i, into row i of the dV accumulator.
+                for (rr, &gd) in gdiag[..r].iter().enumerate() {
+                    let i = i0 + rr;
+                    let q = parts
+                        .iter_mut()
+                        .find(|q| (q.j0..q.j1).contains(&i))
+                        .expect("i < N");
+                    let row = &mut q.dv[(i - q.j0) * kp..(i - q.j0) * kp + k];
+                    row.iter_mut()
+                        .zip(&p.u[i * k..(i + 1) * k])
+                        .for_each(|(x, &u)| *x += gd * u);
+                }
+            }
+        });
+        drop(parts);
+        out.d_v
+            .par_chunks_mut(k)
+            .zip(dv.par_chunks(kp))
+            .for_each(|(d, s)| d.copy_from_slice(&s[..k]));
         out.loss = (wloss.iter().sum::<f64>() / b as f64) as f32;
     }
 }
@@ -341,22 +377,45 @@ fn pad_rows(src: &[f32], k: usize, dst: &mut [f32], kp: usize) {
         });
 }
 
-fn run_chunk(kernel: Kernel, sh: &Shared<'_>, ch: &mut Chunk<'_>) {
+#[derive(Clone, Copy)]
+enum Phase {
+    A,
+    B,
+}
+
+fn run_phase(
+    kernel: Kernel,
+    phase: Phase,
+    sh: &Shared<'_>,
+    part: &mut Part<'_>,
+    i0: usize,
+    r: usize,
+) {
     CALLS[kernel as usize].fetch_add(1, Ordering::Relaxed);
-    match kernel {
+    match (kernel, phase) {
         // SAFETY: Portable's operations need no CPU feature.
-        Kernel::Portable => unsafe { kernel::run_chunk::<portable::Portable>(sh, ch) },
+        (Kernel::Portable, Phase::A) => unsafe {
+            kernel::phase_a::<portable::Portable>(sh, part, i0, r)
+        },
+        // SAFETY: as above.
+        (Kernel::Portable, Phase::B) => unsafe {
+            kernel::phase_b::<portable::Portable>(sh, part, i0, r)
+        },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => {
+        (Kernel::Avx2Fma, phase) => {
             assert!(
                 Kernel::Avx2Fma.is_available(),
                 "AVX2+FMA kernel chosen on a CPU without it"
             );
-            // SAFETY: AVX2 and FMA were detected on this CPU just above.
-            unsafe { x86::run_chunk_avx2_fma(sh, ch) }
+            match phase {
+                // SAFETY: AVX2 and FMA were detected on this CPU just above.
+                Phase::A => unsafe { x86::phase_a_avx2_fma(sh, part, i0, r) },
+                // SAFETY: as above.
+                Phase::B => unsafe { x86::phase_b_avx2_fma(sh, part, i0, r) },
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx2Fma => unreachable!("with_kernel refuses Avx2Fma off x86-64"),
+        (Kernel::Avx2Fma, _) => unreachable!("with_kernel refuses Avx2Fma off x86-64"),
     }
 }
 

@@ -1,13 +1,13 @@
 //! AVX2 + FMA implementation of [`Simd`] — the crate's only intrinsics — and
-//! the `#[target_feature]` entry that instantiates the generic kernels with it.
+//! the `#[target_feature]` entries that instantiate the generic kernels with it.
 //!
-//! The entry [`run_chunk_avx2_fma`] is the only function compiled with
-//! `avx2,fma` enabled; everything it calls is `#[inline(always)]`, so the
-//! whole chunk loop (micro-kernels, exp, row passes) is generated for AVX2+FMA
-//! in a default build with no RUSTFLAGS. It is called only after
-//! `is_x86_feature_detected!` confirmed both features.
+//! The entries [`phase_a_avx2_fma`] and [`phase_b_avx2_fma`] are the only
+//! functions compiled with `avx2,fma` enabled; everything they call is
+//! `#[inline(always)]`, so each whole phase (micro-kernels, exp, row passes)
+//! is generated for AVX2+FMA in a default build with no RUSTFLAGS. They are
+//! called only after `is_x86_feature_detected!` confirmed both features.
 
-use super::kernel::{Chunk, Shared, run_chunk};
+use super::kernel::{Part, Shared, phase_a, phase_b};
 use super::simd::Simd;
 use std::arch::x86_64::*;
 
@@ -17,7 +17,7 @@ pub(crate) struct Avx2(__m256);
 
 // SAFETY (for every block in this impl): the trait's contract is that the
 // running CPU supports AVX2 and FMA — the dispatcher only reaches these
-// methods through `run_chunk_avx2_fma`, after `is_x86_feature_detected!`
+// methods through the `*_avx2_fma` entries below, after `is_x86_feature_detected!`
 // returned true for both — and, for load/store, that `p` is valid for 8 f32.
 // The unaligned load/store intrinsics have no alignment requirement.
 impl Simd for Avx2 {
@@ -120,14 +120,25 @@ impl Simd for Avx2 {
     }
 }
 
-/// The fused chunk loop compiled for AVX2+FMA.
+/// Phase A of one column part, compiled for AVX2+FMA.
 ///
 /// # Safety
 ///
 /// The running CPU must support AVX2 and FMA (checked by the caller with
 /// `is_x86_feature_detected!`).
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn run_chunk_avx2_fma(sh: &Shared<'_>, ch: &mut Chunk<'_>) {
+pub(crate) unsafe fn phase_a_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
     // SAFETY: the caller guarantees AVX2+FMA, which is Avx2's whole contract.
-    unsafe { run_chunk::<Avx2>(sh, ch) }
+    unsafe { phase_a::<Avx2>(sh, part, i0, r) }
+}
+
+/// Phase B of one column part, compiled for AVX2+FMA.
+///
+/// # Safety
+///
+/// As [`phase_a_avx2_fma`].
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn phase_b_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+    // SAFETY: the caller guarantees AVX2+FMA, which is Avx2's whole contract.
+    unsafe { phase_b::<Avx2>(sh, part, i0, r) }
 }

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Tables and the plot of BENCHMARKS.md from the committed benchmarks' outputs:
+criterion's estimates (target/criterion/*/*/new/estimates.json, written by
+`cargo bench --bench mns`) and benches/peers/results.csv (written by
+benches/peers/run.sh). Run with the peers' virtual environment (matplotlib):
+
+    benches/peers/.venv/bin/python benches/report.py
+"""
+import csv
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CRIT = os.path.join(ROOT, "target", "criterion")
+
+
+def criterion():
+    """{(backend, shape): median seconds}"""
+    out = {}
+    for group in sorted(os.listdir(CRIT)) if os.path.isdir(CRIT) else []:
+        m = re.match(r"(.+)_(mns|3mm)_(\d+)x(\d+)x(\d+)$", group)
+        if not m:
+            continue
+        for fn in os.listdir(os.path.join(CRIT, group)):
+            est = os.path.join(CRIT, group, fn, "new", "estimates.json")
+            if os.path.exists(est):
+                med = json.load(open(est))["median"]["point_estimate"] * 1e-9
+                out[(m.group(1), tuple(int(x) for x in m.group(3, 4, 5)))] = med
+    return out
+
+
+def main():
+    crit = criterion()
+    shapes = sorted({s for (_, s) in crit}, key=lambda s: (s[0] * s[1] * s[2], s))
+    backends = ["reference", "portable", "avx2_fma", "cuda", "gemm"]
+    print("| (B, N, K) | " + " | ".join(b for b in backends if any((b, s) in crit for s in shapes)) + " | avx2_fma / ceiling |")
+    present = [b for b in backends if any((b, s) in crit for s in shapes)]
+    print("|---" * (len(present) + 2) + "|")
+    for s in shapes:
+        flops = 6 * s[0] * s[1] * s[2]
+        cells = []
+        for b in present:
+            t = crit.get((b, s))
+            cells.append(f"{t * 1e3:.2f} ms ({flops / t / 1e9:.1f})" if t else "—")
+        ratio = crit.get(("gemm", s)) / crit[("avx2_fma", s)] if ("avx2_fma", s) in crit and ("gemm", s) in crit else None
+        print(f"| {s[0]}, {s[1]}, {s[2]} | " + " | ".join(cells) + f" | {ratio:.0%} |" if ratio else " | — |")
+
+    peers = []
+    path = os.path.join(ROOT, "benches", "peers", "results.csv")
+    if os.path.exists(path):
+        peers = list(csv.DictReader(open(path)))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("matplotlib missing: run with benches/peers/.venv/bin/python")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    labels = [f"{s[0]}×{s[1]}×{s[2]}" for s in shapes]
+    xs = range(len(shapes))
+    for b, style in [("gemm", "k--"), ("avx2_fma", "o-"), ("portable", "s-"), ("cuda", "^-"), ("reference", "x:")]:
+        pts = [(i, 6 * s[0] * s[1] * s[2] / crit[(b, s)] / 1e9) for i, s in enumerate(shapes) if (b, s) in crit]
+        if pts:
+            name = "gemm crate: U·Vᵀ + S·V + Sᵀ·U (ceiling)" if b == "gemm" else f"mixneg {b}"
+            a1.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
+    for impl, mk in [("numpy", "D"), ("jax", "v"), ("torch", "P"), ("torch.compile", "*")]:
+        pts = []
+        for r in peers:
+            s = (int(r["b"]), int(r["b"]) + int(r["b_prime"]), int(r["k"]))
+            if r["impl"] == impl and s in shapes:
+                pts.append((shapes.index(s), float(r["gflops"])))
+        if pts:
+            a1.plot([p[0] for p in pts], [p[1] for p in pts], mk, markersize=9, label=impl)
+    a1.set_xticks(list(xs))
+    a1.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    a1.set_ylabel("effective GFLOP/s (6·B·N·K / time)")
+    a1.set_title("forward + backward, 2 threads")
+    a1.legend(fontsize=7)
+    a1.grid(alpha=0.3)
+    for impl, mk in [("mixneg", "o-"), ("numpy", "D-"), ("jax", "v-"), ("torch", "P-"), ("torch.compile", "*-")]:
+        pts = sorted((int(r["b"]), float(r["peak_rss_mib"])) for r in peers if r["impl"] == impl and r["b"] == r["b_prime"])
+        if pts:
+            a2.plot([p[0] for p in pts], [p[1] for p in pts], mk, label=impl)
+    a2.set_xscale("log", base=2)
+    a2.set_yscale("log")
+    a2.set_xlabel("B = B′")
+    a2.set_ylabel("peak RSS of the whole process, MiB")
+    a2.set_title("memory")
+    a2.legend(fontsize=8)
+    a2.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    out = os.path.join(ROOT, "benches", "mixneg_bench.png")
+    fig.savefig(out, dpi=110)
+    print(f"\nplot: {os.path.relpath(out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
