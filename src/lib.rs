@@ -45,6 +45,7 @@ mod input;
 mod output;
 pub mod reference;
 pub mod synthetic;
+pub mod train;
 
 pub use cpu::{CpuBackend, Kernel};
 #[cfg(feature = "cuda")]

@@ -1,0 +1,326 @@
+//! A minimal but real two-tower trainer, the kernels' first customer
+//! (DESIGN.md §7): query and item towers ([`tower`]), MNS batching — B
+//! positives from the training stream plus B′ items drawn uniformly from the
+//! whole corpus —, the sampling probabilities of [`freq`], the fused loss
+//! through any [`Backend`], Adagrad/Adam, full-corpus evaluation ([`eval`])
+//! and a periodic check of the fused kernel against the reference on the
+//! live batch.
+
+pub mod data;
+pub mod eval;
+pub mod freq;
+pub mod tower;
+
+use crate::{Backend, MnsInput, MnsOutput, ReferenceBackend};
+use data::Dataset;
+use freq::{ExactCounts, FrequencyEstimator, QMode, StreamingEstimator};
+use std::time::Instant;
+use tower::{Optimizer, Tower};
+
+/// Which negatives a batch uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Negatives {
+    /// In-batch positives plus B′ uniform corpus items (MNS; B′ = 0 is
+    /// batch softmax).
+    Mixed,
+    /// Only the B′ uniform items: other rows' positives are removed (their
+    /// log Q is set to +10⁴ and the diagonal left uncorrected).
+    UniformOnly,
+}
+
+/// Which frequency estimator feeds log Q.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Estimator {
+    /// Yi et al.'s streaming, hashed estimator.
+    Streaming,
+    /// Exact counts.
+    Exact,
+}
+
+/// Everything a training run needs (the flags of `mixneg train`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainConfig {
+    /// Train on real logs (user,item[,timestamp] CSV/TSV or MovieLens) instead of synthetic data.
+    #[arg(long)]
+    pub logs: Option<std::path::PathBuf>,
+    /// The synthetic world.
+    #[command(flatten)]
+    pub synth: data::SynthConfig,
+    /// B: stream positives per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// B′: items drawn uniformly from the corpus per batch.
+    #[arg(long, default_value_t = 256)]
+    pub b_prime: usize,
+    /// Which negatives the loss sees.
+    #[arg(long, value_enum, default_value_t = Negatives::Mixed)]
+    pub negatives: Negatives,
+    /// How log Q is computed.
+    #[arg(long, value_enum, default_value_t = QMode::Mixture)]
+    pub q_mode: QMode,
+    /// Frequency estimator for p̂.
+    #[arg(long, value_enum, default_value_t = Estimator::Streaming)]
+    pub estimator: Estimator,
+    /// Learning rate α of the streaming estimator.
+    #[arg(long, default_value_t = 0.01)]
+    pub estimator_alpha: f64,
+    /// Softmax temperature τ.
+    #[arg(long, default_value_t = 0.05)]
+    pub temperature: f32,
+    /// Output embedding dimension of both towers.
+    #[arg(long, default_value_t = 32)]
+    pub dim: usize,
+    /// Embedding-bag dimension.
+    #[arg(long, default_value_t = 32)]
+    pub emb: usize,
+    /// Hidden layer width of the MLPs (0: none).
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Hash buckets per tower's embedding table.
+    #[arg(long, default_value_t = 1 << 17)]
+    pub buckets: usize,
+    /// Do not L2-normalize the tower outputs.
+    #[arg(long)]
+    pub no_l2: bool,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = Optimizer::Adagrad)]
+    pub optimizer: Optimizer,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    /// Passes over the training stream.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Seed of data, initialization and sampling.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Recompute the batch's loss with the reference backend every N steps (0: never).
+    #[arg(long, default_value_t = 200)]
+    pub verify_every: usize,
+    /// Largest accepted relative error of the fused kernel in that check.
+    #[arg(long, default_value_t = 1e-3)]
+    pub verify_tolerance: f64,
+    /// Per-epoch metrics as CSV to this file.
+    #[arg(long)]
+    pub metrics: Option<std::path::PathBuf>,
+    /// No progress bar (e.g. in logs and experiments).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// One epoch's results.
+#[derive(Debug, Clone)]
+pub struct EpochReport {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Full-corpus evaluation.
+    pub metrics: eval::Metrics,
+    /// Examples per second of training (evaluation excluded).
+    pub examples_per_s: f64,
+    /// Share of the training step spent in the fused loss.
+    pub loss_share: f64,
+    /// Largest relative error seen by the kernel verification.
+    pub max_verify_error: f64,
+}
+
+/// Train and evaluate; per-epoch reports (and a random model's metrics first, epoch 0).
+pub fn train(cfg: &TrainConfig, backend: &dyn Backend) -> Result<(Dataset, Vec<EpochReport>), String> {
+    let data = match &cfg.logs {
+        Some(p) => data::read_logs(p)?,
+        None => data::synthetic(&cfg.synth, cfg.seed),
+    };
+    let reports = train_on(cfg, backend, &data)?;
+    Ok((data, reports))
+}
+
+/// Train on a given dataset.
+pub fn train_on(cfg: &TrainConfig, backend: &dyn Backend, data: &Dataset) -> Result<Vec<EpochReport>, String> {
+    if cfg.batch == 0 || (cfg.negatives == Negatives::UniformOnly && cfg.b_prime == 0) {
+        return Err("need B ≥ 1, and B′ ≥ 1 with uniform-only negatives".into());
+    }
+    let hidden: Vec<usize> = if cfg.hidden > 0 { vec![cfg.hidden] } else { vec![] };
+    let l2 = !cfg.no_l2;
+    let mut qt = Tower::new(cfg.buckets, cfg.emb, &hidden, cfg.dim, l2, cfg.seed ^ 0x51);
+    let mut it = Tower::new(cfg.buckets, cfg.emb, &hidden, cfg.dim, l2, cfg.seed ^ 0xA7);
+    let mut est: Box<dyn FrequencyEstimator> = match cfg.estimator {
+        Estimator::Streaming => Box::new(StreamingEstimator::new(1 << 20, 2, cfg.estimator_alpha, 1e4)),
+        Estimator::Exact => Box::new(ExactCounts::default()),
+    };
+    let cls = eval::classes(data);
+    let mut rng = data::Rng::new(cfg.seed ^ 0xBA7C);
+    let mut reports = vec![EpochReport {
+        epoch: 0,
+        loss: f64::NAN,
+        metrics: evaluate(data, &cls, &qt, &it),
+        examples_per_s: 0.0,
+        loss_share: 0.0,
+        max_verify_error: 0.0,
+    }];
+    let steps_per_epoch = data.train.len() / cfg.batch;
+    let mut step = 0u64;
+    let mut csv = match &cfg.metrics {
+        Some(p) => {
+            let mut f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            use std::io::Write;
+            writeln!(f, "epoch,loss,recall10,recall50,recall100,head100,tail100,fresh100,intrusion10,intrusion100,examples_per_s,loss_share")
+                .map_err(|e| e.to_string())?;
+            Some(f)
+        }
+        None => None,
+    };
+    write_csv(&mut csv, &reports[0])?;
+    for epoch in 1..=cfg.epochs {
+        let mut order: Vec<usize> = (0..data.train.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        let bar = if cfg.quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let b = indicatif::ProgressBar::new(steps_per_epoch as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                    .map_err(|e| e.to_string())?
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{epoch}/{}", cfg.epochs));
+            b
+        };
+        let (mut loss_sum, mut t_loss, mut max_err) = (0.0f64, 0.0f64, 0.0f64);
+        let t_epoch = Instant::now();
+        let mut out = MnsOutput::filled(0, 0, 0, 0.0);
+        for s in 0..steps_per_epoch {
+            step += 1;
+            let idx = &order[s * cfg.batch..(s + 1) * cfg.batch];
+            let users: Vec<u32> = idx.iter().map(|&k| data.train[k].0).collect();
+            let mut cands: Vec<u32> = idx.iter().map(|&k| data.train[k].1).collect();
+            cands.extend((0..cfg.b_prime).map(|_| rng.below(data.n_items) as u32));
+            let b = cfg.batch;
+            let mut log_q = freq::log_q(cfg.q_mode, est.as_ref(), &cands, b, data.n_items);
+            let correct_positive = cfg.negatives == Negatives::Mixed;
+            if cfg.negatives == Negatives::UniformOnly {
+                // Uniform negatives need no correction; other rows' positives
+                // are pushed out of every row (s_ij − 10⁴), the diagonal kept.
+                log_q.iter_mut().take(b).for_each(|q| *q = 1e4);
+                log_q.iter_mut().skip(b).for_each(|q| *q = 0.0);
+            }
+            est.observe(&cands[..b]);
+            let uf: Vec<&[u64]> = users.iter().map(|&u| data.user_feats[u as usize].as_slice()).collect();
+            let vf: Vec<&[u64]> = cands.iter().map(|&i| data.item_feats[i as usize].as_slice()).collect();
+            let (u, uc) = qt.forward(&uf);
+            let (v, vc) = it.forward(&vf);
+            let ids: Vec<i64> = cands.iter().map(|&i| i as i64).collect();
+            let input = MnsInput::new(&u, &v, &log_q, cfg.dim)
+                .temperature(cfg.temperature)
+                .correct_positive(correct_positive)
+                .ids(&ids);
+            if out.lse.len() != b || out.d_v.len() != cands.len() * cfg.dim {
+                out = MnsOutput::filled(b, cands.len(), cfg.dim, 0.0);
+            }
+            let t0 = Instant::now();
+            backend.mns_loss_into(&input, &mut out).map_err(|e| format!("step {step}: {e}"))?;
+            t_loss += t0.elapsed().as_secs_f64();
+            if cfg.verify_every > 0 && step % cfg.verify_every as u64 == 0 {
+                let want = ReferenceBackend.mns_loss(&input).map_err(|e| e.to_string())?;
+                let err = max_rel_error(&out, &want);
+                max_err = max_err.max(err);
+                if err > cfg.verify_tolerance {
+                    return Err(format!(
+                        "step {step}: {} differs from the reference by {err:.2e} (> {:.0e})",
+                        backend.name(),
+                        cfg.verify_tolerance
+                    ));
+                }
+            }
+            loss_sum += out.loss as f64;
+            qt.backward_update(uc, &out.d_u, cfg.optimizer, cfg.lr, step);
+            it.backward_update(vc, &out.d_v, cfg.optimizer, cfg.lr, step);
+            if s % 20 == 0 {
+                let rate = ((s + 1) * b) as f64 / t_epoch.elapsed().as_secs_f64();
+                bar.set_message(format!("loss {:.4}  {rate:.0} examples/s", loss_sum / (s + 1) as f64));
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let secs = t_epoch.elapsed().as_secs_f64();
+        let rep = EpochReport {
+            epoch,
+            loss: loss_sum / steps_per_epoch.max(1) as f64,
+            metrics: evaluate(data, &cls, &qt, &it),
+            examples_per_s: (steps_per_epoch * cfg.batch) as f64 / secs,
+            loss_share: t_loss / secs,
+            max_verify_error: max_err,
+        };
+        write_csv(&mut csv, &rep)?;
+        reports.push(rep);
+    }
+    Ok(reports)
+}
+
+fn write_csv(f: &mut Option<std::fs::File>, r: &EpochReport) -> Result<(), String> {
+    use std::io::Write;
+    if let Some(f) = f {
+        let m = &r.metrics;
+        writeln!(
+            f,
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.epoch,
+            r.loss,
+            m.recall[0],
+            m.recall[1],
+            m.recall[2],
+            m.recall_by_class[0][2],
+            m.recall_by_class[1][2],
+            m.recall_by_class[2][2],
+            m.tail_intrusion[0],
+            m.tail_intrusion[2],
+            r.examples_per_s,
+            r.loss_share
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Largest relative L2 error over loss, d_u, d_v (f32 result vs f64 reference).
+fn max_rel_error(got: &MnsOutput, want: &MnsOutput) -> f64 {
+    let rel = |a: &[f32], b: &[f32]| {
+        let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt();
+        let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
+        if den > 0.0 { num / den } else { num }
+    };
+    let l = ((got.loss - want.loss) as f64).abs() / (want.loss as f64).abs().max(1e-12);
+    l.max(rel(&got.d_u, &want.d_u)).max(rel(&got.d_v, &want.d_v))
+}
+
+/// Full-corpus metrics of the current towers.
+pub fn evaluate(data: &Dataset, cls: &[eval::Class], qt: &Tower, it: &Tower) -> eval::Metrics {
+    let d = it.out_dim;
+    let mut items = Vec::with_capacity(data.n_items * d);
+    for blk in data.item_feats.chunks(4096) {
+        let f: Vec<&[u64]> = blk.iter().map(|x| x.as_slice()).collect();
+        items.extend(it.forward(&f).0);
+    }
+    eval::evaluate(data, cls, |users| {
+        let f: Vec<&[u64]> = users.iter().map(|&u| data.user_feats[u as usize].as_slice()).collect();
+        let (ue, _) = qt.forward(&f);
+        eval::dot_scores(&ue, &items, users.len(), data.n_items, d)
+    })
+}
+
+/// The planted model's own metrics (synthetic data): the ceiling.
+pub fn oracle_metrics(data: &Dataset) -> Option<eval::Metrics> {
+    let o = data.oracle.as_ref()?;
+    let cls = eval::classes(data);
+    Some(eval::evaluate(data, &cls, |users| {
+        let ni = data.n_items;
+        let mut s = vec![0.0f32; users.len() * ni];
+        use rayon::prelude::*;
+        s.par_chunks_mut(ni).zip(users).for_each(|(row, &u)| {
+            row.iter_mut().enumerate().for_each(|(i, x)| *x = o.score(u as usize, i));
+        });
+        s
+    }))
+}
