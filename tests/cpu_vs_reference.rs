@@ -301,9 +301,9 @@ fn deterministic_for_a_fixed_thread_count() {
 
 #[test]
 fn strip_budget_shrinks_the_block_for_large_n() {
-    // N = 300 000 forces a row block of 12 rows (16 MiB budget): results must
-    // not depend on the block size. B = 20 keeps the f64 reference cheap.
-    let c = random_case(13, 20, 299_980, 8);
+    // N = 300 000 forces row blocks of MB_MIN = 48 rows (past the 16 MiB
+    // budget): B = 100 is three blocks, each over several column parts.
+    let c = random_case(13, 100, 299_900, 8);
     check_case(&Case {
         name: "large N".into(),
         ..c

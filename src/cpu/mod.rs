@@ -17,8 +17,8 @@
 //! Memory beyond the inputs and outputs: packed copies of U and V (two of V:
 //! column-tiled and panel-transposed), one N×K dV accumulator, and the
 //! strips of one row block, `mb × N` floats with `mb` chosen so that they
-//! stay within [`STRIP_BUDGET_BYTES`] (never fewer than 6 rows). Nothing is
-//! proportional to B·N.
+//! stay within [`STRIP_BUDGET_BYTES`] (but never fewer than [`MB_MIN`] rows).
+//! Nothing is proportional to B·N.
 
 mod kernel;
 mod portable;
@@ -32,9 +32,14 @@ use rayon::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Largest size of a row block's strips (all parts together), in bytes.
-/// With large N the row block shrinks (to no fewer than 6 rows) to fit.
+/// Size of a row block's strips (all parts together), in bytes, beyond which
+/// the row block shrinks — to no fewer than [`MB_MIN`] rows, so the strips
+/// take at most max(16 MiB, 48·N·4 bytes).
 pub const STRIP_BUDGET_BYTES: usize = 16 << 20;
+/// Fewest rows per block: every block streams V (twice) and dV, so much
+/// shorter blocks make huge-N problems memory-bound (12-row blocks at
+/// N = 327 680, K = 128 were several times slower than 48-row ones).
+pub const MB_MIN: usize = 48;
 /// Preferred rows per block, a multiple of the 6-row micro-kernel. Each
 /// block reads V (twice) and writes dV once, so taller blocks mean less
 /// memory traffic per flop; the block's strips (mb × N floats) should stay
@@ -242,7 +247,7 @@ impl CpuBackend {
         let width = np.div_ceil(nparts).next_multiple_of(NR);
         let bounds: Vec<usize> = (0..np).step_by(width).chain([np]).collect();
         let mb = (STRIP_BUDGET_BYTES / (np.max(1) * 4) / MR * MR)
-            .clamp(MR, MB_MAX)
+            .clamp(MB_MIN, MB_MAX)
             .min(b.next_multiple_of(MR));
         let mut dv = vec![0.0f32; n * kp];
         let mut parts: Vec<Part<'_>> = Vec::with_capacity(bounds.len() - 1);
