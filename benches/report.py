@@ -66,29 +66,32 @@ def main():
         if pts:
             name = "gemm crate: U·Vᵀ + S·V + Sᵀ·U (ceiling)" if b == "gemm" else f"mixneg {b}"
             a1.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
-    for impl, mk in [("numpy", "D"), ("jax", "v"), ("torch", "P"), ("torch.compile", "*")]:
+    for impl, mk in [("mixneg", "o"), ("numpy", "D"), ("jax", "v"), ("torch", "P"), ("torch.compile", "*")]:
         pts = []
         for r in peers:
             s = (int(r["b"]), int(r["b"]) + int(r["b_prime"]), int(r["k"]))
             if r["impl"] == impl and s in shapes:
                 pts.append((shapes.index(s), float(r["gflops"])))
         if pts:
-            a1.plot([p[0] for p in pts], [p[1] for p in pts], mk, markersize=9, label=impl)
+            label = "mixneg avx2_fma, peers' run" if impl == "mixneg" else f"{impl} (peers' run)"
+            a1.plot([p[0] for p in pts], [p[1] for p in pts], mk, markersize=9, label=label, fillstyle="none" if impl == "mixneg" else "full")
     a1.set_xticks(list(xs))
     a1.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     a1.set_ylabel("effective GFLOP/s (6·B·N·K / time)")
-    a1.set_title("forward + backward, 2 threads")
+    a1.set_title("forward + backward, 2 threads (lines: one criterion run; markers: one peers run)")
     a1.legend(fontsize=7)
     a1.grid(alpha=0.3)
     for impl, mk in [("mixneg", "o-"), ("numpy", "D-"), ("jax", "v-"), ("torch", "P-"), ("torch.compile", "*-")]:
-        pts = sorted((int(r["b"]), float(r["peak_rss_mib"])) for r in peers if r["impl"] == impl and r["b"] == r["b_prime"])
+        pts = sorted(
+            (int(r["b"]), float(r["peak_rss_mib"])) for r in peers if r["impl"] == impl and r["b"] == r["b_prime"] and r["k"] == "64"
+        )
         if pts:
             a2.plot([p[0] for p in pts], [p[1] for p in pts], mk, label=impl)
     a2.set_xscale("log", base=2)
     a2.set_yscale("log")
     a2.set_xlabel("B = B′")
     a2.set_ylabel("peak RSS of the whole process, MiB")
-    a2.set_title("memory")
+    a2.set_title("memory, K = 64")
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3, which="both")
     fig.tight_layout()
