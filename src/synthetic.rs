@@ -5,10 +5,10 @@
 //! With h(x) = SplitMix64's finalizer of x and r(x) = (h(x) >> 40) / 2²⁴ − ½
 //! (uniform in [−½, ½), exactly representable in f32):
 //!
-//! * u[i] = 3.46·r(seed·2³² + i)/√K (unit-variance rows of norm ≈ 1),
-//! * v[j] = 3.46·r(seed·2³² + 2²⁸ + j)/√K, and for rows j < B
-//!   v[j] ← 0.6·u[j] + 0.8·v[j] (the positive resembles its query),
-//! * ids[j] = (j·7919) mod 4N, log_q[j] = −ln((j·7919) mod 5000 + 1) − 2.
+//! * u\[i\] = 3.46·r(seed·2³² + i)/√K (unit-variance rows of norm ≈ 1),
+//! * v\[j\] = 3.46·r(seed·2³² + 2²⁸ + j)/√K, and for rows j < B
+//!   v\[j\] ← 0.6·u\[j\] + 0.8·v\[j\] (the positive resembles its query),
+//! * ids\[j\] = (j·7919) mod 4N, log_q\[j\] = −ln((j·7919) mod 5000 + 1) − 2.
 
 /// SplitMix64's output function.
 pub fn splitmix(x: u64) -> u64 {

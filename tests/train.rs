@@ -5,10 +5,12 @@ use mixneg::CpuBackend;
 use mixneg::train::{self, Negatives, TrainConfig, data, freq::QMode};
 
 fn small() -> TrainConfig {
-    let mut synth = data::SynthConfig::default();
-    synth.users = 1500;
-    synth.items = 3000;
-    synth.train_per_user = 16;
+    let synth = data::SynthConfig {
+        users: 1500,
+        items: 3000,
+        train_per_user: 16,
+        ..Default::default()
+    };
     TrainConfig {
         logs: None,
         synth,
@@ -41,16 +43,36 @@ fn loss_decreases_and_recall_beats_a_random_model() {
     let (data, reps) = train::train(&cfg, &CpuBackend::new()).unwrap();
     let first = &reps[1];
     let last = reps.last().unwrap();
-    assert!(last.loss < first.loss, "loss {} → {}", first.loss, last.loss);
+    assert!(
+        last.loss < first.loss,
+        "loss {} → {}",
+        first.loss,
+        last.loss
+    );
     // A random ranking finds a test item in the top 100 with probability
     // ≈ 100 / n_items = 0.033; the untrained towers (epoch 0) are such a model.
     let random = 100.0 / data.n_items as f64;
-    assert!(reps[0].metrics.recall[2] < 3.0 * random, "epoch 0 recall {}", reps[0].metrics.recall[2]);
-    assert!(last.metrics.recall[2] > 3.0 * random, "trained recall@100 {} vs random {random}", last.metrics.recall[2]);
+    assert!(
+        reps[0].metrics.recall[2] < 3.0 * random,
+        "epoch 0 recall {}",
+        reps[0].metrics.recall[2]
+    );
+    assert!(
+        last.metrics.recall[2] > 3.0 * random,
+        "trained recall@100 {} vs random {random}",
+        last.metrics.recall[2]
+    );
     // The in-loop kernel check ran and agreed.
-    assert!(last.max_verify_error > 0.0 && last.max_verify_error < 1e-3, "{}", last.max_verify_error);
+    assert!(
+        last.max_verify_error > 0.0 && last.max_verify_error < 1e-3,
+        "{}",
+        last.max_verify_error
+    );
     let oracle = train::oracle_metrics(&data).unwrap();
-    assert!(oracle.recall[2] > last.metrics.recall[2], "the planted model is the ceiling");
+    assert!(
+        oracle.recall[2] > last.metrics.recall[2],
+        "the planted model is the ceiling"
+    );
 }
 
 #[test]
@@ -76,7 +98,11 @@ fn log_reader_formats_and_errors() {
     std::fs::create_dir_all(&dir).unwrap();
     // MovieLens ratings.dat: user::item::rating::timestamp.
     let ml = dir.join("ratings.dat");
-    std::fs::write(&ml, "1::10::5::300\n1::11::3::100\n2::10::4::50\n2::12::1::60\n3::11::2::10\n").unwrap();
+    std::fs::write(
+        &ml,
+        "1::10::5::300\n1::11::3::100\n2::10::4::50\n2::12::1::60\n3::11::2::10\n",
+    )
+    .unwrap();
     let d = data::read_logs(&ml).unwrap();
     assert_eq!((d.n_users, d.n_items), (3, 3));
     // Users 1 and 2 have two interactions: their last by time is the test.

@@ -450,10 +450,17 @@ fn print_report(r: &mixneg::train::EpochReport) {
 fn train(cfg: &mixneg::train::TrainConfig, which: BackendArg) -> Result<(), Error> {
     let be = backend(which)?;
     let t = Instant::now();
-    println!("mixneg train: {} negatives, B = {}, B' = {}, Q {:?}, loss on {}", match cfg.negatives {
-        mixneg::train::Negatives::Mixed => "mixed",
-        mixneg::train::Negatives::UniformOnly => "uniform-only",
-    }, cfg.batch, cfg.b_prime, cfg.q_mode, be.name());
+    println!(
+        "mixneg train: {} negatives, B = {}, B' = {}, Q {:?}, loss on {}",
+        match cfg.negatives {
+            mixneg::train::Negatives::Mixed => "mixed",
+            mixneg::train::Negatives::UniformOnly => "uniform-only",
+        },
+        cfg.batch,
+        cfg.b_prime,
+        cfg.q_mode,
+        be.name()
+    );
     let (data, reports) = mixneg::train::train(cfg, be.as_ref())?;
     println!(
         "data: {} users, {} items ({} fresh), {} train / {} test interactions",
@@ -482,22 +489,54 @@ fn train(cfg: &mixneg::train::TrainConfig, which: BackendArg) -> Result<(), Erro
 }
 
 fn experiment(base: &mixneg::train::TrainConfig, seeds: u64, out: &Path) -> Result<(), Error> {
-    use mixneg::train::freq::QMode;
     use mixneg::train::Negatives;
+    use mixneg::train::freq::QMode;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let b = base.batch;
     // (name, B′, negatives, Q mode); equal budget: same epochs and batches of B stream positives.
     let configs: Vec<(String, usize, Negatives, QMode)> = vec![
-        ("batch softmax, no correction".into(), 0, Negatives::Mixed, QMode::None),
-        ("batch softmax, unigram logQ".into(), 0, Negatives::Mixed, QMode::Unigram),
-        ("MNS B'/B = 0.5".into(), b / 2, Negatives::Mixed, QMode::Mixture),
+        (
+            "batch softmax, no correction".into(),
+            0,
+            Negatives::Mixed,
+            QMode::None,
+        ),
+        (
+            "batch softmax, unigram logQ".into(),
+            0,
+            Negatives::Mixed,
+            QMode::Unigram,
+        ),
+        (
+            "MNS B'/B = 0.5".into(),
+            b / 2,
+            Negatives::Mixed,
+            QMode::Mixture,
+        ),
         ("MNS B'/B = 1".into(), b, Negatives::Mixed, QMode::Mixture),
-        ("MNS B'/B = 2".into(), 2 * b, Negatives::Mixed, QMode::Mixture),
-        ("MNS B'/B = 4".into(), 4 * b, Negatives::Mixed, QMode::Mixture),
-        ("uniform negatives only, B' = B".into(), b, Negatives::UniformOnly, QMode::None),
+        (
+            "MNS B'/B = 2".into(),
+            2 * b,
+            Negatives::Mixed,
+            QMode::Mixture,
+        ),
+        (
+            "MNS B'/B = 4".into(),
+            4 * b,
+            Negatives::Mixed,
+            QMode::Mixture,
+        ),
+        (
+            "uniform negatives only, B' = B".into(),
+            b,
+            Negatives::UniformOnly,
+            QMode::None,
+        ),
     ];
     let be = CpuBackend::from_env()?;
-    let mut csv = String::from("config,seed,recall10,recall50,recall100,head100,tail100,fresh100,intrusion10,intrusion100,loss,examples_per_s,loss_share\n");
+    let mut csv = String::from(
+        "config,seed,recall10,recall50,recall100,head100,tail100,fresh100,intrusion10,intrusion100,loss,examples_per_s,loss_share\n",
+    );
     let mut rows: Vec<(String, Vec<[f64; 8]>)> = vec![];
     for (name, bp, neg, q) in &configs {
         let mut runs = vec![];
@@ -523,10 +562,28 @@ fn experiment(base: &mixneg::train::TrainConfig, seeds: u64, out: &Path) -> Resu
                 m.tail_intrusion[0],
                 m.tail_intrusion[2],
             ];
-            println!("{name:<34} seed {seed}: recall@10/50/100 {:.4} {:.4} {:.4}, tail intrusion@10 {:.3} ({:.0} s)", v[0], v[1], v[2], v[6], t.elapsed().as_secs_f64());
+            println!(
+                "{name:<34} seed {seed}: recall@10/50/100 {:.4} {:.4} {:.4}, tail intrusion@10 {:.3} ({:.0} s)",
+                v[0],
+                v[1],
+                v[2],
+                v[6],
+                t.elapsed().as_secs_f64()
+            );
             csv += &format!(
                 "{},{seed},{},{},{},{},{},{},{},{},{},{},{}\n",
-                name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], r.loss, r.examples_per_s, r.loss_share
+                name,
+                v[0],
+                v[1],
+                v[2],
+                v[3],
+                v[4],
+                v[5],
+                v[6],
+                v[7],
+                r.loss,
+                r.examples_per_s,
+                r.loss_share
             );
             runs.push(v);
         }
@@ -542,13 +599,17 @@ fn experiment(base: &mixneg::train::TrainConfig, seeds: u64, out: &Path) -> Resu
         6 => 2.571,
         _ => 1.96,
     };
-    let mut md = String::from("| configuration | Recall@10 | Recall@50 | Recall@100 | head R@100 | tail R@100 | fresh R@100 | tail intrusion@10 | tail intrusion@100 |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut md = String::from(
+        "| configuration | Recall@10 | Recall@50 | Recall@100 | head R@100 | tail R@100 | fresh R@100 | tail intrusion@10 | tail intrusion@100 |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
     for (name, runs) in &rows {
         md += &format!("| {name} |");
         for c in 0..8 {
             let n = runs.len();
             let mean = runs.iter().map(|r| r[c]).sum::<f64>() / n as f64;
-            let sd = (runs.iter().map(|r| (r[c] - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
+            let sd = (runs.iter().map(|r| (r[c] - mean).powi(2)).sum::<f64>()
+                / (n.max(2) - 1) as f64)
+                .sqrt();
             md += &format!(" {mean:.4} ± {:.4} |", t95(n) * sd / (n as f64).sqrt());
         }
         md += "\n";
@@ -559,5 +620,13 @@ fn experiment(base: &mixneg::train::TrainConfig, seeds: u64, out: &Path) -> Resu
 }
 
 fn slug(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }

@@ -152,7 +152,7 @@ impl Rng {
     }
     /// Uniform integer in 0..n.
     pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
@@ -178,7 +178,10 @@ pub fn synthetic(cfg: &SynthConfig, seed: u64) -> Dataset {
     for i in (1..ni).rev() {
         rank.swap(i, rng.below(i + 1));
     }
-    let log_pop: Vec<f32> = rank.iter().map(|&r| (-cfg.zipf * ((r + 1) as f64).ln()) as f32).collect();
+    let log_pop: Vec<f32> = rank
+        .iter()
+        .map(|&r| (-cfg.zipf * ((r + 1) as f64).ln()) as f32)
+        .collect();
     let fresh: Vec<bool> = (0..ni).map(|_| rng.unif() < cfg.fresh_share).collect();
     let oracle = Oracle {
         dim: d,
@@ -215,7 +218,9 @@ pub fn synthetic(cfg: &SynthConfig, seed: u64) -> Dataset {
             .collect();
         let aff: Vec<f64> = pool
             .iter()
-            .map(|&i| (oracle.score(u, i as usize) - oracle.beta * oracle.log_pop[i as usize]) as f64)
+            .map(|&i| {
+                (oracle.score(u, i as usize) - oracle.beta * oracle.log_pop[i as usize]) as f64
+            })
             .collect();
         let m = aff.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = aff.iter().map(|a| (a - m).exp()).collect();
@@ -244,22 +249,43 @@ pub fn synthetic(cfg: &SynthConfig, seed: u64) -> Dataset {
     }
 
     // Features: id, and noisy bucketed projections of the factors.
-    let projections: Vec<f32> = (0..cfg.projections * d).map(|_| rng.normal() as f32).collect();
+    let projections: Vec<f32> = (0..cfg.projections * d)
+        .map(|_| rng.normal() as f32)
+        .collect();
     let featurize = |rng: &mut Rng, field: u64, id: usize, f: &[f32]| -> Vec<u64> {
         let mut out = vec![feature(field, id as u64)];
         for p in 0..cfg.projections {
-            let z: f64 = f.iter().zip(&projections[p * d..(p + 1) * d]).map(|(a, b)| (a * b) as f64).sum::<f64>()
+            let z: f64 = f
+                .iter()
+                .zip(&projections[p * d..(p + 1) * d])
+                .map(|(a, b)| (a * b) as f64)
+                .sum::<f64>()
                 / sd
                 + cfg.feature_noise * rng.normal();
-            let bucket = (((z / (1.0 + cfg.feature_noise) + 2.0) / 4.0 * cfg.feature_buckets as f64).floor() as i64)
-                .clamp(0, cfg.feature_buckets as i64 - 1);
+            let bucket =
+                (((z / (1.0 + cfg.feature_noise) + 2.0) / 4.0 * cfg.feature_buckets as f64).floor()
+                    as i64)
+                    .clamp(0, cfg.feature_buckets as i64 - 1);
             out.push(feature(field + 1 + p as u64, bucket as u64));
         }
         out
     };
-    let user_feats = (0..nu).map(|u| featurize(&mut rng, 100, u, &oracle.user_factors[u * d..(u + 1) * d])).collect();
-    let item_feats = (0..ni).map(|i| featurize(&mut rng, 200, i, &oracle.item_factors[i * d..(i + 1) * d])).collect();
-    Dataset { n_users: nu, n_items: ni, user_feats, item_feats, train, test, fresh, oracle: Some(oracle) }
+    let user_feats = (0..nu)
+        .map(|u| featurize(&mut rng, 100, u, &oracle.user_factors[u * d..(u + 1) * d]))
+        .collect();
+    let item_feats = (0..ni)
+        .map(|i| featurize(&mut rng, 200, i, &oracle.item_factors[i * d..(i + 1) * d]))
+        .collect();
+    Dataset {
+        n_users: nu,
+        n_items: ni,
+        user_feats,
+        item_feats,
+        train,
+        test,
+        fresh,
+        oracle: Some(oracle),
+    }
 }
 
 /// Read interaction logs: `user,item[,timestamp]` CSV or TSV (a header line
@@ -285,7 +311,11 @@ pub fn read_logs(path: &Path) -> Result<Dataset, String> {
             line.split(',').collect()
         };
         let bad = |why: &str| format!("{}:{}: {why}: {line:?}", path.display(), lineno + 1);
-        if lineno == 0 && fields.len() >= 2 && fields[1].trim().parse::<f64>().is_err() && !line.contains("::") {
+        if lineno == 0
+            && fields.len() >= 2
+            && fields[1].trim().parse::<f64>().is_err()
+            && !line.contains("::")
+        {
             continue; // a header
         }
         // MovieLens layouts have 4 fields: user, item, rating, timestamp.
@@ -300,7 +330,10 @@ pub fn read_logs(path: &Path) -> Result<Dataset, String> {
             return Err(bad("empty user or item"));
         }
         let t = match t {
-            Some(t) => t.trim().parse::<f64>().map_err(|_| bad("timestamp is not a number"))?,
+            Some(t) => t
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| bad("timestamp is not a number"))?,
             None => lineno as f64,
         };
         let nu = users.len() as u32;

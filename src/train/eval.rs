@@ -32,7 +32,9 @@ pub enum Class {
 pub fn classes(data: &Dataset) -> Vec<Class> {
     let mut count = vec![0u32; data.n_items];
     data.train.iter().for_each(|&(_, i)| count[i as usize] += 1);
-    let mut order: Vec<usize> = (0..data.n_items).filter(|&i| !data.fresh[i] && count[i] > 0).collect();
+    let mut order: Vec<usize> = (0..data.n_items)
+        .filter(|&i| !data.fresh[i] && count[i] > 0)
+        .collect();
     order.sort_by_key(|&i| std::cmp::Reverse(count[i]));
     let head: HashSet<usize> = order.iter().take(data.n_items / 10).copied().collect();
     (0..data.n_items)
@@ -69,10 +71,16 @@ where
 {
     let kmax = KS[2];
     let mut train_of: Vec<Vec<u32>> = vec![vec![]; data.n_users];
-    data.train.iter().for_each(|&(u, i)| train_of[u as usize].push(i));
+    data.train
+        .iter()
+        .for_each(|&(u, i)| train_of[u as usize].push(i));
     let mut test_of: Vec<Vec<u32>> = vec![vec![]; data.n_users];
-    data.test.iter().for_each(|&(u, i)| test_of[u as usize].push(i));
-    let users: Vec<u32> = (0..data.n_users as u32).filter(|&u| !test_of[u as usize].is_empty()).collect();
+    data.test
+        .iter()
+        .for_each(|&(u, i)| test_of[u as usize].push(i));
+    let users: Vec<u32> = (0..data.n_users as u32)
+        .filter(|&u| !test_of[u as usize].is_empty())
+        .collect();
     let ni = data.n_items;
     // Per user: (hits per K, hits per class per K, test per class, intrusions per K).
     type Acc = ([f64; 3], [[f64; 3]; 3], [usize; 3], [f64; 3], usize);
@@ -93,7 +101,9 @@ where
                         .collect();
                     let kk = kmax.min(cand.len());
                     if kk < cand.len() {
-                        cand.select_nth_unstable_by(kk, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                        cand.select_nth_unstable_by(kk, |a, b| {
+                            b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+                        });
                     }
                     cand.truncate(kk);
                     cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -114,7 +124,9 @@ where
                         let intr = cand
                             .iter()
                             .take(k)
-                            .filter(|&&(_, i)| cls[i as usize] != Class::Head && !tests.contains(&i))
+                            .filter(|&&(_, i)| {
+                                cls[i as usize] != Class::Head && !tests.contains(&i)
+                            })
                             .count();
                         acc.3[q] = intr as f64 / k as f64;
                     }
@@ -147,7 +159,10 @@ where
             s.4 += b.4;
             s
         });
-    let mut m = Metrics { count_by_class: total.2, ..Default::default() };
+    let mut m = Metrics {
+        count_by_class: total.2,
+        ..Default::default()
+    };
     for q in 0..3 {
         m.recall[q] = total.0[q] / total.4.max(1) as f64;
         m.tail_intrusion[q] = total.3[q] / users.len().max(1) as f64;
@@ -160,7 +175,13 @@ where
 
 /// Scores of a two-tower model: ⟨user embedding, item embedding⟩ for a
 /// block of users against every item embedding (`items`: n_items × d).
-pub fn dot_scores(user_emb: &[f32], items: &[f32], rows: usize, n_items: usize, d: usize) -> Vec<f32> {
+pub fn dot_scores(
+    user_emb: &[f32],
+    items: &[f32],
+    rows: usize,
+    n_items: usize,
+    d: usize,
+) -> Vec<f32> {
     let mut s = vec![0.0f32; rows * n_items];
     matmul(rows, n_items, d, user_emb, items, true, &mut s);
     s

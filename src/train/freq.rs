@@ -57,7 +57,9 @@ impl StreamingEstimator {
         Self {
             a: vec![vec![0.0; buckets]; hashes],
             b: vec![vec![initial_gap; buckets]; hashes],
-            seeds: (0..hashes as u64).map(|h| 0x5851_F42D_4C95_7F2D ^ (h * 0x9E37_79B9)).collect(),
+            seeds: (0..hashes as u64)
+                .map(|h| 0x5851_F42D_4C95_7F2D ^ (h * 0x9E37_79B9))
+                .collect(),
             alpha,
             step: 0.0,
             batch: 1.0,
@@ -91,7 +93,9 @@ impl FrequencyEstimator for StreamingEstimator {
     }
 
     fn prob(&self, item: u32) -> f64 {
-        let gap = (0..self.seeds.len()).map(|h| self.b[h][self.bucket(h, item)]).fold(0.0f64, f64::max);
+        let gap = (0..self.seeds.len())
+            .map(|h| self.b[h][self.bucket(h, item)])
+            .fold(0.0f64, f64::max);
         // Occurrences per step / draws per step.
         (1.0 / gap.max(1e-9)) / self.batch
     }
@@ -123,7 +127,13 @@ impl FrequencyEstimator for ExactCounts {
 /// log Q_j for one batch's candidates: the first `b` are stream positives,
 /// the rest uniform draws from a corpus of `corpus` items. Probabilities are
 /// floored at 1e-12 so that log Q stays finite for never-seen items.
-pub fn log_q(mode: QMode, est: &dyn FrequencyEstimator, candidates: &[u32], b: usize, corpus: usize) -> Vec<f32> {
+pub fn log_q(
+    mode: QMode,
+    est: &dyn FrequencyEstimator,
+    candidates: &[u32],
+    b: usize,
+    corpus: usize,
+) -> Vec<f32> {
     let bp = candidates.len() - b;
     candidates
         .iter()
@@ -131,7 +141,9 @@ pub fn log_q(mode: QMode, est: &dyn FrequencyEstimator, candidates: &[u32], b: u
             let q = match mode {
                 QMode::None => 1.0,
                 QMode::Unigram => est.prob(j),
-                QMode::Mixture => (b as f64 * est.prob(j) + bp as f64 / corpus as f64) / (b + bp) as f64,
+                QMode::Mixture => {
+                    (b as f64 * est.prob(j) + bp as f64 / corpus as f64) / (b + bp) as f64
+                }
             };
             q.max(1e-12).ln() as f32
         })
@@ -149,7 +161,13 @@ mod tests {
         let (items, batch, steps) = (200u32, 64, 3000);
         let weights: Vec<f64> = (1..=items).map(|r| 1.0 / r as f64).collect();
         let total: f64 = weights.iter().sum();
-        let cdf: Vec<f64> = weights.iter().scan(0.0, |s, w| { *s += w / total; Some(*s) }).collect();
+        let cdf: Vec<f64> = weights
+            .iter()
+            .scan(0.0, |s, w| {
+                *s += w / total;
+                Some(*s)
+            })
+            .collect();
         let mut rng = 12345u64;
         let mut draw = || {
             rng = crate::synthetic::splitmix(rng);
@@ -165,7 +183,10 @@ mod tests {
         }
         for y in [0u32, 1, 2, 5, 10] {
             let (s, e) = (st.prob(y), ex.prob(y));
-            assert!((s - e).abs() <= 0.15 * e, "item {y}: streaming {s:.5} vs exact {e:.5}");
+            assert!(
+                (s - e).abs() <= 0.15 * e,
+                "item {y}: streaming {s:.5} vs exact {e:.5}"
+            );
         }
     }
 
@@ -204,7 +225,10 @@ mod tests {
         assert!(none.iter().all(|&x| x == 0.0));
         let uni = log_q(QMode::Unigram, &ex, &cands, 2, 100);
         assert!((uni[0] - 0.5f32.ln()).abs() < 1e-6 && (uni[1] - 0.25f32.ln()).abs() < 1e-6);
-        assert!((uni[2] - (1e-12f64.ln() as f32)).abs() < 1e-3, "never seen: floored");
+        assert!(
+            (uni[2] - (1e-12f64.ln() as f32)).abs() < 1e-3,
+            "never seen: floored"
+        );
         let mix = log_q(QMode::Mixture, &ex, &cands, 2, 100);
         let want = |p: f64| ((2.0 * p + 2.0 / 100.0) / 4.0).ln() as f32;
         assert!((mix[0] - want(0.5)).abs() < 1e-6 && (mix[2] - want(0.0)).abs() < 1e-6);

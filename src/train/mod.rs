@@ -40,7 +40,7 @@ pub enum Estimator {
 /// Everything a training run needs (the flags of `mixneg train`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainConfig {
-    /// Train on real logs (user,item[,timestamp] CSV/TSV or MovieLens) instead of synthetic data.
+    /// Train on real logs (CSV/TSV of user, item and an optional timestamp, or MovieLens) instead of synthetic data.
     #[arg(long)]
     pub logs: Option<std::path::PathBuf>,
     /// The synthetic world.
@@ -126,7 +126,10 @@ pub struct EpochReport {
 }
 
 /// Train and evaluate; per-epoch reports (and a random model's metrics first, epoch 0).
-pub fn train(cfg: &TrainConfig, backend: &dyn Backend) -> Result<(Dataset, Vec<EpochReport>), String> {
+pub fn train(
+    cfg: &TrainConfig,
+    backend: &dyn Backend,
+) -> Result<(Dataset, Vec<EpochReport>), String> {
     let data = match &cfg.logs {
         Some(p) => data::read_logs(p)?,
         None => data::synthetic(&cfg.synth, cfg.seed),
@@ -136,16 +139,29 @@ pub fn train(cfg: &TrainConfig, backend: &dyn Backend) -> Result<(Dataset, Vec<E
 }
 
 /// Train on a given dataset.
-pub fn train_on(cfg: &TrainConfig, backend: &dyn Backend, data: &Dataset) -> Result<Vec<EpochReport>, String> {
+pub fn train_on(
+    cfg: &TrainConfig,
+    backend: &dyn Backend,
+    data: &Dataset,
+) -> Result<Vec<EpochReport>, String> {
     if cfg.batch == 0 || (cfg.negatives == Negatives::UniformOnly && cfg.b_prime == 0) {
         return Err("need B ≥ 1, and B′ ≥ 1 with uniform-only negatives".into());
     }
-    let hidden: Vec<usize> = if cfg.hidden > 0 { vec![cfg.hidden] } else { vec![] };
+    let hidden: Vec<usize> = if cfg.hidden > 0 {
+        vec![cfg.hidden]
+    } else {
+        vec![]
+    };
     let l2 = !cfg.no_l2;
     let mut qt = Tower::new(cfg.buckets, cfg.emb, &hidden, cfg.dim, l2, cfg.seed ^ 0x51);
     let mut it = Tower::new(cfg.buckets, cfg.emb, &hidden, cfg.dim, l2, cfg.seed ^ 0xA7);
     let mut est: Box<dyn FrequencyEstimator> = match cfg.estimator {
-        Estimator::Streaming => Box::new(StreamingEstimator::new(1 << 20, 2, cfg.estimator_alpha, 1e4)),
+        Estimator::Streaming => Box::new(StreamingEstimator::new(
+            1 << 20,
+            2,
+            cfg.estimator_alpha,
+            1e4,
+        )),
         Estimator::Exact => Box::new(ExactCounts::default()),
     };
     let cls = eval::classes(data);
@@ -181,9 +197,11 @@ pub fn train_on(cfg: &TrainConfig, backend: &dyn Backend, data: &Dataset) -> Res
         } else {
             let b = indicatif::ProgressBar::new(steps_per_epoch as u64);
             b.set_style(
-                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-                    .map_err(|e| e.to_string())?
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg}",
+                )
+                .map_err(|e| e.to_string())?
+                .progress_chars("=> "),
             );
             b.set_prefix(format!("{epoch}/{}", cfg.epochs));
             b
@@ -207,8 +225,14 @@ pub fn train_on(cfg: &TrainConfig, backend: &dyn Backend, data: &Dataset) -> Res
                 log_q.iter_mut().skip(b).for_each(|q| *q = 0.0);
             }
             est.observe(&cands[..b]);
-            let uf: Vec<&[u64]> = users.iter().map(|&u| data.user_feats[u as usize].as_slice()).collect();
-            let vf: Vec<&[u64]> = cands.iter().map(|&i| data.item_feats[i as usize].as_slice()).collect();
+            let uf: Vec<&[u64]> = users
+                .iter()
+                .map(|&u| data.user_feats[u as usize].as_slice())
+                .collect();
+            let vf: Vec<&[u64]> = cands
+                .iter()
+                .map(|&i| data.item_feats[i as usize].as_slice())
+                .collect();
             let (u, uc) = qt.forward(&uf);
             let (v, vc) = it.forward(&vf);
             let ids: Vec<i64> = cands.iter().map(|&i| i as i64).collect();
@@ -220,10 +244,14 @@ pub fn train_on(cfg: &TrainConfig, backend: &dyn Backend, data: &Dataset) -> Res
                 out = MnsOutput::filled(b, cands.len(), cfg.dim, 0.0);
             }
             let t0 = Instant::now();
-            backend.mns_loss_into(&input, &mut out).map_err(|e| format!("step {step}: {e}"))?;
+            backend
+                .mns_loss_into(&input, &mut out)
+                .map_err(|e| format!("step {step}: {e}"))?;
             t_loss += t0.elapsed().as_secs_f64();
-            if cfg.verify_every > 0 && step % cfg.verify_every as u64 == 0 {
-                let want = ReferenceBackend.mns_loss(&input).map_err(|e| e.to_string())?;
+            if cfg.verify_every > 0 && step.is_multiple_of(cfg.verify_every as u64) {
+                let want = ReferenceBackend
+                    .mns_loss(&input)
+                    .map_err(|e| e.to_string())?;
                 let err = max_rel_error(&out, &want);
                 max_err = max_err.max(err);
                 if err > cfg.verify_tolerance {
@@ -239,7 +267,10 @@ pub fn train_on(cfg: &TrainConfig, backend: &dyn Backend, data: &Dataset) -> Res
             it.backward_update(vc, &out.d_v, cfg.optimizer, cfg.lr, step);
             if s % 20 == 0 {
                 let rate = ((s + 1) * b) as f64 / t_epoch.elapsed().as_secs_f64();
-                bar.set_message(format!("loss {:.4}  {rate:.0} examples/s", loss_sum / (s + 1) as f64));
+                bar.set_message(format!(
+                    "loss {:.4}  {rate:.0} examples/s",
+                    loss_sum / (s + 1) as f64
+                ));
             }
             bar.inc(1);
         }
@@ -287,12 +318,18 @@ fn write_csv(f: &mut Option<std::fs::File>, r: &EpochReport) -> Result<(), Strin
 /// Largest relative L2 error over loss, d_u, d_v (f32 result vs f64 reference).
 fn max_rel_error(got: &MnsOutput, want: &MnsOutput) -> f64 {
     let rel = |a: &[f32], b: &[f32]| {
-        let num: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt();
+        let num: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
         if den > 0.0 { num / den } else { num }
     };
     let l = ((got.loss - want.loss) as f64).abs() / (want.loss as f64).abs().max(1e-12);
-    l.max(rel(&got.d_u, &want.d_u)).max(rel(&got.d_v, &want.d_v))
+    l.max(rel(&got.d_u, &want.d_u))
+        .max(rel(&got.d_v, &want.d_v))
 }
 
 /// Full-corpus metrics of the current towers.
@@ -304,7 +341,10 @@ pub fn evaluate(data: &Dataset, cls: &[eval::Class], qt: &Tower, it: &Tower) -> 
         items.extend(it.forward(&f).0);
     }
     eval::evaluate(data, cls, |users| {
-        let f: Vec<&[u64]> = users.iter().map(|&u| data.user_feats[u as usize].as_slice()).collect();
+        let f: Vec<&[u64]> = users
+            .iter()
+            .map(|&u| data.user_feats[u as usize].as_slice())
+            .collect();
         let (ue, _) = qt.forward(&f);
         eval::dot_scores(&ue, &items, users.len(), data.n_items, d)
     })
@@ -319,7 +359,9 @@ pub fn oracle_metrics(data: &Dataset) -> Option<eval::Metrics> {
         let mut s = vec![0.0f32; users.len() * ni];
         use rayon::prelude::*;
         s.par_chunks_mut(ni).zip(users).for_each(|(row, &u)| {
-            row.iter_mut().enumerate().for_each(|(i, x)| *x = o.score(u as usize, i));
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = o.score(u as usize, i));
         });
         s
     }))

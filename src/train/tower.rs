@@ -22,12 +22,23 @@ struct Slots {
 
 impl Slots {
     fn new(n: usize) -> Self {
-        Self { s1: vec![0.0; n], s2: vec![0.0; n] }
+        Self {
+            s1: vec![0.0; n],
+            s2: vec![0.0; n],
+        }
     }
 }
 
 /// Update `w[off..off+g.len()]` with gradient `g`.
-fn update(opt: Optimizer, lr: f32, step: u64, w: &mut [f32], st: &mut Slots, off: usize, g: &[f32]) {
+fn update(
+    opt: Optimizer,
+    lr: f32,
+    step: u64,
+    w: &mut [f32],
+    st: &mut Slots,
+    off: usize,
+    g: &[f32],
+) {
     match opt {
         Optimizer::Adagrad => {
             for (k, &gk) in g.iter().enumerate() {
@@ -57,7 +68,11 @@ pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool,
     if m == 0 || n == 0 {
         return;
     }
-    let (b_cs, b_rs) = if trans_b { (k as isize, 1) } else { (1, n as isize) };
+    let (b_cs, b_rs) = if trans_b {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
     // SAFETY: the asserts above make every pointer cover its matrix with the
     // given strides; c does not alias a or b (distinct borrows).
     unsafe {
@@ -158,9 +173,18 @@ pub struct Cache {
 impl Tower {
     /// A tower with `buckets` hashed embedding rows of size `emb`, hidden
     /// layer sizes `hidden`, output `out`, seeded initialization.
-    pub fn new(buckets: usize, emb: usize, hidden: &[usize], out: usize, l2: bool, seed: u64) -> Self {
+    pub fn new(
+        buckets: usize,
+        emb: usize,
+        hidden: &[usize],
+        out: usize,
+        l2: bool,
+        seed: u64,
+    ) -> Self {
         let mut rng = super::data::Rng::new(seed);
-        let table = (0..buckets * emb).map(|_| (rng.normal() * 0.1) as f32).collect();
+        let table = (0..buckets * emb)
+            .map(|_| (rng.normal() * 0.1) as f32)
+            .collect();
         let mut dims = vec![emb];
         dims.extend_from_slice(hidden);
         dims.push(out);
@@ -169,7 +193,9 @@ impl Tower {
             .map(|w| {
                 let sd = (2.0 / w[0] as f64).sqrt();
                 Dense {
-                    w: (0..w[0] * w[1]).map(|_| (rng.normal() * sd) as f32).collect(),
+                    w: (0..w[0] * w[1])
+                        .map(|_| (rng.normal() * sd) as f32)
+                        .collect(),
                     b: vec![0.0; w[1]],
                     fan_in: w[0],
                     fan_out: w[1],
@@ -178,19 +204,35 @@ impl Tower {
                 }
             })
             .collect();
-        Self { table, st: Slots::new(buckets * emb), buckets, emb, layers, l2, out_dim: out }
+        Self {
+            table,
+            st: Slots::new(buckets * emb),
+            buckets,
+            emb,
+            layers,
+            l2,
+            out_dim: out,
+        }
     }
 
     /// Forward pass for examples with the given hashed features: rows × out.
     pub fn forward(&self, feats: &[&[u64]]) -> (Vec<f32>, Cache) {
         let rows = feats.len();
         let e = self.emb;
-        let bags: Vec<Vec<usize>> =
-            feats.iter().map(|f| f.iter().map(|&h| (h % self.buckets as u64) as usize).collect()).collect();
+        let bags: Vec<Vec<usize>> = feats
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .map(|&h| (h % self.buckets as u64) as usize)
+                    .collect()
+            })
+            .collect();
         let mut x = vec![0.0f32; rows * e];
         x.par_chunks_mut(e).zip(&bags).for_each(|(dst, bag)| {
             for &r in bag {
-                dst.iter_mut().zip(&self.table[r * e..(r + 1) * e]).for_each(|(d, &t)| *d += t);
+                dst.iter_mut()
+                    .zip(&self.table[r * e..(r + 1) * e])
+                    .for_each(|(d, &t)| *d += t);
             }
             let inv = 1.0 / bag.len().max(1) as f32;
             dst.iter_mut().for_each(|d| *d *= inv);
@@ -213,23 +255,49 @@ impl Tower {
         let (mut raw, mut norms) = (vec![], vec![]);
         if self.l2 {
             raw = x.clone();
-            norms = x.chunks(self.out_dim).map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-6)).collect();
-            x.chunks_mut(self.out_dim).zip(&norms).for_each(|(r, &n)| r.iter_mut().for_each(|v| *v /= n));
+            norms = x
+                .chunks(self.out_dim)
+                .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-6))
+                .collect();
+            x.chunks_mut(self.out_dim)
+                .zip(&norms)
+                .for_each(|(r, &n)| r.iter_mut().for_each(|v| *v /= n));
         }
-        (x, Cache { rows, bags, acts, raw, norms })
+        (
+            x,
+            Cache {
+                rows,
+                bags,
+                acts,
+                raw,
+                norms,
+            },
+        )
     }
 
     /// Backward pass from d(output) and the parameter update.
-    pub fn backward_update(&mut self, cache: Cache, d_out: &[f32], opt: Optimizer, lr: f32, step: u64) {
+    pub fn backward_update(
+        &mut self,
+        cache: Cache,
+        d_out: &[f32],
+        opt: Optimizer,
+        lr: f32,
+        step: u64,
+    ) {
         let rows = cache.rows;
         let mut g = d_out.to_vec();
         if self.l2 {
             // y = x/|x|: dx = (dy − y·⟨y, dy⟩)/|x|.
             let d = self.out_dim;
-            g.chunks_mut(d).zip(cache.raw.chunks(d)).zip(&cache.norms).for_each(|((gr, xr), &n)| {
-                let dot: f32 = gr.iter().zip(xr).map(|(a, b)| a * b / n).sum();
-                gr.iter_mut().zip(xr).for_each(|(a, &b)| *a = (*a - b / n * dot) / n);
-            });
+            g.chunks_mut(d)
+                .zip(cache.raw.chunks(d))
+                .zip(&cache.norms)
+                .for_each(|((gr, xr), &n)| {
+                    let dot: f32 = gr.iter().zip(xr).map(|(a, b)| a * b / n).sum();
+                    gr.iter_mut()
+                        .zip(xr)
+                        .for_each(|(a, &b)| *a = (*a - b / n * dot) / n);
+                });
         }
         for li in (0..self.layers.len()).rev() {
             let (fan_in, fan_out) = (self.layers[li].fan_in, self.layers[li].fan_out);
@@ -246,7 +314,8 @@ impl Tower {
             let mut dw = vec![0.0f32; fan_in * fan_out];
             matmul_at_b(rows, fan_in, fan_out, x, &g, &mut dw);
             let mut db = vec![0.0f32; fan_out];
-            g.chunks(fan_out).for_each(|r| db.iter_mut().zip(r).for_each(|(d, &v)| *d += v));
+            g.chunks(fan_out)
+                .for_each(|r| db.iter_mut().zip(r).for_each(|(d, &v)| *d += v));
             let mut dx = vec![0.0f32; rows * fan_in];
             matmul(rows, fan_in, fan_out, &g, &self.layers[li].w, true, &mut dx);
             let l = &mut self.layers[li];
@@ -275,7 +344,14 @@ impl Tower {
     pub fn state_mut(&mut self) -> Vec<&mut Vec<f32>> {
         let mut v = vec![&mut self.table, &mut self.st.s1, &mut self.st.s2];
         for l in &mut self.layers {
-            v.extend([&mut l.w, &mut l.b, &mut l.sw.s1, &mut l.sw.s2, &mut l.sb.s1, &mut l.sb.s2]);
+            v.extend([
+                &mut l.w,
+                &mut l.b,
+                &mut l.sw.s1,
+                &mut l.sw.s2,
+                &mut l.sb.s1,
+                &mut l.sb.s2,
+            ]);
         }
         v
     }
