@@ -10,39 +10,15 @@ what `mixneg gpu-bench` / `mixneg demo` print for the same shape.
 usage: torch_peer.py B BPRIME K [--reps R] [--device cuda|cpu] [--no-compile]
 """
 import argparse
-import math
+import os
 import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def splitmix(x):
-    z = x + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def unit(idx):
-    h = splitmix(idx)
-    return ((h >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)) - np.float32(0.5)
-
-
-def synthetic(b, bp, k, seed=1):
-    """mixneg::synthetic::Synthetic::new(b, bp, k, seed), bit for bit."""
-    n = b + bp
-    scale = np.float32(3.46) / np.float32(math.sqrt(k))
-    base = np.uint64(seed << 32)
-    with np.errstate(over="ignore"):
-        u = scale * unit(base + np.arange(b * k, dtype=np.uint64))
-        v = scale * unit(base + np.uint64(1 << 28) + np.arange(n * k, dtype=np.uint64))
-    v[: b * k] = np.float32(0.6) * u + np.float32(0.8) * v[: b * k]
-    j = np.arange(n, dtype=np.int64)
-    log_q = -np.log(((j * 7919) % 5000 + 1).astype(np.float32)) - np.float32(2.0)
-    ids = (j * 7919) % (4 * n)
-    return u.reshape(b, k), v.reshape(n, k), log_q.astype(np.float32), ids
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benches", "peers"))
+from peers import synthetic  # noqa: E402  (mixneg's synthetic data, bit for bit)
 
 
 def mns_loss(u, v, log_q, ids, tau):

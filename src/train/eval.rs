@@ -63,6 +63,24 @@ pub struct Metrics {
     pub tail_intrusion: [f64; 3],
 }
 
+/// Per-user sums: (hits per K, hits per class per K, tests per class,
+/// intrusion share per K, tests).
+type Acc = ([f64; 3], [[f64; 3]; 3], [usize; 3], [f64; 3], usize);
+
+fn merge(a: Acc, b: Acc) -> Acc {
+    let mut s = a;
+    for q in 0..3 {
+        s.0[q] += b.0[q];
+        s.3[q] += b.3[q];
+        s.2[q] += b.2[q];
+        for c in 0..3 {
+            s.1[c][q] += b.1[c][q];
+        }
+    }
+    s.4 += b.4;
+    s
+}
+
 /// Evaluate rankings given by `score(user, items) -> scores of every item`
 /// for the test users (batched), excluding each user's training items.
 pub fn evaluate<F>(data: &Dataset, cls: &[Class], score_block: F) -> Metrics
@@ -82,8 +100,6 @@ where
         .filter(|&u| !test_of[u as usize].is_empty())
         .collect();
     let ni = data.n_items;
-    // Per user: (hits per K, hits per class per K, test per class, intrusions per K).
-    type Acc = ([f64; 3], [[f64; 3]; 3], [usize; 3], [f64; 3], usize);
     let zero = || -> Acc { ([0.0; 3], [[0.0; 3]; 3], [0; 3], [0.0; 3], 0) };
     let total = users
         .chunks(256)
@@ -132,33 +148,9 @@ where
                     }
                     acc
                 })
-                .reduce(zero, |a, b| {
-                    let mut s = a;
-                    for q in 0..3 {
-                        s.0[q] += b.0[q];
-                        s.3[q] += b.3[q];
-                        s.2[q] += b.2[q];
-                        for c in 0..3 {
-                            s.1[c][q] += b.1[c][q];
-                        }
-                    }
-                    s.4 += b.4;
-                    s
-                })
+                .reduce(zero, merge)
         })
-        .fold(zero(), |a, b| {
-            let mut s = a;
-            for q in 0..3 {
-                s.0[q] += b.0[q];
-                s.3[q] += b.3[q];
-                s.2[q] += b.2[q];
-                for c in 0..3 {
-                    s.1[c][q] += b.1[c][q];
-                }
-            }
-            s.4 += b.4;
-            s
-        });
+        .fold(zero(), merge);
     let mut m = Metrics {
         count_by_class: total.2,
         ..Default::default()
