@@ -34,6 +34,8 @@ fn small() -> TrainConfig {
         verify_tolerance: 1e-3,
         metrics: None,
         quiet: true,
+        checkpoint: None,
+        checkpoint_every: 500,
     }
 }
 
@@ -122,4 +124,105 @@ fn log_reader_formats_and_errors() {
     std::fs::write(&bad, "1,2,100\n1,3,notatime\n").unwrap();
     let e = data::read_logs(&bad).unwrap_err();
     assert!(e.contains("t.csv:2:") && e.contains("timestamp"), "{e}");
+}
+
+/// Run the CLI trainer on a small world; returns (status, stderr).
+fn run_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const SMALL: [&str; 14] = [
+    "train",
+    "--users",
+    "1500",
+    "--items",
+    "3000",
+    "--epochs",
+    "3",
+    "--batch",
+    "64",
+    "--quiet",
+    "--checkpoint-every",
+    "100",
+    "--buckets",
+    "16384",
+];
+
+/// The metrics CSV without the timing columns (examples/s, loss share).
+fn results(csv: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').take(10).collect::<Vec<_>>().join(","))
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_result() {
+    let dir = std::env::temp_dir().join(format!("mixneg-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (full_csv, cut_csv, ck) = (dir.join("full.csv"), dir.join("cut.csv"), dir.join("ck"));
+    let mut args: Vec<&str> = SMALL.to_vec();
+    let full = full_csv.to_str().unwrap();
+    args.extend(["--metrics", full]);
+    let (ok, err) = run_cli(&args);
+    assert!(ok, "{err}");
+
+    // The same run, SIGKILLed as soon as its first checkpoint is on disk,
+    // then started again with the same arguments: it resumes.
+    let cut = cut_csv.to_str().unwrap();
+    let ckd = ck.to_str().unwrap();
+    let mut args: Vec<&str> = SMALL.to_vec();
+    args.extend(["--metrics", cut, "--checkpoint", ckd]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"))
+        .args(&args)
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !mixneg::train::checkpoint::path(&ck).exists() && t.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let killed_mid_way = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        mixneg::train::checkpoint::path(&ck).exists(),
+        "no checkpoint was written"
+    );
+    assert!(killed_mid_way, "the run finished before it could be killed");
+    let (ok, err) = run_cli(&args);
+    assert!(ok, "{err}");
+    assert_eq!(
+        results(&full_csv),
+        results(&cut_csv),
+        "resumed run differs (killed mid-way: {killed_mid_way})"
+    );
+
+    // A corrupt or truncated checkpoint is refused, never half-loaded.
+    let p = mixneg::train::checkpoint::path(&ck);
+    let bytes = std::fs::read(&p).unwrap();
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0x40;
+    std::fs::write(&p, &flipped).unwrap();
+    let (ok, err) = run_cli(&args);
+    assert!(!ok && err.contains("checksum mismatch"), "{err}");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, err) = run_cli(&args);
+    assert!(!ok && err.contains("refused"), "{err}");
+    // A checkpoint of another configuration is refused too.
+    std::fs::write(&p, &bytes).unwrap();
+    let mut other = args.clone();
+    other[2] = "1600";
+    let (ok, err) = run_cli(&other);
+    assert!(!ok && err.contains("another configuration"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -137,6 +137,14 @@ impl Default for SynthConfig {
 pub struct Rng(u64);
 
 impl Rng {
+    /// The generator's whole state (checkpoints).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+    /// A generator at a saved state.
+    pub fn from_state(state: u64) -> Self {
+        Self(state)
+    }
     /// A stream from `seed`.
     pub fn new(seed: u64) -> Self {
         Self(splitmix(seed ^ 0xD1B5_4A32_D192_ED03))

@@ -148,7 +148,11 @@ where
                     }
                     acc
                 })
-                .reduce(zero, merge)
+                // Collected in user order and summed in that order: the
+                // metrics do not depend on how rayon split the work.
+                .collect::<Vec<Acc>>()
+                .into_iter()
+                .fold(zero(), merge)
         })
         .fold(zero(), merge);
     let mut m = Metrics {

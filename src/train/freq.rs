@@ -37,6 +37,11 @@ pub trait FrequencyEstimator {
     fn observe(&mut self, items: &[u32]);
     /// p̂_y: the estimated probability that a stream draw is `item`.
     fn prob(&self, item: u32) -> f64;
+    /// The whole state as f64 vectors (checkpoints).
+    fn state(&self) -> Vec<Vec<f64>>;
+    /// Restore a state from [`FrequencyEstimator::state`]; an error (and
+    /// nothing changed) if it does not fit.
+    fn set_state(&mut self, state: Vec<Vec<f64>>) -> Result<(), String>;
 }
 
 /// Yi et al.'s hashed streaming estimator.
@@ -92,6 +97,30 @@ impl FrequencyEstimator for StreamingEstimator {
         }
     }
 
+    fn state(&self) -> Vec<Vec<f64>> {
+        let mut v: Vec<Vec<f64>> = self.a.iter().chain(&self.b).cloned().collect();
+        v.push(vec![self.step, self.batch]);
+        v
+    }
+
+    fn set_state(&mut self, mut state: Vec<Vec<f64>>) -> Result<(), String> {
+        let h = self.a.len();
+        let ok = state.len() == 2 * h + 1
+            && state[..2 * h].iter().all(|x| x.len() == self.a[0].len())
+            && state[2 * h].len() == 2;
+        if !ok {
+            return Err(format!(
+                "streaming estimator state does not fit {h} hashes × {} buckets",
+                self.a[0].len()
+            ));
+        }
+        let tail = state.pop().expect("checked");
+        self.b = state.split_off(h);
+        self.a = state;
+        (self.step, self.batch) = (tail[0], tail[1]);
+        Ok(())
+    }
+
     fn prob(&self, item: u32) -> f64 {
         let gap = (0..self.seeds.len())
             .map(|h| self.b[h][self.bucket(h, item)])
@@ -114,6 +143,30 @@ impl FrequencyEstimator for ExactCounts {
             *self.counts.entry(y).or_default() += 1;
         }
         self.total += items.len() as u64;
+    }
+
+    fn state(&self) -> Vec<Vec<f64>> {
+        let mut keys: Vec<u32> = self.counts.keys().copied().collect();
+        keys.sort_unstable();
+        let counts = keys.iter().map(|k| self.counts[k] as f64).collect();
+        vec![
+            keys.iter().map(|&k| k as f64).collect(),
+            counts,
+            vec![self.total as f64],
+        ]
+    }
+
+    fn set_state(&mut self, state: Vec<Vec<f64>>) -> Result<(), String> {
+        if state.len() != 3 || state[0].len() != state[1].len() || state[2].len() != 1 {
+            return Err("exact-count state is malformed".into());
+        }
+        self.counts = state[0]
+            .iter()
+            .zip(&state[1])
+            .map(|(&k, &c)| (k as u32, c as u64))
+            .collect();
+        self.total = state[2][0] as u64;
+        Ok(())
     }
 
     fn prob(&self, item: u32) -> f64 {

@@ -6,6 +6,7 @@
 //! and a periodic check of the fused kernel against the reference on the
 //! live batch.
 
+pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod freq;
@@ -106,6 +107,30 @@ pub struct TrainConfig {
     /// No progress bar (e.g. in logs and experiments).
     #[arg(long)]
     pub quiet: bool,
+    /// Keep a checkpoint in this directory (written atomically) and resume
+    /// from it when it exists.
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: usize,
+}
+
+impl TrainConfig {
+    /// A fingerprint of everything that determines the run's results, so
+    /// that a checkpoint is never resumed by a different run.
+    pub fn fingerprint(&self) -> String {
+        let mut c = self.clone();
+        c.metrics = None;
+        c.quiet = false;
+        c.checkpoint = None;
+        c.checkpoint_every = 0;
+        let text = format!("{c:?}");
+        let h = text.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+        });
+        format!("{h:016x}")
+    }
 }
 
 /// One epoch's results.
@@ -180,17 +205,63 @@ pub fn train_on(
         Some(p) => {
             let mut f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
             use std::io::Write;
-            writeln!(f, "epoch,loss,recall10,recall50,recall100,head100,tail100,fresh100,intrusion10,intrusion100,examples_per_s,loss_share")
-                .map_err(|e| e.to_string())?;
+            writeln!(f, "{CSV_HEADER}").map_err(|e| e.to_string())?;
             Some(f)
         }
         None => None,
     };
-    write_csv(&mut csv, &reports[0])?;
-    for epoch in 1..=cfg.epochs {
+    let fingerprint = cfg.fingerprint();
+    let resume = match &cfg.checkpoint {
+        Some(dir) => checkpoint::load(dir, &fingerprint)?,
+        None => None,
+    };
+    if let Some(st) = &resume {
+        // Check everything before changing anything: a checkpoint is loaded
+        // whole or not at all.
+        let mut targets: Vec<&mut Vec<f32>> = qt.state_mut();
+        targets.extend(it.state_mut());
+        let fits = targets.len() == st.tensors.len()
+            && targets
+                .iter()
+                .zip(&st.tensors)
+                .all(|(a, b)| a.len() == b.len());
+        if !fits {
+            return Err("checkpoint refused: its tensors do not fit this model".into());
+        }
+        let restored: Vec<EpochReport> = st
+            .reports
+            .iter()
+            .map(|l| parse_csv_line(l))
+            .collect::<Result<_, _>>()?;
+        est.set_state(st.estimator.clone())?;
+        for (a, b) in targets.into_iter().zip(&st.tensors) {
+            a.copy_from_slice(b);
+        }
+        reports = restored;
+        step = st.step;
+        if !cfg.quiet {
+            eprintln!(
+                "resuming from checkpoint: epoch {}, step {}",
+                st.epoch, st.step
+            );
+        }
+    }
+    for r in &reports {
+        write_csv(&mut csv, r)?;
+    }
+    let start_epoch = resume.as_ref().map_or(1, |st| st.epoch);
+    for epoch in start_epoch..=cfg.epochs {
+        let resuming = resume.as_ref().filter(|st| st.epoch == epoch);
+        if let Some(st) = resuming {
+            rng = data::Rng::from_state(st.epoch_rng);
+        }
+        let epoch_rng = rng.state();
         let mut order: Vec<usize> = (0..data.train.len()).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i + 1));
+        }
+        if let Some(st) = resuming {
+            rng = data::Rng::from_state(st.rng);
         }
         let bar = if cfg.quiet {
             indicatif::ProgressBar::hidden()
@@ -207,9 +278,14 @@ pub fn train_on(
             b
         };
         let (mut loss_sum, mut t_loss, mut max_err) = (0.0f64, 0.0f64, 0.0f64);
+        let first = resuming.map_or(0, |st| st.step_in_epoch);
+        if let Some(st) = resuming {
+            (loss_sum, max_err) = (st.loss_sum, st.max_err);
+            bar.set_position(first as u64);
+        }
         let t_epoch = Instant::now();
         let mut out = MnsOutput::filled(0, 0, 0, 0.0);
-        for s in 0..steps_per_epoch {
+        for s in first..steps_per_epoch {
             step += 1;
             let idx = &order[s * cfg.batch..(s + 1) * cfg.batch];
             let users: Vec<u32> = idx.iter().map(|&k| data.train[k].0).collect();
@@ -273,6 +349,28 @@ pub fn train_on(
                 ));
             }
             bar.inc(1);
+            if let Some(dir) = &cfg.checkpoint
+                && cfg.checkpoint_every > 0
+                && step.is_multiple_of(cfg.checkpoint_every as u64)
+                && s + 1 < steps_per_epoch
+            {
+                let mut tensors: Vec<Vec<f32>> =
+                    qt.state_mut().into_iter().map(|t| t.clone()).collect();
+                tensors.extend(it.state_mut().into_iter().map(|t| t.clone()));
+                let st = checkpoint::State {
+                    step,
+                    epoch,
+                    step_in_epoch: s + 1,
+                    rng: rng.state(),
+                    epoch_rng,
+                    loss_sum,
+                    max_err,
+                    reports: reports.iter().map(csv_line).collect(),
+                    tensors,
+                    estimator: est.state(),
+                };
+                checkpoint::save(dir, &fingerprint, &st)?;
+            }
         }
         bar.finish_and_clear();
         let secs = t_epoch.elapsed().as_secs_f64();
@@ -280,7 +378,7 @@ pub fn train_on(
             epoch,
             loss: loss_sum / steps_per_epoch.max(1) as f64,
             metrics: evaluate(data, &cls, &qt, &it),
-            examples_per_s: (steps_per_epoch * cfg.batch) as f64 / secs,
+            examples_per_s: ((steps_per_epoch - first) * cfg.batch) as f64 / secs,
             loss_share: t_loss / secs,
             max_verify_error: max_err,
         };
@@ -290,27 +388,64 @@ pub fn train_on(
     Ok(reports)
 }
 
+const CSV_HEADER: &str = "epoch,loss,recall10,recall50,recall100,head100,tail100,fresh100,intrusion10,intrusion100,examples_per_s,loss_share";
+
+fn csv_line(r: &EpochReport) -> String {
+    let m = &r.metrics;
+    format!(
+        "{},{},{},{},{},{},{},{},{},{},{},{}",
+        r.epoch,
+        r.loss,
+        m.recall[0],
+        m.recall[1],
+        m.recall[2],
+        m.recall_by_class[0][2],
+        m.recall_by_class[1][2],
+        m.recall_by_class[2][2],
+        m.tail_intrusion[0],
+        m.tail_intrusion[2],
+        r.examples_per_s,
+        r.loss_share
+    )
+}
+
+/// The inverse of `csv_line` (for resumed runs; Recall@10/50 by class are
+/// not in the CSV and come back as 0).
+fn parse_csv_line(line: &str) -> Result<EpochReport, String> {
+    let v: Vec<f64> = line
+        .split(',')
+        .map(|x| {
+            x.parse::<f64>()
+                .map_err(|e| format!("report line {line:?}: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    if v.len() != 12 {
+        return Err(format!("report line {line:?}: expected 12 fields"));
+    }
+    let mut m = eval::Metrics {
+        recall: [v[2], v[3], v[4]],
+        ..Default::default()
+    };
+    (
+        m.recall_by_class[0][2],
+        m.recall_by_class[1][2],
+        m.recall_by_class[2][2],
+    ) = (v[5], v[6], v[7]);
+    (m.tail_intrusion[0], m.tail_intrusion[2]) = (v[8], v[9]);
+    Ok(EpochReport {
+        epoch: v[0] as usize,
+        loss: v[1],
+        metrics: m,
+        examples_per_s: v[10],
+        loss_share: v[11],
+        max_verify_error: 0.0,
+    })
+}
+
 fn write_csv(f: &mut Option<std::fs::File>, r: &EpochReport) -> Result<(), String> {
     use std::io::Write;
     if let Some(f) = f {
-        let m = &r.metrics;
-        writeln!(
-            f,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
-            r.epoch,
-            r.loss,
-            m.recall[0],
-            m.recall[1],
-            m.recall[2],
-            m.recall_by_class[0][2],
-            m.recall_by_class[1][2],
-            m.recall_by_class[2][2],
-            m.tail_intrusion[0],
-            m.tail_intrusion[2],
-            r.examples_per_s,
-            r.loss_share
-        )
-        .map_err(|e| e.to_string())?;
+        writeln!(f, "{}", csv_line(r)).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

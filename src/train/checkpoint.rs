@@ -1,0 +1,189 @@
+//! Trainer checkpoints: model, optimizer and frequency-estimator state plus
+//! the position in the training stream, in one safetensors file written
+//! atomically (write to a temporary file, fsync, rename, fsync the
+//! directory). A checkpoint carries an FNV-1a checksum of every tensor and a
+//! fingerprint of the run's configuration; a corrupt, truncated or foreign
+//! file is refused with an error and nothing is loaded.
+
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The trainer's resumable state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    /// Global step count (batches done).
+    pub step: u64,
+    /// Current epoch (1-based).
+    pub epoch: usize,
+    /// Batches done in the current epoch.
+    pub step_in_epoch: usize,
+    /// The sampling generator's state now.
+    pub rng: u64,
+    /// The generator's state at the start of the epoch (its shuffle).
+    pub epoch_rng: u64,
+    /// Sum of the epoch's batch losses so far.
+    pub loss_sum: f64,
+    /// Largest kernel-verification error so far in the epoch.
+    pub max_err: f64,
+    /// Finished epochs' CSV lines (epoch 0 included).
+    pub reports: Vec<String>,
+    /// Tower parameters and optimizer slots, query tower then item tower.
+    pub tensors: Vec<Vec<f32>>,
+    /// The frequency estimator's state.
+    pub estimator: Vec<Vec<f64>>,
+}
+
+/// The checkpoint file of a directory.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("checkpoint.safetensors")
+}
+
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+/// Write `state` atomically to `dir` for a run of configuration `fingerprint`.
+pub fn save(dir: &Path, fingerprint: &str, state: &State) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let f32_bytes: Vec<Vec<u8>> = state
+        .tensors
+        .iter()
+        .map(|t| t.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let f64_bytes: Vec<Vec<u8>> = state
+        .estimator
+        .iter()
+        .map(|t| t.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let mut views = vec![];
+    let mut sum = 0xCBF2_9CE4_8422_2325u64;
+    for (i, b) in f32_bytes.iter().enumerate() {
+        views.push((
+            format!("t{i:03}"),
+            TensorView::new(Dtype::F32, vec![b.len() / 4], b).map_err(|e| e.to_string())?,
+        ));
+        sum = fnv(sum, b);
+    }
+    for (i, b) in f64_bytes.iter().enumerate() {
+        views.push((
+            format!("e{i:03}"),
+            TensorView::new(Dtype::F64, vec![b.len() / 8], b).map_err(|e| e.to_string())?,
+        ));
+        sum = fnv(sum, b);
+    }
+    let meta: HashMap<String, String> = [
+        ("fingerprint", fingerprint.to_string()),
+        ("step", state.step.to_string()),
+        ("epoch", state.epoch.to_string()),
+        ("step_in_epoch", state.step_in_epoch.to_string()),
+        ("rng", state.rng.to_string()),
+        ("epoch_rng", state.epoch_rng.to_string()),
+        ("loss_sum", state.loss_sum.to_bits().to_string()),
+        ("max_err", state.max_err.to_bits().to_string()),
+        ("reports", state.reports.join("\n")),
+        ("tensors", state.tensors.len().to_string()),
+        ("estimator", state.estimator.len().to_string()),
+        ("checksum", sum.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
+    let tmp = dir.join("checkpoint.safetensors.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path(dir)).map_err(|e| format!("{}: {e}", path(dir).display()))?;
+    // The rename is durable once the directory entry is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(())
+}
+
+/// Read the checkpoint of `dir`, if any: `Ok(None)` when there is none, an
+/// error when it is unreadable, corrupt or from another configuration.
+pub fn load(dir: &Path, fingerprint: &str) -> Result<Option<State>, String> {
+    let p = path(dir);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", p.display())),
+    };
+    let bad = |why: String| format!("checkpoint {} refused: {why}", p.display());
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = header
+        .metadata()
+        .clone()
+        .ok_or_else(|| bad("no metadata".into()))?;
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| bad(format!("metadata `{k}` missing")))
+    };
+    let num = |k: &str| -> Result<u64, String> {
+        get(k)?
+            .parse::<u64>()
+            .map_err(|e| bad(format!("`{k}`: {e}")))
+    };
+    if get("fingerprint")? != fingerprint {
+        return Err(bad(
+            "it was written by a run with another configuration".into()
+        ));
+    }
+    let mut sum = 0xCBF2_9CE4_8422_2325u64;
+    let mut tensors = vec![];
+    for i in 0..num("tensors")? {
+        let t = st
+            .tensor(&format!("t{i:03}"))
+            .map_err(|e| bad(e.to_string()))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(bad(format!("tensor t{i:03} is {:?}", t.dtype())));
+        }
+        sum = fnv(sum, t.data());
+        tensors.push(
+            t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        );
+    }
+    let mut estimator = vec![];
+    for i in 0..num("estimator")? {
+        let t = st
+            .tensor(&format!("e{i:03}"))
+            .map_err(|e| bad(e.to_string()))?;
+        if t.dtype() != Dtype::F64 {
+            return Err(bad(format!("tensor e{i:03} is {:?}", t.dtype())));
+        }
+        sum = fnv(sum, t.data());
+        estimator.push(
+            t.data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        );
+    }
+    if sum != num("checksum")? {
+        return Err(bad("checksum mismatch (corrupt file)".into()));
+    }
+    Ok(Some(State {
+        step: num("step")?,
+        epoch: num("epoch")? as usize,
+        step_in_epoch: num("step_in_epoch")? as usize,
+        rng: num("rng")?,
+        epoch_rng: num("epoch_rng")?,
+        loss_sum: f64::from_bits(num("loss_sum")?),
+        max_err: f64::from_bits(num("max_err")?),
+        reports: get("reports")?.lines().map(str::to_string).collect(),
+        tensors,
+        estimator,
+    }))
+}
