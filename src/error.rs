@@ -45,8 +45,8 @@ pub enum MnsError {
         /// The length it has.
         got: usize,
     },
-    /// τ ≤ 0, or τ not finite.
-    #[error("temperature must be finite and > 0, got {0}")]
+    /// τ ≤ 0, τ not finite, or τ so small that 1/τ overflows f32.
+    #[error("temperature must be finite and > 0, with a finite reciprocal in f32, got {0}")]
     Temperature(f32),
     /// A NaN or an infinity in an input.
     #[error("{name}[{index}] = {value} is not finite")]

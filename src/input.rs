@@ -116,7 +116,9 @@ impl<'a> MnsInput<'a> {
             check_len("row_weight", w.len(), b)?;
         }
         let t = self.temperature;
-        if !(t.is_finite() && t > 0.0) {
+        // 1/τ must be finite in f32 too: τ below ~2.9e-39 would make every
+        // logit ±∞ or NaN (found by the fuzzer: τ = 5e-44).
+        if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
             return Err(MnsError::Temperature(t));
         }
         check_finite("u", self.u)?;
@@ -143,7 +145,23 @@ impl<'a> MnsInput<'a> {
         let tau = t as f64;
         let logit_bound = max_u * max_v / tau + max_lq;
         let grad_bound = 2.0 * max_w * max_u.max(max_v) / tau;
-        for (what, bound) in [("a logit", logit_bound), ("a gradient element", grad_bound)] {
+        // The kernels form ⟨u_i, v_j⟩ in f32 before scaling by 1/τ, so the raw
+        // dot product is bounded too (found by the fuzzer: |u||v| = 2e53 with
+        // τ = 5e24 has moderate logits but overflows the dot product).
+        let dot_bound = max_u * max_v;
+        // ℓ_i ≤ 2·max|s|, and the loss weighs it by w_i (found by the fuzzer:
+        // w = 9e12 with logits of 5e27).
+        let loss_bound = 2.0 * max_w.max(1.0) * logit_bound;
+        // The CPU kernel sums e_ij·v_j (e_ij ≤ 1) before scaling by the row's
+        // coefficient (found by the fuzzer: |v| = 2e38 with all weights 0).
+        let sum_bound = n as f64 * max_v;
+        for (what, bound) in [
+            ("a dot product", dot_bound),
+            ("a sum over candidates", sum_bound),
+            ("a logit", logit_bound),
+            ("a gradient element", grad_bound),
+            ("the weighted loss", loss_bound),
+        ] {
             if bound.is_nan() || bound > MAGNITUDE_LIMIT {
                 return Err(MnsError::Magnitude {
                     what,

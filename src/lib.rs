@@ -42,6 +42,7 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 mod input;
+pub mod io;
 mod output;
 pub mod reference;
 pub mod synthetic;

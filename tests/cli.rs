@@ -154,7 +154,9 @@ fn bad_files_fail_cleanly() {
         .unwrap();
     assert!(!st.status.success());
     assert!(
-        String::from_utf8_lossy(&st.stderr).contains("temperature must be finite and > 0, got -1")
+        String::from_utf8_lossy(&st.stderr).contains(
+            "temperature must be finite and > 0, with a finite reciprocal in f32, got -1"
+        )
     );
     assert!(!out.exists(), "no output may be written on error");
 }

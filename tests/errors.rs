@@ -109,7 +109,7 @@ fn shapes() {
 #[test]
 fn temperature() {
     let g = good();
-    for t in [0.0, -1.0, f32::NAN, f32::INFINITY, -0.0] {
+    for t in [0.0, -1.0, f32::NAN, f32::INFINITY, -0.0, 5e-44, 1e-39] {
         let e = MnsInput::new(&g.u, &g.v, &g.lq, 2)
             .temperature(t)
             .validate()
@@ -224,7 +224,7 @@ fn logits_that_could_overflow_f32() {
         matches!(
             e,
             MnsError::Magnitude {
-                what: "a logit",
+                what: "a dot product",
                 ..
             }
         ),

@@ -4,7 +4,6 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use mixneg::synthetic::Synthetic;
 use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput, ReferenceBackend};
-use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -174,56 +173,6 @@ fn backend(which: BackendArg) -> Result<Box<dyn Backend>, Error> {
     })
 }
 
-/// A tensor's values as f32 (dtype F32) with its shape, or a message naming it.
-fn read_f32(
-    st: &SafeTensors<'_>,
-    name: &str,
-    rank: usize,
-) -> Result<(Vec<f32>, Vec<usize>), Error> {
-    let t = st
-        .tensor(name)
-        .map_err(|e| format!("tensor `{name}`: {e}"))?;
-    if t.dtype() != Dtype::F32 {
-        return Err(format!("tensor `{name}` has dtype {:?}, expected F32", t.dtype()).into());
-    }
-    if t.shape().len() != rank {
-        return Err(format!(
-            "tensor `{name}` has shape {:?}, expected rank {rank}",
-            t.shape()
-        )
-        .into());
-    }
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((v, t.shape().to_vec()))
-}
-
-fn read_ids(st: &SafeTensors<'_>) -> Result<Option<Vec<i64>>, Error> {
-    let Ok(t) = st.tensor("ids") else {
-        return Ok(None);
-    };
-    if t.shape().len() != 1 {
-        return Err(format!("tensor `ids` has shape {:?}, expected rank 1", t.shape()).into());
-    }
-    let d = t.data();
-    Ok(Some(match t.dtype() {
-        Dtype::I64 => d
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-        Dtype::I32 => d
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
-            .collect(),
-        other => {
-            return Err(format!("tensor `ids` has dtype {other:?}, expected I64 or I32").into());
-        }
-    }))
-}
-
 fn loss(
     input: &Path,
     output: &Path,
@@ -232,52 +181,12 @@ fn loss(
     no_correct_positive: bool,
 ) -> Result<(), Error> {
     let bytes = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", input.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)?;
-    let meta = header.metadata().clone().unwrap_or_default();
-
-    let (u, us) = read_f32(&st, "u", 2)?;
-    let (v, vs) = read_f32(&st, "v", 2)?;
-    let (log_q, _) = read_f32(&st, "log_q", 1)?;
-    if us[1] != vs[1] {
-        return Err(format!("u is {:?} and v is {:?}: their K differ", us, vs).into());
-    }
-    let ids = read_ids(&st)?;
-    let weights = match st.tensor("row_weight") {
-        Ok(_) => Some(read_f32(&st, "row_weight", 1)?.0),
-        Err(_) => None,
-    };
-    let temperature = match (temperature, meta.get("temperature")) {
-        (Some(t), _) => t,
-        (None, Some(s)) => s
-            .parse()
-            .map_err(|e| format!("metadata temperature = {s:?}: {e}"))?,
-        (None, None) => 1.0,
-    };
-    let correct_positive = if no_correct_positive {
-        false
-    } else {
-        match meta.get("correct_positive").map(String::as_str) {
-            None | Some("true") | Some("1") => true,
-            Some("false") | Some("0") => false,
-            Some(s) => {
-                return Err(
-                    format!("metadata correct_positive = {s:?}: expected true or false").into(),
-                );
-            }
-        }
-    };
-
-    let (b, n, k) = (us[0], vs[0], us[1]);
-    let mut x = MnsInput::new(&u, &v, &log_q, k)
-        .temperature(temperature)
-        .correct_positive(correct_positive);
-    if let Some(ids) = &ids {
-        x = x.ids(ids);
-    }
-    if let Some(w) = &weights {
-        x = x.row_weight(w);
-    }
+    let file =
+        mixneg::io::LossFile::parse(&bytes).map_err(|e| format!("{}: {e}", input.display()))?;
+    let temperature = temperature.or(file.temperature).unwrap_or(1.0);
+    let correct_positive = !no_correct_positive && file.correct_positive.unwrap_or(true);
+    let (b, n, k) = (file.b, file.n, file.k);
+    let x = file.input(temperature, correct_positive);
     let out = backend(which)?.mns_loss(&x)?;
 
     let bytes = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|f| f.to_le_bytes()).collect() };

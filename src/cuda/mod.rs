@@ -351,7 +351,7 @@ impl CudaBackend {
             }
         }
         let t = input.temperature;
-        if !(t.is_finite() && t > 0.0) {
+        if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
             return Err(MnsError::Temperature(t));
         }
         let outs = [
