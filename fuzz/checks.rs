@@ -38,7 +38,8 @@ pub fn api(data: &[u8]) {
     let log_q: Vec<f32> = (0..n).map(|_| next()).collect();
     let w: Vec<f32> = (0..b).map(|_| next()).collect();
     let ids: Vec<i64> = (0..n).map(|j| rest.get(j).map_or(0, |&x| (x % 4) as i64)).collect();
-    let tau = if flags & 0x40 != 0 { tau } else { 0.05 + (tau.abs() % 2.0).max(0.0).min(2.0) };
+    let moderate = tau.abs() % 2.0;
+    let tau = if flags & 0x40 != 0 { tau } else { 0.05 + if moderate.is_finite() { moderate } else { 0.0 } };
     let mut x = MnsInput::new(&u, &v, &log_q, k).temperature(tau).correct_positive(flags & 8 == 0);
     if flags & 2 != 0 {
         x = x.row_weight(&w);
