@@ -62,19 +62,38 @@ fn update(
     }
 }
 
-/// C (m×n) = A (m×k) · B (k×n), all row-major (`trans_b`: B given as n×k).
-pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+/// C (m×n) = A·B through the `gemm` crate, with A and B given by their
+/// column and row strides (so that transposes are free) and C row-major.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_cs: isize,
+    a_rs: isize,
+    b: &[f32],
+    b_cs: isize,
+    b_rs: isize,
+    c: &mut [f32],
+) {
+    let extent = |rows: usize, cols: usize, cs: isize, rs: isize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1
+        }
+    };
+    assert!(
+        a.len() >= extent(m, k, a_cs, a_rs)
+            && b.len() >= extent(k, n, b_cs, b_rs)
+            && c.len() >= m * n
+    );
     if m == 0 || n == 0 {
         return;
     }
-    let (b_cs, b_rs) = if trans_b {
-        (k as isize, 1)
-    } else {
-        (1, n as isize)
-    };
-    // SAFETY: the asserts above make every pointer cover its matrix with the
-    // given strides; c does not alias a or b (distinct borrows).
+    // SAFETY: the assert above makes every pointer cover the elements its
+    // strides reach; c does not alias a or b (distinct borrows).
     unsafe {
         gemm::gemm(
             m,
@@ -85,8 +104,8 @@ pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool,
             n as isize,
             false,
             a.as_ptr(),
-            1,
-            k as isize,
+            a_cs,
+            a_rs,
             b.as_ptr(),
             b_cs,
             b_rs,
@@ -100,36 +119,19 @@ pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool,
     }
 }
 
-/// Cᵀ-style product: C (k×n) = Aᵀ · B with A m×k and B m×n, row-major.
+/// C (m×n) = A (m×k) · B (k×n), all row-major (`trans_b`: B given as n×k).
+pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, c: &mut [f32]) {
+    let (b_cs, b_rs) = if trans_b {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    gemm_strided(m, n, k, a, 1, k as isize, b, b_cs, b_rs, c)
+}
+
+/// C (k×n) = Aᵀ · B with A m×k and B m×n, row-major.
 fn matmul_at_b(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= m * n && c.len() >= k * n);
-    if k == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: as in `matmul`; Aᵀ is read with row stride 1 and column stride k.
-    unsafe {
-        gemm::gemm(
-            k,
-            n,
-            m,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        )
-    }
+    gemm_strided(k, n, m, a, k as isize, 1, b, 1, n as isize, c)
 }
 
 /// A dense layer y = x·W + b (W in×out).
