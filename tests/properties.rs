@@ -51,8 +51,22 @@ fn paths() -> Vec<CpuBackend> {
         .collect()
 }
 
+/// 1 000 cases (or `PROPTEST_CASES`) from a fixed seed (or
+/// `PROPTEST_RNG_SEED`): CI is reproducible, and exploring more is one
+/// environment variable away.
+fn config() -> ProptestConfig {
+    let mut c = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = 1000;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        c.rng_seed = proptest::test_runner::RngSeed::Fixed(0x6d69_786e_6567);
+    }
+    c
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn every_path_agrees_with_the_reference(case in case_strategy()) {
