@@ -269,11 +269,11 @@ fn forced_avx2_kernel_really_runs() {
     }
     let be = CpuBackend::with_kernel(k).unwrap();
     assert_eq!(be.kernel(), k);
-    let before = k.chunks_run();
+    let before = k.phases_run();
     be.mns_loss(&random_case(11, 12, 12, 8).input()).unwrap();
     assert!(
-        k.chunks_run() > before,
-        "the AVX2+FMA chunk entry was not called"
+        k.phases_run() > before,
+        "the AVX2+FMA phase entries were not called"
     );
     #[cfg(target_arch = "x86_64")]
     assert_eq!(

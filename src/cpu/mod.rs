@@ -105,7 +105,7 @@ impl Kernel {
 
     /// How many part phases this kernel has run in this process — lets
     /// tests prove that a forced kernel really ran.
-    pub fn chunks_run(self) -> u64 {
+    pub fn phases_run(self) -> u64 {
         CALLS[self as usize].load(Ordering::Relaxed)
     }
 }
