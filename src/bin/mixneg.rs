@@ -340,10 +340,26 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
 
 fn print_report(r: &mixneg::train::EpochReport) {
     let m = &r.metrics;
+    let (epoch, loss, speed) = if r.epoch == 0 {
+        // Before any training: the untrained towers, a random model.
+        (
+            "untrained".to_string(),
+            "       —".to_string(),
+            String::new(),
+        )
+    } else {
+        (
+            format!("epoch {:>2}", r.epoch),
+            format!("{:>8.4}", r.loss),
+            format!(
+                "  {:>6.0} examples/s  fused loss {:.0}% of the step",
+                r.examples_per_s,
+                100.0 * r.loss_share
+            ),
+        )
+    };
     println!(
-        "epoch {:>2}  loss {:>8.4}  recall@10/50/100 {:.4} {:.4} {:.4}  @100 head/tail/fresh {:.4} {:.4} {:.4}  tail intrusion@10 {:.3}  {:>6.0} examples/s  fused loss {:.0}% of the step",
-        r.epoch,
-        r.loss,
+        "{epoch:<9}  loss {loss}  recall@10/50/100 {:.4} {:.4} {:.4}  @100 head/tail/fresh {:.4} {:.4} {:.4}  tail intrusion@10 {:.3}{speed}",
         m.recall[0],
         m.recall[1],
         m.recall[2],
@@ -351,8 +367,6 @@ fn print_report(r: &mixneg::train::EpochReport) {
         m.recall_by_class[1][2],
         m.recall_by_class[2][2],
         m.tail_intrusion[0],
-        r.examples_per_s,
-        100.0 * r.loss_share
     );
 }
 
@@ -388,10 +402,21 @@ fn train(cfg: &mixneg::train::TrainConfig, which: BackendArg) -> Result<(), Erro
             o.recall[0], o.recall[1], o.recall[2]
         );
     }
-    let last = reports.last().expect("epoch 0 is always there");
+    let steps = cfg.epochs * (data.train.len() / cfg.batch.max(1));
+    let check = if cfg.verify_every == 0 || steps < cfg.verify_every {
+        format!(
+            "not run ({steps} steps, --verify-every {})",
+            cfg.verify_every
+        )
+    } else {
+        let worst = reports
+            .iter()
+            .map(|r| r.max_verify_error)
+            .fold(0.0f64, f64::max);
+        format!("max relative error vs the f64 reference {worst:.1e}")
+    };
     println!(
-        "kernel check: max relative error vs the f64 reference {:.1e}; total {:.1} s",
-        last.max_verify_error,
+        "kernel check: {check}; total {:.1} s",
         t.elapsed().as_secs_f64()
     );
     Ok(())
