@@ -19,7 +19,7 @@ fn check(
     t: f32,
     cp: bool,
 ) {
-    let mk = |u: &[f32], v: &[f32]| -> f64 {
+    let input = |u: &'_ [f32], v: &'_ [f32]| -> mixneg::MnsOutput<f64> {
         let mut x = MnsInput::new(u, v, lq, k)
             .temperature(t)
             .correct_positive(cp);
@@ -29,18 +29,10 @@ fn check(
         if let Some(w) = w {
             x = x.row_weight(w);
         }
-        reference::mns_loss_f64(&x).unwrap().loss
+        reference::mns_loss_f64(&x).unwrap()
     };
-    let mut x = MnsInput::new(u, v, lq, k)
-        .temperature(t)
-        .correct_positive(cp);
-    if let Some(ids) = ids {
-        x = x.ids(ids);
-    }
-    if let Some(w) = w {
-        x = x.row_weight(w);
-    }
-    let g = reference::mns_loss_f64(&x).unwrap();
+    let mk = |u: &[f32], v: &[f32]| -> f64 { input(u, v).loss };
+    let g = input(u, v);
     let scale = g
         .d_u
         .iter()

@@ -358,15 +358,10 @@ fn print_report(r: &mixneg::train::EpochReport) {
             ),
         )
     };
+    let h = m.headline();
     println!(
         "{epoch:<9}  loss {loss}  recall@10/50/100 {:.4} {:.4} {:.4}  @100 head/tail/fresh {:.4} {:.4} {:.4}  tail intrusion@10 {:.3}{speed}",
-        m.recall[0],
-        m.recall[1],
-        m.recall[2],
-        m.recall_by_class[0][2],
-        m.recall_by_class[1][2],
-        m.recall_by_class[2][2],
-        m.tail_intrusion[0],
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6],
     );
 }
 
@@ -485,17 +480,7 @@ fn experiment(base: &mixneg::train::TrainConfig, seeds: u64, out: &Path) -> Resu
             let t = Instant::now();
             let (_, reps) = mixneg::train::train(&cfg, &be)?;
             let r = reps.last().expect("epochs");
-            let m = &r.metrics;
-            let v = [
-                m.recall[0],
-                m.recall[1],
-                m.recall[2],
-                m.recall_by_class[0][2],
-                m.recall_by_class[1][2],
-                m.recall_by_class[2][2],
-                m.tail_intrusion[0],
-                m.tail_intrusion[2],
-            ];
+            let v = r.metrics.headline();
             println!(
                 "{name:<34} seed {seed}: recall@10/50/100 {:.4} {:.4} {:.4}, tail intrusion@10 {:.3} ({:.0} s)",
                 v[0],

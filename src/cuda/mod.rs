@@ -407,20 +407,21 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
 
-        let mut l = stream.launch_builder(&self.funcs[0]);
-        l.arg(x.u).arg(x.v).arg(x.log_q);
-        match x.ids {
-            Some(ids) => l.arg(ids),
-            None => l.arg(&null),
+        // The arguments every logit-tile kernel (fwd, du, dv) starts with:
+        // u, v, log_q, ids (or null), B, N, K, 1/τ, correct_positive.
+        let logit_kernel = |f: usize| {
+            let mut l = stream.launch_builder(&self.funcs[f]);
+            l.arg(x.u).arg(x.v).arg(x.log_q);
+            match x.ids {
+                Some(ids) => l.arg(ids),
+                None => l.arg(&null),
+            };
+            l.arg(&bi).arg(&ni).arg(&ki).arg(&inv_tau).arg(&cp);
+            l
         };
-        l.arg(&bi)
-            .arg(&ni)
-            .arg(&ki)
-            .arg(&inv_tau)
-            .arg(&cp)
-            .arg(&cps)
-            .arg(&mut part_m)
-            .arg(&mut part_s);
+
+        let mut l = logit_kernel(0);
+        l.arg(&cps).arg(&mut part_m).arg(&mut part_s);
         // SAFETY: the argument list matches mns_fwd_f32's signature in order
         // and type; every buffer has the length the kernel indexes (checked in
         // mns_loss_device: u B·K, v N·K, log_q and ids N; part_* splits·B).
@@ -458,21 +459,8 @@ impl CudaBackend {
             (3, plan.du_grid, &mut out.d_u),
             (4, plan.dv_grid, &mut out.d_v),
         ] {
-            let mut l = stream.launch_builder(&self.funcs[f]);
-            l.arg(x.u).arg(x.v).arg(x.log_q);
-            match x.ids {
-                Some(ids) => l.arg(ids),
-                None => l.arg(&null),
-            };
-            l.arg(&bi)
-                .arg(&ni)
-                .arg(&ki)
-                .arg(&inv_tau)
-                .arg(&cp)
-                .arg(&out.lse)
-                .arg(&coef)
-                .arg(&pm1)
-                .arg(dst);
+            let mut l = logit_kernel(f);
+            l.arg(&out.lse).arg(&coef).arg(&pm1).arg(dst);
             // SAFETY: matches mns_du_f32 / mns_dv_f32; d_u has B·K elements,
             // d_v N·K, lse/coef/pm1 B, the inputs as for the forward kernel.
             unsafe { l.launch(cfg(grid)) }.map_err(cuda_err)?;

@@ -63,6 +63,16 @@ pub struct Metrics {
     pub tail_intrusion: [f64; 3],
 }
 
+impl Metrics {
+    /// The figures reported everywhere (CSV, stdout, experiment table), in
+    /// order: Recall@10, @50, @100; Recall@100 of head, tail and fresh test
+    /// items; tail intrusion@10 and @100.
+    pub fn headline(&self) -> [f64; 8] {
+        let (r, c, t) = (&self.recall, &self.recall_by_class, &self.tail_intrusion);
+        [r[0], r[1], r[2], c[0][2], c[1][2], c[2][2], t[0], t[2]]
+    }
+}
+
 /// Per-user sums: (hits per K, hits per class per K, tests per class,
 /// intrusion share per K, tests).
 type Acc = ([f64; 3], [[f64; 3]; 3], [usize; 3], [f64; 3], usize);

@@ -191,14 +191,7 @@ pub fn train_on(
     };
     let cls = eval::classes(data);
     let mut rng = data::Rng::new(cfg.seed ^ 0xBA7C);
-    let mut reports = vec![EpochReport {
-        epoch: 0,
-        loss: f64::NAN,
-        metrics: evaluate(data, &cls, &qt, &it),
-        examples_per_s: 0.0,
-        loss_share: 0.0,
-        max_verify_error: 0.0,
-    }];
+    let mut reports = vec![];
     let steps_per_epoch = data.train.len() / cfg.batch;
     let mut step = 0u64;
     let mut csv = match &cfg.metrics {
@@ -245,6 +238,17 @@ pub fn train_on(
                 st.epoch, st.step
             );
         }
+    }
+    if resume.is_none() {
+        // The untrained towers, a random model: epoch 0.
+        reports.push(EpochReport {
+            epoch: 0,
+            loss: f64::NAN,
+            metrics: evaluate(data, &cls, &qt, &it),
+            examples_per_s: 0.0,
+            loss_share: 0.0,
+            max_verify_error: 0.0,
+        });
     }
     for r in &reports {
         write_csv(&mut csv, r)?;
@@ -391,21 +395,10 @@ pub fn train_on(
 const CSV_HEADER: &str = "epoch,loss,recall10,recall50,recall100,head100,tail100,fresh100,intrusion10,intrusion100,examples_per_s,loss_share";
 
 fn csv_line(r: &EpochReport) -> String {
-    let m = &r.metrics;
+    let figures = r.metrics.headline().map(|x| x.to_string()).join(",");
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{}",
-        r.epoch,
-        r.loss,
-        m.recall[0],
-        m.recall[1],
-        m.recall[2],
-        m.recall_by_class[0][2],
-        m.recall_by_class[1][2],
-        m.recall_by_class[2][2],
-        m.tail_intrusion[0],
-        m.tail_intrusion[2],
-        r.examples_per_s,
-        r.loss_share
+        "{},{},{figures},{},{}",
+        r.epoch, r.loss, r.examples_per_s, r.loss_share
     )
 }
 
