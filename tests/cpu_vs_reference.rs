@@ -84,10 +84,12 @@ fn logits_row_max_other(case: &Case, i: usize) -> f64 {
 #[test]
 fn shape_sweep() {
     // STYLE.md's awkward sizes. Full product of B and B′ at a few K, and the
-    // full K list at a few (B, B′): 6·5·3 + 9·4 = 126 shapes × 6 paths.
+    // full K list at a few (B, B′): 6·5·3 + 11·4 = 134 shapes × 9 paths.
+    // K = 17, 40, 65 pad to 32, 48, 80 for AVX-512 (a lone 16-lane K tile
+    // after the 32-wide ones), K = 9, 65 to 16, 72 for the 8-lane kernels.
     let bs = [1, 2, 3, 17, 64, 113];
     let bps = [0, 1, 7, 203, 1000];
-    let ks = [1, 3, 7, 8, 9, 31, 64, 65, 128];
+    let ks = [1, 3, 7, 8, 9, 17, 31, 40, 64, 65, 128];
     let mut n = 0;
     for &b in &bs {
         for &bp in &bps {
@@ -261,26 +263,36 @@ fn hand_worked_case() {
 }
 
 #[test]
-fn forced_avx2_kernel_really_runs() {
-    let k = Kernel::Avx2Fma;
-    if !k.is_available() {
-        eprintln!("skipping: this CPU has no AVX2+FMA");
-        return;
+fn forced_x86_kernels_really_run() {
+    for k in [Kernel::Avx2Fma, Kernel::Avx512] {
+        if !k.is_available() {
+            skip(&format!("this CPU cannot run the {} kernel", k.name()));
+            continue;
+        }
+        let be = CpuBackend::with_kernel(k).unwrap();
+        assert_eq!(be.kernel(), k);
+        let before = k.phases_run();
+        be.mns_loss(&random_case(11, 12, 12, 8).input()).unwrap();
+        assert!(
+            k.phases_run() > before,
+            "the {} phase entries were not called",
+            k.name()
+        );
     }
-    let be = CpuBackend::with_kernel(k).unwrap();
-    assert_eq!(be.kernel(), k);
-    let before = k.phases_run();
-    be.mns_loss(&random_case(11, 12, 12, 8).input()).unwrap();
-    assert!(
-        k.phases_run() > before,
-        "the AVX2+FMA phase entries were not called"
-    );
-    #[cfg(target_arch = "x86_64")]
+    let best = Kernel::ALL
+        .into_iter()
+        .rev()
+        .find(|k| k.is_available())
+        .unwrap();
     assert_eq!(
         Kernel::best(),
-        k,
-        "auto-detection must pick AVX2+FMA on a CPU that has it"
+        best,
+        "auto-detection must pick the best kernel this CPU can run"
     );
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        assert_eq!(Kernel::best(), Kernel::Avx512);
+    }
 }
 
 #[test]

@@ -267,7 +267,15 @@ fn wrong_output_buffers() {
 fn unknown_or_unavailable_kernel() {
     #[cfg(not(target_arch = "x86_64"))]
     assert!(CpuBackend::with_kernel(Kernel::Avx2Fma).is_err());
-    assert_eq!(Kernel::from_name("avx512"), None);
+    #[cfg(target_arch = "x86_64")]
+    if !is_x86_feature_detected!("avx512f") {
+        assert!(matches!(
+            CpuBackend::with_kernel(Kernel::Avx512),
+            Err(MnsError::KernelUnavailable(_))
+        ));
+    }
+    assert_eq!(Kernel::from_name("avx1024"), None);
+    assert_eq!(Kernel::from_name("avx512"), Some(Kernel::Avx512));
     assert_eq!(Kernel::from_name("portable"), Some(Kernel::Portable));
 }
 

@@ -7,8 +7,10 @@
 //!
 //! **Phase A** ([`phase_a`]):
 //! 1. the part's logit strip S = U_b·V_partᵀ/τ − log_q (r × w floats) by a
-//!    6×16 register-blocked micro-kernel over packed panels of Vᵀ (12 ymm
-//!    accumulators; broadcast from U, two vector loads from the panel);
+//!    register-blocked micro-kernel over packed 16-wide panels of Vᵀ: ROWS
+//!    rows × two vectors of columns (AVX2: 6 × 16 in 12 ymm accumulators;
+//!    AVX-512: 12 × 32, two panels, in 24 zmm), broadcast from U, two
+//!    vector loads from the panels per step of K;
 //! 2. per row: the diagonal (if column i is in the part) is recorded and
 //!    taken out, accidental hits are set to −∞, then m_p = max of the part's
 //!    row and e_ij = exp(s_ij − m_p) *in place* (one exp per logit), with the
@@ -24,9 +26,10 @@
 //! rank-one term.
 //!
 //! **Phase B** ([`phase_b`]):
-//! 3. the part's share of dU_b, Σ_j e_ij·V_j (6×16 micro-kernel, broadcast
-//!    from the strip, vector loads from V's column tiles, blocked over `JC`
-//!    columns), scaled and summed over parts by the caller;
+//! 3. the part's share of dU_b, Σ_j e_ij·V_j (ROWS × two-vector
+//!    micro-kernel, broadcast from the strip, vector loads from V's column
+//!    tiles, blocked over `JC` columns), scaled and summed over parts by the
+//!    caller;
 //! 4. dV_j += Σ_i e_ij·(c_p,i·U_i) for the part's own columns j — each part
 //!    owns its rows of dV, so no reduction and no private copies.
 //!
@@ -36,9 +39,11 @@
 
 use super::simd::{Simd, exp};
 
-/// Micro-kernel rows (queries in the strip and dU kernels, candidates in dV).
-pub(crate) const MR: usize = 6;
-/// Micro-kernel columns: one Vᵀ panel is 16 candidates wide (two vectors).
+/// Row blocks are multiples of this many queries: every instruction set's
+/// micro-kernel height [`Simd::ROWS`] (6 or 12) divides it.
+pub(crate) const MR: usize = 12;
+/// Width of one Vᵀ panel and alignment of the column parts: 16 candidates
+/// (two AVX2 vectors, one AVX-512 vector).
 pub(crate) const NR: usize = 16;
 /// Columns of the strip per dU cache block: V rows JC×K_pad stay in L2.
 const JC: usize = 256;
@@ -53,13 +58,13 @@ pub(crate) struct Shared<'a> {
     pub np: usize,
     /// K.
     pub k: usize,
-    /// K rounded up to a multiple of 8; the packed rows' stride.
+    /// K rounded up to a multiple of [`Simd::LANES`]; the packed rows' stride.
     pub kp: usize,
     /// 1/τ.
     pub inv_tau: f32,
     /// U packed B×kp, zero-padded.
     pub up: &'a [f32],
-    /// V for the dU kernel, in column tiles: the 16 (last: 8) columns
+    /// V for the dU kernel, in column tiles: the 16 (last: kp − c < 16) columns
     /// c..c+w of every row j at vp[n·c + j·w ..][..w], zero-padded in K. The
     /// dU kernel's j loop then streams one contiguous 64-byte line per j
     /// (row-major V made it skip 4·kp bytes per j, and stall on the loads).
@@ -117,6 +122,7 @@ pub(crate) struct Part<'a> {
 #[inline(always)]
 pub(crate) unsafe fn phase_a<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
     let (kp, w, ld) = (sh.kp, part.w, part.ld);
+    assert!(NR.is_multiple_of(S::LANES) && kp.is_multiple_of(S::LANES) && S::ROWS <= MR);
     assert!(
         part.j0.is_multiple_of(NR)
             && part.j1 <= sh.n
@@ -151,7 +157,8 @@ pub(crate) unsafe fn phase_a<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
                 row[j - part.j0] = f32::NEG_INFINITY;
             }
         }
-        // SAFETY: S is supported; row has w elements, a multiple of 16.
+        // SAFETY: S is supported; row has w elements, a multiple of 16 and
+        // so of S::LANES (asserted above).
         let (m, s) = unsafe { max_exp_sum::<S>(row) };
         part.max[rr] = m;
         part.sum[rr] = s;
@@ -168,6 +175,7 @@ pub(crate) unsafe fn phase_a<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
 pub(crate) unsafe fn phase_b<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
     let (kp, ld) = (sh.kp, part.ld);
     let cols = part.j1 - part.j0;
+    assert!(kp.is_multiple_of(S::LANES) && S::ROWS <= MR);
     assert!(part.strip.len() >= r * ld && part.du.len() >= r * kp && part.us.len() >= r * kp);
     assert!(part.coef.len() >= r && part.dv.len() == cols * kp && i0 + r <= sh.b);
     assert!(sh.vp.len() == sh.n * kp && part.j1 <= sh.n && cols <= part.w && part.w <= ld);
@@ -185,6 +193,63 @@ pub(crate) unsafe fn phase_b<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
     unsafe { dv_block::<S>(part, kp, r) };
 }
 
+/// Runs `$body` with the const `$r` set to the run-time row count `$rows`
+/// (1..=12), so that the micro-kernels' accumulator arrays have a fixed size.
+macro_rules! with_rows {
+    ($rows:expr, $r:ident => $body:expr) => {
+        match $rows {
+            12 => {
+                const $r: usize = 12;
+                $body
+            }
+            11 => {
+                const $r: usize = 11;
+                $body
+            }
+            10 => {
+                const $r: usize = 10;
+                $body
+            }
+            9 => {
+                const $r: usize = 9;
+                $body
+            }
+            8 => {
+                const $r: usize = 8;
+                $body
+            }
+            7 => {
+                const $r: usize = 7;
+                $body
+            }
+            6 => {
+                const $r: usize = 6;
+                $body
+            }
+            5 => {
+                const $r: usize = 5;
+                $body
+            }
+            4 => {
+                const $r: usize = 4;
+                $body
+            }
+            3 => {
+                const $r: usize = 3;
+                $body
+            }
+            2 => {
+                const $r: usize = 2;
+                $body
+            }
+            _ => {
+                const $r: usize = 1;
+                $body
+            }
+        }
+    };
+}
+
 /// strip[rr·ld + j − j0] = ⟨u_rr, v_j⟩/τ − log_q[j] for rr < r and the
 /// part's padded columns j0 ≤ j < j0 + w.
 ///
@@ -194,47 +259,56 @@ pub(crate) unsafe fn phase_b<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
 #[inline(always)]
 unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, ub: &[f32], r: usize, part: &mut Part<'_>) {
     debug_assert!(ub.len() == r * sh.kp && part.strip.len() >= r * part.ld);
-    let (kp, ld, p0) = (sh.kp, part.ld, part.j0 / NR);
-    // Panel outer, row group inner: one 16×kp panel of Vᵀ stays in L1 while
-    // every row group of the block (≤ mb×kp floats of U, also L1) passes.
-    for p in p0..p0 + part.w / NR {
-        let panel = sh.vt[p * kp * NR..].as_ptr();
-        let nlq = sh.nlq[p * NR..].as_ptr();
+    let (kp, ld, l) = (sh.kp, part.ld, S::LANES);
+    // Vector `q` of a tile starting at part column `col` holds the global
+    // columns j0 + col + q·L ..+L: panel (that)/16, lanes (that)%16 onwards.
+    let panel_ptr = |col: usize| {
+        let j = part.j0 + col;
+        sh.vt[(j / NR) * kp * NR + j % NR..].as_ptr()
+    };
+    // Tile outer, row group inner: the tile's kp×2L floats of Vᵀ stay in L1
+    // while every row group of the block (≤ mb×kp floats of U, also L1) passes.
+    let mut col = 0;
+    while col < part.w {
+        let wide = part.w - col >= 2 * l;
+        let nlq = sh.nlq[part.j0 + col..].as_ptr();
         let mut g = 0;
         while g < r {
-            let rows = MR.min(r - g);
+            let rows = S::ROWS.min(r - g);
             let a = ub[g * kp..].as_ptr();
-            let out = part.strip[g * ld + (p - p0) * NR..].as_mut_ptr();
-            // SAFETY: S supported; a covers `rows` rows of kp, the panel kp×16
-            // floats, nlq 16 floats, out `rows` rows of stride ld with 16
-            // columns left in each ((p − p0)·16 + 16 ≤ w ≤ ld).
+            let out = part.strip[g * ld + col..].as_mut_ptr();
+            // SAFETY: S supported; a covers `rows` rows of kp; each panel
+            // pointer has kp rows of 16 floats from its panel start, of which
+            // the vector reads lanes (j0 + col + q·L)%16 ..+L ≤ 16 (16 % L = 0
+            // and col, j0 are multiples of L); nlq and each out row have the
+            // tile's L·V ≤ w − col columns left (out rows of stride ld ≥ w).
             unsafe {
-                match rows {
-                    6 => strip_tile::<S, 6>(a, kp, panel, nlq, sh.inv_tau, out, ld),
-                    5 => strip_tile::<S, 5>(a, kp, panel, nlq, sh.inv_tau, out, ld),
-                    4 => strip_tile::<S, 4>(a, kp, panel, nlq, sh.inv_tau, out, ld),
-                    3 => strip_tile::<S, 3>(a, kp, panel, nlq, sh.inv_tau, out, ld),
-                    2 => strip_tile::<S, 2>(a, kp, panel, nlq, sh.inv_tau, out, ld),
-                    _ => strip_tile::<S, 1>(a, kp, panel, nlq, sh.inv_tau, out, ld),
+                if wide {
+                    let b = [panel_ptr(col), panel_ptr(col + l)];
+                    with_rows!(rows, R => strip_tile::<S, R, 2>(a, kp, b, nlq, sh.inv_tau, out, ld));
+                } else {
+                    let b = [panel_ptr(col)];
+                    with_rows!(rows, R => strip_tile::<S, R, 1>(a, kp, b, nlq, sh.inv_tau, out, ld));
                 }
             }
             g += rows;
         }
+        col += if wide { 2 * l } else { l };
     }
 }
 
-/// R×16 logit tile: out[r][l] = (Σ_c a[r][c]·panel[c][l])·inv_tau + nlq[l].
+/// R × V·L logit tile: out[r][q·L + l] = (Σ_c a[r][c]·b_q[c·16 + l])·inv_tau + nlq[q·L + l].
 ///
 /// # Safety
 ///
 /// S supported; `a` readable for R rows of stride `kp` (kp elements each),
-/// `panel` for kp×16, `nlq` for 16, `out` writable for R rows of stride `ldo`
-/// with 16 elements each.
+/// each `b[q]` at c·16 + 0..L for c < kp, `nlq` for V·L, `out` writable for
+/// R rows of stride `ldo` with V·L elements each.
 #[inline(always)]
-unsafe fn strip_tile<S: Simd, const R: usize>(
+unsafe fn strip_tile<S: Simd, const R: usize, const V: usize>(
     a: *const f32,
     kp: usize,
-    panel: *const f32,
+    b: [*const f32; V],
     nlq: *const f32,
     inv_tau: f32,
     out: *mut f32,
@@ -242,21 +316,28 @@ unsafe fn strip_tile<S: Simd, const R: usize>(
 ) {
     // SAFETY: every pointer offset stays inside the ranges of the contract.
     unsafe {
-        let mut acc = [[S::zero(); 2]; R];
+        let mut acc = [[S::zero(); V]; R];
         for c in 0..kp {
-            let b0 = S::load(panel.add(c * NR));
-            let b1 = S::load(panel.add(c * NR + 8));
+            let mut bv = [S::zero(); V];
+            for (x, &p) in bv.iter_mut().zip(&b) {
+                *x = S::load(p.add(c * NR));
+            }
             for (r, accr) in acc.iter_mut().enumerate() {
                 let x = S::splat(*a.add(r * kp + c));
-                accr[0] = x.fma(b0, accr[0]);
-                accr[1] = x.fma(b1, accr[1]);
+                for (s, &y) in accr.iter_mut().zip(&bv) {
+                    *s = x.fma(y, *s);
+                }
             }
         }
         let it = S::splat(inv_tau);
-        let (q0, q1) = (S::load(nlq), S::load(nlq.add(8)));
+        let mut q = [S::zero(); V];
+        for (i, x) in q.iter_mut().enumerate() {
+            *x = S::load(nlq.add(i * S::LANES));
+        }
         for (r, accr) in acc.iter().enumerate() {
-            accr[0].fma(it, q0).store(out.add(r * ldo));
-            accr[1].fma(it, q1).store(out.add(r * ldo + 8));
+            for (i, s) in accr.iter().enumerate() {
+                s.fma(it, q[i]).store(out.add(r * ldo + i * S::LANES));
+            }
         }
     }
 }
@@ -267,19 +348,25 @@ unsafe fn strip_tile<S: Simd, const R: usize>(
 ///
 /// # Safety
 ///
-/// S supported; `row.len()` is a multiple of 16.
+/// S supported; `row.len()` is a multiple of 16 (so of S::LANES).
 #[inline(always)]
 unsafe fn max_exp_sum<S: Simd>(row: &mut [f32]) -> (f32, f32) {
-    debug_assert!(row.len().is_multiple_of(NR));
+    debug_assert!(row.len().is_multiple_of(NR) && NR.is_multiple_of(S::LANES));
     let p = row.as_mut_ptr();
-    let len = row.len();
-    // SAFETY: S supported; p is valid for len elements, len a multiple of 16,
-    // and every access is at offset j..j+16 with j + 16 ≤ len.
+    let (len, l) = (row.len(), S::LANES);
+    // Two independent accumulators per pass; `pairs` is the part covered by
+    // whole pairs of vectors, and at most one vector is left (len % 16 = 0).
+    let pairs = len / (2 * l) * (2 * l);
+    // SAFETY: S supported; p is valid for len elements, len a multiple of L,
+    // and every access is at offset j..j+L with j + L ≤ len.
     unsafe {
         let (mut m0, mut m1) = (S::splat(f32::NEG_INFINITY), S::splat(f32::NEG_INFINITY));
-        for j in (0..len).step_by(NR) {
+        for j in (0..pairs).step_by(2 * l) {
             m0 = m0.max(S::load(p.add(j)));
-            m1 = m1.max(S::load(p.add(j + 8)));
+            m1 = m1.max(S::load(p.add(j + l)));
+        }
+        if pairs < len {
+            m0 = m0.max(S::load(p.add(pairs)));
         }
         let m = m0.max(m1).reduce_max();
         let mv = S::splat(if m == f32::NEG_INFINITY { 0.0 } else { -m });
@@ -287,18 +374,34 @@ unsafe fn max_exp_sum<S: Simd>(row: &mut [f32]) -> (f32, f32) {
         // grows with len/JC + JC, not with len.
         let mut total = S::zero();
         for j0 in (0..len).step_by(JC) {
+            let j1 = (j0 + JC).min(len);
+            let jp = j0 + (j1 - j0) / (2 * l) * (2 * l);
             let (mut s0, mut s1) = (S::zero(), S::zero());
-            for j in (j0..(j0 + JC).min(len)).step_by(NR) {
-                let e0 = exp(S::load(p.add(j)).add(mv));
-                let e1 = exp(S::load(p.add(j + 8)).add(mv));
-                e0.store(p.add(j));
-                e1.store(p.add(j + 8));
-                s0 = s0.add(e0);
-                s1 = s1.add(e1);
+            for j in (j0..jp).step_by(2 * l) {
+                s0 = s0.add(exp_in_place(p.add(j), mv));
+                s1 = s1.add(exp_in_place(p.add(j + l), mv));
+            }
+            if jp < j1 {
+                s0 = s0.add(exp_in_place(p.add(jp), mv));
             }
             total = total.add(s0.add(s1));
         }
         (m, total.reduce_sum())
+    }
+}
+
+/// *p = exp(*p + shift) on one vector, returning the new value.
+///
+/// # Safety
+///
+/// S supported; `p` valid for reading and writing S::LANES floats.
+#[inline(always)]
+unsafe fn exp_in_place<S: Simd>(p: *mut f32, shift: S) -> S {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let e = exp(S::load(p).add(shift));
+        e.store(p);
+        e
     }
 }
 
@@ -310,84 +413,68 @@ unsafe fn max_exp_sum<S: Simd>(row: &mut [f32]) -> (f32, f32) {
 /// S supported; sizes as asserted in [`phase_b`].
 #[inline(always)]
 unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
-    let (n, ld, kp) = (sh.n, part.ld, sh.kp);
+    let (n, ld, kp, l) = (sh.n, part.ld, sh.kp, S::LANES);
     let cols = part.j1 - part.j0;
     debug_assert!(part.strip.len() >= r * ld && part.du.len() >= r * kp);
+    // Vector columns c..c+L live in V's column tile t0 = c − c%16 of width
+    // wt = min(16, kp − t0): rows j at vp[n·t0 + j·wt + c − t0]. Returns the
+    // pointer at row j0 and the row stride wt.
+    let tile_ptr = |c: usize| {
+        let t0 = c - c % 16;
+        let wt = 16.min(kp - t0);
+        (sh.vp[n * t0 + part.j0 * wt + c - t0..].as_ptr(), wt)
+    };
     for c0 in (0..cols).step_by(JC) {
         let c1 = (c0 + JC).min(cols);
         let mut g = 0;
         while g < r {
-            let rows = MR.min(r - g);
+            let rows = S::ROWS.min(r - g);
+            let e = part.strip[g * ld..].as_ptr();
             let mut c = 0;
             while c < kp {
-                let w = if kp - c >= 16 { 16 } else { 8 };
-                let e = part.strip[g * ld..].as_ptr();
-                let v = sh.vp[n * c + part.j0 * w..].as_ptr();
+                let wide = kp - c >= 2 * l;
                 let out = part.du[g * kp + c..].as_mut_ptr();
+                let (v0, w0) = tile_ptr(c);
                 // SAFETY: S supported; e covers `rows` strip rows (stride ld,
-                // local columns c0..c1 ≤ cols ≤ w_part ≤ ld); v is column tile
-                // c from row j0 (rows j0 + c0..j0 + c1 ≤ j1 ≤ n of w floats,
-                // w = 16 when kp − c ≥ 16, else 8 = kp − c); out covers
-                // `rows` rows of stride kp at columns c..c+w ≤ kp.
+                // local columns c0..c1 ≤ cols ≤ w_part ≤ ld); each V pointer
+                // is at row j0 of its column tile, whose rows j0 + c0..j0 + c1
+                // ≤ j1 ≤ n have wt floats with the vector's L lanes inside
+                // (c and kp are multiples of L and 16 % L = 0, so a vector
+                // never straddles tiles; the two vectors of a wide step sit
+                // in tiles of the same width: both 16, or one tile of 16 when
+                // L = 8); out covers `rows` rows of stride kp at columns
+                // c..c+V·L ≤ kp.
                 unsafe {
-                    if w == 16 {
-                        du_tile_rows::<S, 2>(rows, e, ld, c0, c1, v, 16, out, kp);
+                    if wide {
+                        let (v1, w1) = tile_ptr(c + l);
+                        debug_assert_eq!(w0, w1);
+                        with_rows!(rows, R => du_tile::<S, R, 2>(e, ld, c0, c1, [v0, v1], w0, out, kp));
+                        c += 2 * l;
                     } else {
-                        du_tile_rows::<S, 1>(rows, e, ld, c0, c1, v, 8, out, kp);
+                        with_rows!(rows, R => du_tile::<S, R, 1>(e, ld, c0, c1, [v0], w0, out, kp));
+                        c += l;
                     }
                 }
-                c += w;
             }
             g += rows;
         }
     }
 }
 
-/// Dispatches a dU tile on its (run-time) row count.
+/// out[r][q·L..][..L] += Σ_{j0≤j<j1} e[r][j]·v_q[j·ldv..][..L] for q < V.
 ///
 /// # Safety
 ///
-/// As [`du_tile`] with R = `rows` ≤ 6.
+/// S supported; `e` readable at r·lde + j for r < R, j0 ≤ j < j1; each
+/// `v[q]` at j·ldv + 0..L; `out` readable and writable at r·ldo + 0..V·L.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn du_tile_rows<S: Simd, const KV: usize>(
-    rows: usize,
+unsafe fn du_tile<S: Simd, const R: usize, const V: usize>(
     e: *const f32,
     lde: usize,
     j0: usize,
     j1: usize,
-    v: *const f32,
-    ldv: usize,
-    out: *mut f32,
-    ldo: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        match rows {
-            6 => du_tile::<S, 6, KV>(e, lde, j0, j1, v, ldv, out, ldo),
-            5 => du_tile::<S, 5, KV>(e, lde, j0, j1, v, ldv, out, ldo),
-            4 => du_tile::<S, 4, KV>(e, lde, j0, j1, v, ldv, out, ldo),
-            3 => du_tile::<S, 3, KV>(e, lde, j0, j1, v, ldv, out, ldo),
-            2 => du_tile::<S, 2, KV>(e, lde, j0, j1, v, ldv, out, ldo),
-            _ => du_tile::<S, 1, KV>(e, lde, j0, j1, v, ldv, out, ldo),
-        }
-    }
-}
-
-/// out[r][0..8KV] += Σ_{j0≤j<j1} e[r][j]·v[j][0..8KV].
-///
-/// # Safety
-///
-/// S supported; `e` readable at r·lde + j for r < R, j0 ≤ j < j1; `v` at
-/// j·ldv + 0..8KV; `out` readable and writable at r·ldo + 0..8KV.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
-    e: *const f32,
-    lde: usize,
-    j0: usize,
-    j1: usize,
-    v: *const f32,
+    v: [*const f32; V],
     ldv: usize,
     out: *mut f32,
     ldo: usize,
@@ -397,11 +484,11 @@ unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
         // Each JC-column block is summed from zero and then added to `out`:
         // blocked summation, so the f32 rounding grows with N/JC + JC rather
         // than with N (measured: 4e-5 → 1e-6 relative at N = 300 000).
-        let mut acc = [[S::zero(); KV]; R];
+        let mut acc = [[S::zero(); V]; R];
         for j in j0..j1 {
-            let mut b = [S::zero(); KV];
-            for (q, bq) in b.iter_mut().enumerate() {
-                *bq = S::load(v.add(j * ldv + 8 * q));
+            let mut b = [S::zero(); V];
+            for (bq, &p) in b.iter_mut().zip(&v) {
+                *bq = S::load(p.add(j * ldv));
             }
             for (r, accr) in acc.iter_mut().enumerate() {
                 let x = S::splat(*e.add(r * lde + j));
@@ -412,7 +499,7 @@ unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
         }
         for (r, accr) in acc.iter().enumerate() {
             for (q, a) in accr.iter().enumerate() {
-                let p = out.add(r * ldo + 8 * q);
+                let p = out.add(r * ldo + q * S::LANES);
                 a.add(S::load(p)).store(p);
             }
         }
@@ -427,13 +514,13 @@ unsafe fn du_tile<S: Simd, const R: usize, const KV: usize>(
 /// S supported; sizes as asserted in [`phase_b`].
 #[inline(always)]
 unsafe fn dv_block<S: Simd>(part: &mut Part<'_>, kp: usize, r: usize) {
-    let (ld, cols) = (part.ld, part.j1 - part.j0);
+    let (ld, cols, l) = (part.ld, part.j1 - part.j0, S::LANES);
     debug_assert!(
         part.strip.len() >= r * ld && part.us.len() >= r * kp && part.dv.len() == cols * kp
     );
     let mut j = 0;
     while j < cols {
-        let jn = MR.min(cols - j);
+        let jn = S::ROWS.min(cols - j);
         let mut c = 0;
         while c < kp {
             let e = part.strip[j..].as_ptr();
@@ -441,15 +528,15 @@ unsafe fn dv_block<S: Simd>(part: &mut Part<'_>, kp: usize, r: usize) {
             let out = part.dv[j * kp + c..].as_mut_ptr();
             // SAFETY: S supported; e covers r rows of stride ld at local
             // columns j..j+jn ≤ cols ≤ ld; a covers r rows of stride kp at
-            // columns c..c+8KV ≤ kp; out covers jn rows of stride kp at the
+            // columns c..c+V·L ≤ kp; out covers jn rows of stride kp at the
             // same columns (rows j..j+jn ≤ cols of the part's dV).
             unsafe {
-                if kp - c >= 16 {
-                    dv_tile_cols::<S, 2>(jn, e, ld, r, a, kp, out);
-                    c += 16;
+                if kp - c >= 2 * l {
+                    with_rows!(jn, C => dv_tile::<S, C, 2>(e, ld, r, a, kp, out));
+                    c += 2 * l;
                 } else {
-                    dv_tile_cols::<S, 1>(jn, e, ld, r, a, kp, out);
-                    c += 8;
+                    with_rows!(jn, C => dv_tile::<S, C, 1>(e, ld, r, a, kp, out));
+                    c += l;
                 }
             }
         }
@@ -457,42 +544,14 @@ unsafe fn dv_block<S: Simd>(part: &mut Part<'_>, kp: usize, r: usize) {
     }
 }
 
-/// Dispatches a dV tile on its (run-time) column count.
-///
-/// # Safety
-///
-/// As [`dv_tile`] with C = `cols` ≤ 6.
-#[inline(always)]
-unsafe fn dv_tile_cols<S: Simd, const KV: usize>(
-    cols: usize,
-    e: *const f32,
-    lde: usize,
-    r: usize,
-    a: *const f32,
-    lda: usize,
-    out: *mut f32,
-) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        match cols {
-            6 => dv_tile::<S, 6, KV>(e, lde, r, a, lda, out),
-            5 => dv_tile::<S, 5, KV>(e, lde, r, a, lda, out),
-            4 => dv_tile::<S, 4, KV>(e, lde, r, a, lda, out),
-            3 => dv_tile::<S, 3, KV>(e, lde, r, a, lda, out),
-            2 => dv_tile::<S, 2, KV>(e, lde, r, a, lda, out),
-            _ => dv_tile::<S, 1, KV>(e, lde, r, a, lda, out),
-        }
-    }
-}
-
-/// out[c][0..8KV] += Σ_{i<r} e[i][c]·a[i][0..8KV] for c < C.
+/// out[c][0..V·L] += Σ_{i<r} e[i][c]·a[i][0..V·L] for c < C.
 ///
 /// # Safety
 ///
 /// S supported; `e` readable at i·lde + c for i < r, c < C; `a` at
-/// i·lda + 0..8KV; `out` readable and writable at c·lda + 0..8KV.
+/// i·lda + 0..V·L; `out` readable and writable at c·lda + 0..V·L.
 #[inline(always)]
-unsafe fn dv_tile<S: Simd, const C: usize, const KV: usize>(
+unsafe fn dv_tile<S: Simd, const C: usize, const V: usize>(
     e: *const f32,
     lde: usize,
     r: usize,
@@ -502,11 +561,11 @@ unsafe fn dv_tile<S: Simd, const C: usize, const KV: usize>(
 ) {
     // SAFETY: every offset is inside the ranges of the contract.
     unsafe {
-        let mut acc = [[S::zero(); KV]; C];
+        let mut acc = [[S::zero(); V]; C];
         for i in 0..r {
-            let mut b = [S::zero(); KV];
+            let mut b = [S::zero(); V];
             for (q, bq) in b.iter_mut().enumerate() {
-                *bq = S::load(a.add(i * lda + 8 * q));
+                *bq = S::load(a.add(i * lda + q * S::LANES));
             }
             for (c, accc) in acc.iter_mut().enumerate() {
                 let x = S::splat(*e.add(i * lde + c));
@@ -517,7 +576,7 @@ unsafe fn dv_tile<S: Simd, const C: usize, const KV: usize>(
         }
         for (c, accc) in acc.iter().enumerate() {
             for (q, s) in accc.iter().enumerate() {
-                let p = out.add(c * lda + 8 * q);
+                let p = out.add(c * lda + q * S::LANES);
                 s.add(S::load(p)).store(p);
             }
         }

@@ -49,7 +49,7 @@ const MB_MAX: usize = 96;
 const PART_MIN: usize = 256;
 
 /// Environment variable that forces a CPU kernel in [`CpuBackend::from_env`]:
-/// `portable`, `avx2_fma` or `auto`.
+/// `portable`, `avx2_fma`, `avx512` or `auto`.
 pub const KERNEL_ENV: &str = "MIXNEG_CPU_KERNEL";
 
 /// The SIMD instruction set a [`CpuBackend`] runs.
@@ -57,21 +57,34 @@ pub const KERNEL_ENV: &str = "MIXNEG_CPU_KERNEL";
 pub enum Kernel {
     /// `wide::f32x8`: correct on every target, instructions fixed at build time.
     Portable,
-    /// Hand-written AVX2 + FMA (`std::arch`), selected at run time.
+    /// Hand-written AVX2 + FMA (`std::arch`, 8 lanes, 6×16 micro-kernels),
+    /// selected at run time.
     Avx2Fma,
+    /// Hand-written AVX-512F (`std::arch`, 16 lanes, 12×32 micro-kernels),
+    /// selected at run time.
+    Avx512,
 }
 
-static CALLS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static CALLS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
 impl Kernel {
     /// Every kernel, in order of preference (best last).
-    pub const ALL: [Kernel; 2] = [Kernel::Portable, Kernel::Avx2Fma];
+    pub const ALL: [Kernel; 3] = [Kernel::Portable, Kernel::Avx2Fma, Kernel::Avx512];
 
     /// The kernel's name as used by [`KERNEL_ENV`], the CLI and the benches.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Portable => "portable",
             Kernel::Avx2Fma => "avx2_fma",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// f32 lanes per vector; packed rows are padded to a multiple of it.
+    fn lanes(self) -> usize {
+        match self {
+            Kernel::Avx512 => 16,
+            Kernel::Portable | Kernel::Avx2Fma => 8,
         }
     }
 
@@ -86,8 +99,10 @@ impl Kernel {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2Fma => false,
+            Kernel::Avx2Fma | Kernel::Avx512 => false,
         }
     }
 
@@ -141,7 +156,7 @@ impl CpuBackend {
     }
 
     /// The kernel named by `MIXNEG_CPU_KERNEL` (`portable`, `avx2_fma`,
-    /// `auto` or unset for the best one); an error for an unknown or
+    /// `avx512`, `auto` or unset for the best one); an error for an unknown or
     /// unavailable name.
     pub fn from_env() -> Result<Self, MnsError> {
         match std::env::var(KERNEL_ENV) {
@@ -184,7 +199,7 @@ impl CpuBackend {
 
     fn compute(&self, p: &Problem<'_>, out: &mut MnsOutput) {
         let (b, n, k) = (p.b, p.n, p.k);
-        let kp = k.next_multiple_of(8);
+        let kp = k.next_multiple_of(self.kernel.lanes());
         let np = n.next_multiple_of(NR);
 
         let mut up = vec![0.0f32; b * kp];
@@ -192,6 +207,7 @@ impl CpuBackend {
         let mut vt = vec![0.0f32; np * kp];
         pad_rows(p.u, k, &mut up, kp);
         // Column tiles of 16 (the last of 8 when kp % 16 == 8), rows contiguous.
+        // (kp is a multiple of the kernel's lanes, 8 or 16.)
         let mut c0 = 0;
         while c0 < kp {
             let w = if kp - c0 >= 16 { 16 } else { 8 };
@@ -419,8 +435,23 @@ fn run_phase(
                 Phase::B => unsafe { x86::phase_b_avx2_fma(sh, part, i0, r) },
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx512, phase) => {
+            assert!(
+                Kernel::Avx512.is_available(),
+                "AVX-512 kernel chosen on a CPU without it"
+            );
+            match phase {
+                // SAFETY: AVX-512F was detected on this CPU just above.
+                Phase::A => unsafe { x86::phase_a_avx512(sh, part, i0, r) },
+                // SAFETY: as above.
+                Phase::B => unsafe { x86::phase_b_avx512(sh, part, i0, r) },
+            }
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        (Kernel::Avx2Fma, _) => unreachable!("with_kernel refuses Avx2Fma off x86-64"),
+        (Kernel::Avx2Fma | Kernel::Avx512, _) => {
+            unreachable!("with_kernel refuses the x86 kernels off x86-64")
+        }
     }
 }
 
@@ -429,6 +460,7 @@ impl Backend for CpuBackend {
         match self.kernel {
             Kernel::Portable => "cpu/portable",
             Kernel::Avx2Fma => "cpu/avx2_fma",
+            Kernel::Avx512 => "cpu/avx512",
         }
     }
 

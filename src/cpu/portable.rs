@@ -15,6 +15,8 @@ use wide::{f32x8, i32x8};
 pub(crate) struct Portable(f32x8);
 
 impl Simd for Portable {
+    const LANES: usize = 8;
+    const ROWS: usize = 6;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Self(f32x8::ZERO)

@@ -1,22 +1,29 @@
-//! The eight-lane f32 vector interface the fused kernels are written against,
-//! and the vectorized exp built on it.
+//! The f32 vector interface the fused kernels are written against, and the
+//! vectorized exp built on it.
 //!
-//! Two implementations: [`super::portable`] (`wide::f32x8`, correct on every
-//! target, fast only when the crate is compiled with AVX2) and
-//! [`super::x86`] (AVX2+FMA intrinsics, chosen at run time). The kernels in
+//! Three implementations: [`super::portable`] (`wide::f32x8`, correct on
+//! every target, fast only when the crate is compiled with AVX2) and, in
+//! [`super::x86`], AVX2+FMA (8 lanes) and AVX-512F (16 lanes) intrinsics,
+//! chosen at run time. The kernels in
 //! [`super::kernel`] are generic over this trait and are instantiated inside
 //! one `#[target_feature]` entry per instruction set, so every method here
 //! inlines into code compiled for that instruction set.
 
-/// Eight f32 lanes.
+/// [`Simd::LANES`] f32 lanes.
 ///
 /// # Safety
 ///
 /// Every method is `unsafe` with one shared contract: the running CPU
 /// supports the instruction set of the implementation (trivially true for the
 /// portable one). `load` and `store` additionally need `p` valid for reading /
-/// writing 8 consecutive f32 (no alignment required).
+/// writing `LANES` consecutive f32 (no alignment required).
 pub(crate) trait Simd: Copy {
+    /// f32 lanes per vector: 8 or 16 (the kernels rely on 16 % LANES == 0).
+    const LANES: usize;
+    /// Rows of the register-blocked micro-kernels: each keeps ROWS × 2
+    /// vector accumulators, which must fit the register file with room for
+    /// the two loaded vectors (6 × 2 of 16 ymm; 12 × 2 of 32 zmm).
+    const ROWS: usize;
     unsafe fn zero() -> Self;
     unsafe fn splat(x: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
@@ -42,7 +49,7 @@ const EXP_LO: f32 = -87.336_54;
 /// Above this e^x overflows f32. The kernels only take exp of s − max ≤ 0.
 const EXP_HI: f32 = 88.376_26;
 
-/// e^x on eight lanes: Cody–Waite range reduction x = r·ln2 + f, |f| ≤ ln2/2,
+/// e^x on every lane: Cody–Waite range reduction x = r·ln2 + f, |f| ≤ ln2/2,
 /// then the degree-7 Cephes `expf` polynomial (≈ 1 ulp on the reduced range),
 /// times 2^r. −∞ and everything below [`EXP_LO`] give exactly 0 (the plain
 /// polynomial would give ~1e-38 there, which would leak mass into removed
