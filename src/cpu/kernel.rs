@@ -64,6 +64,11 @@ pub(crate) struct Shared<'a> {
     pub inv_tau: f32,
     /// U packed B×kp, zero-padded.
     pub up: &'a [f32],
+    /// U for the logit kernel, in groups of [`Simd::ROWS`] rows interleaved:
+    /// row g·ROWS + rr, column c at ug[(g·kp + c)·ROWS + rr], zero past B,
+    /// so that a micro-kernel's broadcasts at one step of K are adjacent
+    /// floats at fixed offsets from one pointer.
+    pub ug: &'a [f32],
     /// V for the dU kernel, in column tiles: the 16 (last: kp − c < 16) columns
     /// c..c+w of every row j at vp[n·c + j·w ..][..w], zero-padded in K. The
     /// dU kernel's j loop then streams one contiguous 64-byte line per j
@@ -132,9 +137,11 @@ pub(crate) unsafe fn phase_a<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
     assert!(ld >= w && part.strip.len() >= r * ld && i0 + r <= sh.b);
     assert!(part.max.len() >= r && part.sum.len() >= r && part.diag.len() >= r);
     assert!(sh.up.len() == sh.b * kp && sh.vt.len() == sh.np * kp && sh.nlq.len() == sh.np);
+    assert!(sh.ug.len() == sh.b.next_multiple_of(S::ROWS) * kp && i0.is_multiple_of(S::ROWS));
     // SAFETY: S is supported (our contract); the asserts bound every access:
-    // panels j0/16 .. (j0+w)/16 ≤ np/16, strip rows < r of stride ld ≥ w.
-    unsafe { strip_block::<S>(sh, &sh.up[i0 * kp..(i0 + r) * kp], r, part) };
+    // row groups i0/ROWS .. (i0 + r)/ROWS within ug, panels j0/16 ..
+    // (j0+w)/16 ≤ np/16, strip rows < r of stride ld ≥ w.
+    unsafe { strip_block::<S>(sh, i0, r, part) };
     for rr in 0..r {
         let i = i0 + rr;
         let row = &mut part.strip[rr * ld..rr * ld + w];
@@ -255,10 +262,10 @@ macro_rules! with_rows {
 ///
 /// # Safety
 ///
-/// S supported; `ub.len() == r·kp`, sizes as asserted in [`phase_a`].
+/// S supported; sizes as asserted in [`phase_a`].
 #[inline(always)]
-unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, ub: &[f32], r: usize, part: &mut Part<'_>) {
-    debug_assert!(ub.len() == r * sh.kp && part.strip.len() >= r * part.ld);
+unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, i0: usize, r: usize, part: &mut Part<'_>) {
+    debug_assert!(part.strip.len() >= r * part.ld);
     let (kp, ld, l) = (sh.kp, part.ld, S::LANES);
     // Vector `q` of a tile starting at part column `col` holds the global
     // columns j0 + col + q·L ..+L: panel (that)/16, lanes (that)%16 onwards.
@@ -275,9 +282,10 @@ unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, ub: &[f32], r: usize, part: &mut
         let mut g = 0;
         while g < r {
             let rows = S::ROWS.min(r - g);
-            let a = ub[g * kp..].as_ptr();
+            let a = sh.ug[(i0 + g) * kp..].as_ptr();
             let out = part.strip[g * ld + col..].as_mut_ptr();
-            // SAFETY: S supported; a covers `rows` rows of kp; each panel
+            // SAFETY: S supported; a is row group (i0 + g)/ROWS of ug
+            // (i0 and g are multiples of ROWS), kp·ROWS floats; each panel
             // pointer has kp rows of 16 floats from its panel start, of which
             // the vector reads lanes (j0 + col + q·L)%16 ..+L ≤ 16 (16 % L = 0
             // and col, j0 are multiples of L); nlq and each out row have the
@@ -297,12 +305,12 @@ unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, ub: &[f32], r: usize, part: &mut
     }
 }
 
-/// R × V·L logit tile: out[r][q·L + l] = (Σ_c a[r][c]·b_q[c·16 + l])·inv_tau + nlq[q·L + l].
+/// R × V·L logit tile: out[r][q·L + l] = (Σ_c a[c·ROWS + r]·b_q[c·16 + l])·inv_tau + nlq[q·L + l].
 ///
 /// # Safety
 ///
-/// S supported; `a` readable for R rows of stride `kp` (kp elements each),
-/// each `b[q]` at c·16 + 0..L for c < kp, `nlq` for V·L, `out` writable for
+/// S supported; R ≤ S::ROWS; `a` readable for kp·S::ROWS floats (a row
+/// group of [`Shared::ug`]), each `b[q]` at c·16 + 0..L for c < kp, `nlq` for V·L, `out` writable for
 /// R rows of stride `ldo` with V·L elements each.
 #[inline(always)]
 unsafe fn strip_tile<S: Simd, const R: usize, const V: usize>(
@@ -323,7 +331,7 @@ unsafe fn strip_tile<S: Simd, const R: usize, const V: usize>(
                 *x = S::load(p.add(c * NR));
             }
             for (r, accr) in acc.iter_mut().enumerate() {
-                let x = S::splat(*a.add(r * kp + c));
+                let x = S::splat(*a.add(c * S::ROWS + r));
                 for (s, &y) in accr.iter_mut().zip(&bv) {
                     *s = x.fma(y, *s);
                 }

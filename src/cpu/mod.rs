@@ -88,6 +88,14 @@ impl Kernel {
         }
     }
 
+    /// Rows of the kernel's micro-kernels (its `Simd::ROWS`).
+    fn rows(self) -> usize {
+        match self {
+            Kernel::Avx512 => 12,
+            Kernel::Portable | Kernel::Avx2Fma => 6,
+        }
+    }
+
     /// Parse a name as printed by [`Kernel::name`].
     pub fn from_name(name: &str) -> Option<Kernel> {
         Kernel::ALL.into_iter().find(|k| k.name() == name)
@@ -206,6 +214,17 @@ impl CpuBackend {
         let mut vp = vec![0.0f32; n * kp];
         let mut vt = vec![0.0f32; np * kp];
         pad_rows(p.u, k, &mut up, kp);
+        let rows = self.kernel.rows();
+        let mut ug = vec![0.0f32; b.next_multiple_of(rows) * kp];
+        ug.par_chunks_mut(kp * rows)
+            .enumerate()
+            .for_each(|(g, dst)| {
+                for (rr, i) in (g * rows..((g + 1) * rows).min(b)).enumerate() {
+                    for (c, &x) in p.u[i * k..(i + 1) * k].iter().enumerate() {
+                        dst[c * rows + rr] = x;
+                    }
+                }
+            });
         // Column tiles of 16 (the last of 8 when kp % 16 == 8), rows contiguous.
         // (kp is a multiple of the kernel's lanes, 8 or 16.)
         let mut c0 = 0;
@@ -249,6 +268,7 @@ impl CpuBackend {
             kp,
             inv_tau: 1.0 / p.temperature,
             up: &up,
+            ug: &ug,
             vp: &vp,
             v: p.v,
             vt: &vt,
