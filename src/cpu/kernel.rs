@@ -432,17 +432,22 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
         let wt = 16.min(kp - t0);
         (sh.vp[n * t0 + part.j0 * wt + c - t0..].as_ptr(), wt)
     };
+    // JC block outer, K chunk next, row group inner: one chunk of V (JC
+    // rows × V·L floats, 32 KiB for AVX-512) stays in L1 while every row
+    // group of the block passes over it.
     for c0 in (0..cols).step_by(JC) {
         let c1 = (c0 + JC).min(cols);
-        let mut g = 0;
-        while g < r {
-            let rows = S::ROWS.min(r - g);
-            let e = part.strip[g * ld..].as_ptr();
-            let mut c = 0;
-            while c < kp {
-                let wide = kp - c >= 2 * l;
+        let mut c = 0;
+        while c < kp {
+            let wide = kp - c >= 2 * l;
+            let (v0, w0) = tile_ptr(c);
+            let v1 = if wide { tile_ptr(c + l) } else { (v0, w0) };
+            debug_assert_eq!(w0, v1.1);
+            let mut g = 0;
+            while g < r {
+                let rows = S::ROWS.min(r - g);
+                let e = part.strip[g * ld..].as_ptr();
                 let out = part.du[g * kp + c..].as_mut_ptr();
-                let (v0, w0) = tile_ptr(c);
                 // SAFETY: S supported; e covers `rows` strip rows (stride ld,
                 // local columns c0..c1 ≤ cols ≤ w_part ≤ ld); each V pointer
                 // is at row j0 of its column tile, whose rows j0 + c0..j0 + c1
@@ -454,17 +459,14 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
                 // c..c+V·L ≤ kp.
                 unsafe {
                     if wide {
-                        let (v1, w1) = tile_ptr(c + l);
-                        debug_assert_eq!(w0, w1);
-                        with_rows!(rows, R => du_tile::<S, R, 2>(e, ld, c0, c1, [v0, v1], w0, out, kp));
-                        c += 2 * l;
+                        with_rows!(rows, R => du_tile::<S, R, 2>(e, ld, c0, c1, [v0, v1.0], w0, out, kp));
                     } else {
                         with_rows!(rows, R => du_tile::<S, R, 1>(e, ld, c0, c1, [v0], w0, out, kp));
-                        c += l;
                     }
                 }
+                g += rows;
             }
-            g += rows;
+            c += if wide { 2 * l } else { l };
         }
     }
 }
