@@ -17,7 +17,7 @@
 //!
 //! Every backend implements [`Backend`]: the materializing f64
 //! [`ReferenceBackend`] (the specification), and the fused
-//! [`CpuBackend`] (AVX2+FMA chosen at run time, or portable `wide`
+//! [`CpuBackend`] (AVX-512F or AVX2+FMA chosen at run time, or portable `wide`
 //! SIMD; rayon-parallel; never stores the B×N logits), and, with the default
 //! `cuda` feature, `CudaBackend` (hand-written CUDA kernels compiled by
 //! NVRTC at run time; host or device-resident entry points).
