@@ -6,11 +6,12 @@
 //! flop/s and rates compare directly:
 //!
 //! * `reference/mns` — the f64 specification (small shapes only);
-//! * `portable/mns`, `avx2_fma/mns` — the fused CPU kernels, each forced;
+//! * `portable/mns`, `avx2_fma/mns`, `avx512/mns` — the fused CPU kernels,
+//!   each forced (those this CPU cannot run are left out);
 //! * `cuda/mns` — the CUDA backend (host entry, copies included) when a GPU
 //!   is available;
-//! * `gemm/3mm` — the ceiling: the `gemm` crate (its default AVX2/FMA
-//!   kernels, same thread count) computing U·Vᵀ, S·V and Sᵀ·U for the same
+//! * `gemm/3mm` — the ceiling: the `gemm` crate (runtime-dispatched, with
+//!   its AVX-512 kernels enabled by the `x86-v4` feature; same thread count) computing U·Vᵀ, S·V and Sᵀ·U for the same
 //!   shapes — the 6·B·N·K flops of the loss with no softmax, materializing S.
 //!
 //! Run: `cargo bench --bench mns` (filter e.g. `-- 4096x8192x64`).

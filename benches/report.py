@@ -34,23 +34,36 @@ def criterion():
 def main():
     crit = criterion()
     shapes = sorted({s for (_, s) in crit}, key=lambda s: (s[0] * s[1] * s[2], s))
-    backends = ["reference", "portable", "avx2_fma", "cuda", "gemm"]
-    print("| (B, N, K) | " + " | ".join(b for b in backends if any((b, s) in crit for s in shapes)) + " | avx2_fma / ceiling |")
+    backends = ["reference", "portable", "avx2_fma", "avx512", "cuda", "gemm"]
     present = [b for b in backends if any((b, s) in crit for s in shapes)]
-    print("|---" * (len(present) + 2) + "|")
+    fused = [b for b in ("avx2_fma", "avx512") if b in present]
+    print("| (B, N, K) | " + " | ".join(present) + "".join(f" | {b} / ceiling" for b in fused) + " |")
+    print("|---" * (len(present) + len(fused) + 1) + "|")
     for s in shapes:
         flops = 6 * s[0] * s[1] * s[2]
         cells = []
         for b in present:
             t = crit.get((b, s))
             cells.append(f"{t * 1e3:.2f} ms ({flops / t / 1e9:.1f})" if t else "—")
-        ratio = crit.get(("gemm", s)) / crit[("avx2_fma", s)] if ("avx2_fma", s) in crit and ("gemm", s) in crit else None
-        print(f"| {s[0]}, {s[1]}, {s[2]} | " + " | ".join(cells) + f" | {ratio:.0%} |" if ratio else " | — |")
+        for b in fused:
+            ok = (b, s) in crit and ("gemm", s) in crit
+            cells.append(f"{crit[('gemm', s)] / crit[(b, s)]:.0%}" if ok else "—")
+        print(f"| {s[0]}, {s[1]}, {s[2]} | " + " | ".join(cells) + " |")
 
+    # benches/peers/results.csv has one row per round; plot the median over
+    # rounds of each (shape, implementation) and the largest peak RSS.
     peers = []
     path = os.path.join(ROOT, "benches", "peers", "results.csv")
     if os.path.exists(path):
-        peers = list(csv.DictReader(open(path)))
+        from statistics import median
+
+        groups = {}
+        for r in csv.DictReader(open(path)):
+            groups.setdefault((r["b"], r["b_prime"], r["k"], r["impl"]), []).append(r)
+        for (b, bp, k, impl), rs in groups.items():
+            peers.append({"b": b, "b_prime": bp, "k": k, "impl": impl,
+                          "gflops": median(float(r["gflops"]) for r in rs),
+                          "peak_rss_mib": max(float(r["peak_rss_mib"]) for r in rs)})
     try:
         import matplotlib
 
@@ -58,10 +71,10 @@ def main():
         import matplotlib.pyplot as plt
     except ImportError:
         sys.exit("matplotlib missing: run with benches/peers/.venv/bin/python")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 6))
     labels = [f"{s[0]}×{s[1]}×{s[2]}" for s in shapes]
     xs = range(len(shapes))
-    for b, style in [("gemm", "k--"), ("avx2_fma", "o-"), ("portable", "s-"), ("cuda", "^-"), ("reference", "x:")]:
+    for b, style in [("gemm", "k--"), ("avx512", "o-"), ("avx2_fma", "d-"), ("portable", "s-"), ("cuda", "^-"), ("reference", "x:")]:
         pts = [(i, 6 * s[0] * s[1] * s[2] / crit[(b, s)] / 1e9) for i, s in enumerate(shapes) if (b, s) in crit]
         if pts:
             name = "gemm crate: U·Vᵀ + S·V + Sᵀ·U (ceiling)" if b == "gemm" else f"mixneg {b}"
@@ -73,13 +86,13 @@ def main():
             if r["impl"] == impl and s in shapes:
                 pts.append((shapes.index(s), float(r["gflops"])))
         if pts:
-            label = "mixneg avx2_fma, peers' run" if impl == "mixneg" else f"{impl} (peers' run)"
+            label = "mixneg (best kernel), peers' run" if impl == "mixneg" else f"{impl} (peers' run)"
             a1.plot([p[0] for p in pts], [p[1] for p in pts], mk, markersize=9, label=label, fillstyle="none" if impl == "mixneg" else "full")
     a1.set_xticks(list(xs))
     a1.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     a1.set_ylabel("effective GFLOP/s (6·B·N·K / time)")
-    a1.set_title("forward + backward, 2 threads (lines: one criterion run; markers: one peers run)")
-    a1.legend(fontsize=7)
+    a1.set_title("forward + backward, 2 threads (lines: one criterion run;\nmarkers: one peers run, median of its rounds)", fontsize=10)
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     a1.grid(alpha=0.3)
     for impl, mk in [("mixneg", "o-"), ("numpy", "D-"), ("jax", "v-"), ("torch", "P-"), ("torch.compile", "*-")]:
         pts = sorted(

@@ -6,7 +6,13 @@
 # so it is only installed and run with PEERS_TORCH=1.
 #
 #   benches/peers/run.sh            # results in benches/peers/results.csv and a table on stdout
-#   PEERS_SHAPES="4096,4096,64" benches/peers/run.sh
+#   PEERS_SHAPES="4096,4096,64" PEERS_ROUNDS=5 benches/peers/run.sh
+#
+# Every shape is measured in PEERS_ROUNDS (default 3) interleaved rounds —
+# mixneg, then each peer, then again — because this kind of shared host
+# drifts by tens of percent over minutes: the table gives the median over
+# rounds and the median of the per-round ratios (each ratio taken between
+# runs seconds apart), with their ranges.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=benches/peers
@@ -46,31 +52,45 @@ for impl in $IMPLS; do
 done
 
 SHAPES=${PEERS_SHAPES:-"1024,1024,64 4096,4096,64 4096,4096,128 16384,16384,64"}
+ROUNDS=${PEERS_ROUNDS:-3}
+echo "== kernel: $(./target/release/mixneg demo --b 16 --b-prime 16 --k 8 --reps 1 --no-check | grep -o 'cpu/[a-z0-9_]*' | head -n 1)"
 CSV=$HERE/results.csv
-echo "b,b_prime,k,impl,median_ms,gflops,peak_rss_mib" > "$CSV"
+echo "b,b_prime,k,round,impl,median_ms,gflops,peak_rss_mib" > "$CSV"
 for shape in $SHAPES; do
     IFS=, read -r b bp k <<<"$shape"
     n=$((b + bp)); flops=$((6 * b * n * k))
     reps=$(( b >= 16384 ? 3 : 10 ))
-    r=$(measure ./target/release/mixneg demo --b "$b" --b-prime "$bp" --k "$k" --reps "$reps" --no-check) || continue
-    ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
-    echo "$b,$bp,$k,mixneg,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
-    for impl in $IMPLS; do
-        r=$(measure "$PY" $HERE/peers.py "$impl" "$b" "$bp" "$k" --reps $(( b >= 16384 ? 2 : 5 ))) || continue
+    for round in $(seq "$ROUNDS"); do
+        r=$(measure ./target/release/mixneg demo --b "$b" --b-prime "$bp" --k "$k" --reps "$reps" --no-check) || continue
         ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
-        echo "$b,$bp,$k,$impl,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
+        echo "$b,$bp,$k,$round,mixneg,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
+        for impl in $IMPLS; do
+            r=$(measure "$PY" $HERE/peers.py "$impl" "$b" "$bp" "$k" --reps $(( b >= 16384 ? 2 : 5 ))) || continue
+            ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
+            echo "$b,$bp,$k,$round,$impl,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
+        done
     done
 done
 
 echo
 "$PY" - "$CSV" <<'PY'
 import csv, sys
+from statistics import median
 rows = list(csv.DictReader(open(sys.argv[1])))
-print("| (B, B′, K) | implementation | median ms | effective GFLOP/s | peak RSS MiB | time vs mixneg | RSS vs mixneg |")
-print("|---|---|---|---|---|---|---|")
+shape = lambda r: (int(r["b"]), int(r["b_prime"]), int(r["k"]))
+ms = {(shape(r), r["round"], r["impl"]): float(r["median_ms"]) for r in rows}
+rss = {}
 for r in rows:
-    base = next(x for x in rows if x["impl"] == "mixneg" and (x["b"], x["b_prime"], x["k"]) == (r["b"], r["b_prime"], r["k"]))
-    t = float(r["median_ms"]) / float(base["median_ms"])
-    m = float(r["peak_rss_mib"]) / float(base["peak_rss_mib"])
-    print(f"| {r['b']}, {r['b_prime']}, {r['k']} | {r['impl']} | {float(r['median_ms']):.1f} | {r['gflops']} | {r['peak_rss_mib']} | {t:.2f}× | {m:.1f}× |")
+    key = (shape(r), r["impl"])
+    rss[key] = max(rss.get(key, 0), int(r["peak_rss_mib"]))
+print("| (B, B′, K) | implementation | median ms over rounds (range) | effective GFLOP/s | peak RSS MiB | time vs mixneg, median of rounds (range) | RSS vs mixneg |")
+print("|---|---|---|---|---|---|---|")
+for s, impl in dict.fromkeys((shape(r), r["impl"]) for r in rows):
+    rounds = sorted({r["round"] for r in rows if shape(r) == s and r["impl"] == impl})
+    t = [ms[(s, q, impl)] for q in rounds]
+    ratios = [ms[(s, q, impl)] / ms[(s, q, "mixneg")] for q in rounds if (s, q, "mixneg") in ms]
+    gf = 6 * s[0] * (s[0] + s[1]) * s[2] / median(t) / 1e6
+    m = rss[(s, impl)] / rss[(s, "mixneg")]
+    print(f"| {s[0]}, {s[1]}, {s[2]} | {impl} | {median(t):.1f} ({min(t):.0f}–{max(t):.0f}) | {gf:.1f} | {rss[(s, impl)]} "
+          f"| {median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | {m:.1f}× |")
 PY
