@@ -52,8 +52,10 @@ const PART_MIN: usize = 256;
 /// `portable`, `avx2_fma`, `avx512` or `auto`.
 pub const KERNEL_ENV: &str = "MIXNEG_CPU_KERNEL";
 
-/// The SIMD instruction set a [`CpuBackend`] runs.
+/// The SIMD instruction set a [`CpuBackend`] runs. Non-exhaustive: kernels
+/// for further instruction sets may be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Kernel {
     /// `wide::f32x8`: correct on every target, instructions fixed at build time.
     Portable,
