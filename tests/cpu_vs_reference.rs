@@ -16,7 +16,7 @@ fn cpu_paths() -> Vec<CpuBackend> {
                     v.push(b.clone().with_threads(t).unwrap());
                 }
             }
-            Err(e) => eprintln!("skipping kernel {}: {e}", k.name()),
+            Err(e) => skip(&format!("kernel {}: {e}", k.name())),
         }
     }
     v

@@ -41,12 +41,12 @@ fn emulator() -> Option<&'static Path> {
                 String::from_utf8_lossy(&o.stderr)
             ),
             Err(e) => {
-                let msg = format!("skipping: no C++ compiler (g++: {e})");
+                let msg = format!("no C++ compiler (g++: {e})");
                 assert!(
                     std::env::var("REQUIRE_CXX").as_deref() != Ok("1"),
                     "REQUIRE_CXX=1 but {msg}"
                 );
-                eprintln!("{msg}");
+                skip(&msg);
                 None
             }
         }

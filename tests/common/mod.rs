@@ -417,14 +417,13 @@ pub fn assert_output(
 
 /// Report a skipped test where it cannot be missed: libtest captures a
 /// test's `eprintln!` (and shows it only on failure), so the line is written
-/// to a fresh handle on the process's stderr, which capture cannot see.
+/// to the process's stderr handle directly, which capture does not see.
 pub fn skip(why: &str) {
     use std::io::Write;
-    let line = format!("skipping: {why}\n");
-    match std::fs::OpenOptions::new().append(true).open("/dev/stderr") {
-        Ok(mut f) => {
-            let _ = f.write_all(line.as_bytes());
-        }
-        Err(_) => eprint!("{line}"),
-    }
+    // libtest captures only the print!/eprint! macros. Writing through fd 2
+    // as it is works for a pipe, a terminal and a redirected file alike;
+    // reopening /dev/stderr for appending (the first version) lost the line
+    // whenever stderr was a file opened without O_APPEND, as in `> log 2>&1`:
+    // the harness's own writes then overwrote it.
+    let _ = std::io::stderr().write_all(format!("skipping: {why}\n").as_bytes());
 }
