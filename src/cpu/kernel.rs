@@ -100,11 +100,11 @@ pub(crate) struct Part<'a> {
     /// L1 set, and the dV kernel reads the strip down its columns.
     pub ld: usize,
     /// The strip, mb × ld.
-    pub strip: Vec<f32>,
+    pub strip: super::Aligned,
     /// Unscaled dU share of the block, mb × kp.
-    pub du: Vec<f32>,
+    pub du: super::Aligned,
     /// c_p,i·U_i of the block, mb × kp.
-    pub us: Vec<f32>,
+    pub us: super::Aligned,
     /// Per row: m_p, the part's max (−∞ if all its columns are removed).
     pub max: Vec<f32>,
     /// Per row: Σ_p, the part's sum of exp(s − m_p) (0 if all removed).

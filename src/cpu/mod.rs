@@ -212,12 +212,12 @@ impl CpuBackend {
         let kp = k.next_multiple_of(self.kernel.lanes());
         let np = n.next_multiple_of(NR);
 
-        let mut up = vec![0.0f32; b * kp];
-        let mut vp = vec![0.0f32; n * kp];
-        let mut vt = vec![0.0f32; np * kp];
+        let mut up = Aligned::zeroed(b * kp);
+        let mut vp = Aligned::zeroed(n * kp);
+        let mut vt = Aligned::zeroed(np * kp);
         pad_rows(p.u, k, &mut up, kp);
         let rows = self.kernel.rows();
-        let mut ug = vec![0.0f32; b.next_multiple_of(rows) * kp];
+        let mut ug = Aligned::zeroed(b.next_multiple_of(rows) * kp);
         ug.par_chunks_mut(kp * rows)
             .enumerate()
             .for_each(|(g, dst)| {
@@ -287,7 +287,7 @@ impl CpuBackend {
         let mb = (STRIP_BUDGET_BYTES / (np.max(1) * 4) / MR * MR)
             .clamp(MB_MIN, MB_MAX)
             .min(b.next_multiple_of(MR));
-        let mut dv = vec![0.0f32; n * kp];
+        let mut dv = Aligned::zeroed(n * kp);
         let mut parts: Vec<Part<'_>> = Vec::with_capacity(bounds.len() - 1);
         let mut rest = &mut dv[..];
         for w in bounds.windows(2) {
@@ -305,9 +305,9 @@ impl CpuBackend {
                 j1,
                 w: wd,
                 ld,
-                strip: vec![0.0; mb * ld],
-                du: vec![0.0; mb * kp],
-                us: vec![0.0; mb * kp],
+                strip: Aligned::zeroed(mb * ld),
+                du: Aligned::zeroed(mb * kp),
+                us: Aligned::zeroed(mb * kp),
                 max: vec![0.0; mb],
                 sum: vec![0.0; mb],
                 diag: vec![None; mb],
@@ -407,6 +407,42 @@ impl CpuBackend {
             .zip(dv.par_chunks(kp))
             .for_each(|(d, s)| d.copy_from_slice(&s[..k]));
         out.loss = (wloss.iter().sum::<f64>() / b as f64) as f32;
+    }
+}
+
+/// A zero-filled f32 buffer whose first element is 64-byte aligned (one
+/// cache line, one zmm register). The kernels' row strides are multiples of
+/// 16 floats, so every vector they load or store is then line-aligned;
+/// `Vec<f32>` only guarantees 4 bytes (large allocations come back at
+/// 16 bytes past a page), which made most 64-byte accesses straddle two
+/// lines. Safe code: the alignment is found with `align_offset` and the
+/// buffer over-allocated by one line.
+pub(crate) struct Aligned {
+    buf: Vec<f32>,
+    off: usize,
+    len: usize,
+}
+
+impl Aligned {
+    /// `len` zeros, starting on a 64-byte boundary.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let buf = vec![0.0f32; len + 16];
+        let off = buf.as_ptr().align_offset(64);
+        assert!(off < 16, "f32 buffer cannot be 64-byte aligned");
+        Self { buf, off, len }
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.off..self.off + self.len]
     }
 }
 
