@@ -29,6 +29,7 @@ mod x86;
 use crate::{Backend, MnsError, MnsInput, MnsOutput, Problem};
 use kernel::{MR, NR, Part, Shared};
 use rayon::prelude::*;
+use simd::Simd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -82,19 +83,19 @@ impl Kernel {
         }
     }
 
-    /// f32 lanes per vector; packed rows are padded to a multiple of it.
-    fn lanes(self) -> usize {
+    /// The kernel's (`Simd::LANES`, `Simd::ROWS`): f32 lanes per vector (packed
+    /// rows are padded to a multiple of it) and micro-kernel rows (the
+    /// interleaving of the packed U), read from its `Simd` implementation.
+    fn lanes_rows(self) -> (usize, usize) {
         match self {
-            Kernel::Avx512 => 16,
-            Kernel::Portable | Kernel::Avx2Fma => 8,
-        }
-    }
-
-    /// Rows of the kernel's micro-kernels (its `Simd::ROWS`).
-    fn rows(self) -> usize {
-        match self {
-            Kernel::Avx512 => 12,
-            Kernel::Portable | Kernel::Avx2Fma => 6,
+            Kernel::Portable => (portable::Portable::LANES, portable::Portable::ROWS),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => (x86::Avx2::LANES, x86::Avx2::ROWS),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => (x86::Avx512::LANES, x86::Avx512::ROWS),
+            // Never run off x86-64 (with_kernel refuses them); any width works.
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2Fma | Kernel::Avx512 => (8, 6),
         }
     }
 
@@ -209,14 +210,14 @@ impl CpuBackend {
 
     fn compute(&self, p: &Problem<'_>, out: &mut MnsOutput) {
         let (b, n, k) = (p.b, p.n, p.k);
-        let kp = k.next_multiple_of(self.kernel.lanes());
+        let (lanes, rows) = self.kernel.lanes_rows();
+        let kp = k.next_multiple_of(lanes);
         let np = n.next_multiple_of(NR);
 
         let mut up = Aligned::zeroed(b * kp);
         let mut vp = Aligned::zeroed(n * kp);
         let mut vt = Aligned::zeroed(np * kp);
         pad_rows(p.u, k, &mut up, kp);
-        let rows = self.kernel.rows();
         let mut ug = Aligned::zeroed(b.next_multiple_of(rows) * kp);
         ug.par_chunks_mut(kp * rows)
             .enumerate()
