@@ -19,6 +19,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mixneg::synthetic::Synthetic;
+use mixneg::train::tower::{matmul, matmul_at_b};
 use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, ReferenceBackend};
 use std::hint::black_box;
 
@@ -49,80 +50,12 @@ impl ThreeMm {
         }
     }
 
-    fn run(&mut self, u: &[f32], v: &[f32], b: usize, n: usize, k: usize, threads: usize) {
-        let par = gemm::Parallelism::Rayon(threads);
-        let (ni, ki) = (n as isize, k as isize);
-        // SAFETY: every pointer covers the matrix its strides describe:
-        // S B×N (row stride N), U B×K (row stride K), V N×K (row stride K),
-        // dU B×K, dV N×K; the three destinations do not alias any source.
-        unsafe {
-            // S = U·Vᵀ: rhs Vᵀ is K×N with element (c, j) at V[j·K + c].
-            gemm::gemm(
-                b,
-                n,
-                k,
-                self.s.as_mut_ptr(),
-                1,
-                ni,
-                false,
-                u.as_ptr(),
-                1,
-                ki,
-                v.as_ptr(),
-                ki,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-            // dU = S·V.
-            gemm::gemm(
-                b,
-                k,
-                n,
-                self.du.as_mut_ptr(),
-                1,
-                ki,
-                false,
-                self.s.as_ptr(),
-                1,
-                ni,
-                v.as_ptr(),
-                1,
-                ki,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-            // dV = Sᵀ·U: lhs Sᵀ is N×B with element (j, i) at S[i·N + j].
-            gemm::gemm(
-                n,
-                k,
-                b,
-                self.dv.as_mut_ptr(),
-                1,
-                ki,
-                false,
-                self.s.as_ptr(),
-                ni,
-                1,
-                u.as_ptr(),
-                1,
-                ki,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+    /// Through the trainer's `gemm` wrappers (safe, asserted extents,
+    /// rayon's current pool).
+    fn run(&mut self, u: &[f32], v: &[f32], b: usize, n: usize, k: usize) {
+        matmul(b, n, k, u, v, true, &mut self.s); // S = U·Vᵀ
+        matmul(b, k, n, &self.s, v, false, &mut self.du); // dU = S·V
+        matmul_at_b(b, n, k, &self.s, u, &mut self.dv); // dV = Sᵀ·U
     }
 }
 
@@ -131,7 +64,7 @@ fn check_three_mm() {
     let (b, n, k) = (3, 5, 4);
     let d = Synthetic::new(b, n - b, k, 7);
     let mut mm = ThreeMm::new(b, n, k);
-    mm.run(&d.u, &d.v, b, n, k, 1);
+    mm.run(&d.u, &d.v, b, n, k);
     let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f32>();
     for i in 0..b {
         for j in 0..n {
@@ -167,7 +100,6 @@ fn bench(c: &mut Criterion) {
         Err(why) => eprintln!("skipping cuda: {why}"),
     }
     let small = std::env::var("MIXNEG_BENCH_SHAPES").as_deref() == Ok("small");
-    let threads = rayon::current_num_threads();
     for (b, bp, k) in SHAPES
         .into_iter()
         .take(if small { 2 } else { SHAPES.len() })
@@ -197,7 +129,7 @@ fn bench(c: &mut Criterion) {
         g.sample_size(10);
         let mut mm = ThreeMm::new(b, n, k);
         g.bench_function("ceiling", |bench| {
-            bench.iter(|| mm.run(black_box(&d.u), black_box(&d.v), b, n, k, threads))
+            bench.iter(|| mm.run(black_box(&d.u), black_box(&d.v), b, n, k))
         });
         g.finish();
     }

@@ -482,30 +482,22 @@ fn run_phase(
             kernel::phase_b::<portable::Portable>(sh, part, i0, r)
         },
         #[cfg(target_arch = "x86_64")]
-        (Kernel::Avx2Fma, phase) => {
+        (Kernel::Avx2Fma | Kernel::Avx512, phase) => {
             assert!(
-                Kernel::Avx2Fma.is_available(),
-                "AVX2+FMA kernel chosen on a CPU without it"
+                kernel.is_available(),
+                "{} kernel chosen on a CPU without it",
+                kernel.name()
             );
-            match phase {
-                // SAFETY: AVX2 and FMA were detected on this CPU just above.
-                Phase::A => unsafe { x86::phase_a_avx2_fma(sh, part, i0, r) },
-                // SAFETY: as above.
-                Phase::B => unsafe { x86::phase_b_avx2_fma(sh, part, i0, r) },
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Kernel::Avx512, phase) => {
-            assert!(
-                Kernel::Avx512.is_available(),
-                "AVX-512 kernel chosen on a CPU without it"
-            );
-            match phase {
-                // SAFETY: AVX-512F was detected on this CPU just above.
-                Phase::A => unsafe { x86::phase_a_avx512(sh, part, i0, r) },
-                // SAFETY: as above.
-                Phase::B => unsafe { x86::phase_b_avx512(sh, part, i0, r) },
-            }
+            type Entry = unsafe fn(&Shared<'_>, &mut Part<'_>, usize, usize);
+            let entry: Entry = match (kernel, phase) {
+                (Kernel::Avx512, Phase::A) => x86::phase_a_avx512,
+                (Kernel::Avx512, Phase::B) => x86::phase_b_avx512,
+                (_, Phase::A) => x86::phase_a_avx2_fma,
+                (_, Phase::B) => x86::phase_b_avx2_fma,
+            };
+            // SAFETY: `entry` is compiled for `kernel`'s instruction set,
+            // which was detected on this CPU just above.
+            unsafe { entry(sh, part, i0, r) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         (Kernel::Avx2Fma | Kernel::Avx512, _) => {

@@ -130,7 +130,7 @@ pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool,
 }
 
 /// C (k×n) = Aᵀ · B with A m×k and B m×n, row-major.
-fn matmul_at_b(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+pub fn matmul_at_b(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     gemm_strided(k, n, m, a, k as isize, 1, b, 1, n as isize, c)
 }
 
