@@ -43,6 +43,28 @@ impl Backend for ReferenceBackend {
     }
 }
 
+/// Relative L2 error of a result against a reference,
+/// ‖got − want‖₂ / ‖want‖₂, in f64 (the absolute ‖got − want‖₂ when
+/// `want` is all zeros). `want` may be the f64 reference or an f32 output.
+///
+/// ```
+/// use mixneg::reference::rel_l2_error;
+/// assert_eq!(rel_l2_error(&[3.0, 4.0], &[3.0f64, 4.0]), 0.0);
+/// assert_eq!(rel_l2_error(&[0.0, 5.0], &[3.0f32, 4.0]), 10f64.sqrt() / 5.0);
+/// assert_eq!(rel_l2_error(&[3.0, 4.0], &[0.0f64, 0.0]), 5.0);
+/// ```
+pub fn rel_l2_error<T: Copy + Into<f64>>(got: &[f32], want: &[T]) -> f64 {
+    assert_eq!(got.len(), want.len(), "rel_l2_error: lengths differ");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w.into()).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = want.iter().map(|&w| w.into().powi(2)).sum::<f64>().sqrt();
+    if den > 0.0 { num / den } else { num }
+}
+
 /// The fused MNS loss in f64, materializing the logits.
 pub fn mns_loss_f64(input: &MnsInput<'_>) -> Result<MnsOutput<f64>, MnsError> {
     let p = input.validate()?;

@@ -261,15 +261,7 @@ fn demo(
             .ids(&data.ids);
         let want = mixneg::reference::mns_loss_f64(&sub)?;
         let got = cpu.mns_loss(&sub)?;
-        let rel = |g: &[f32], w: &[f64]| {
-            let num: f64 = g
-                .iter()
-                .zip(w)
-                .map(|(&a, &b)| (a as f64 - b).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            num / w.iter().map(|x| x * x).sum::<f64>().sqrt()
-        };
+        let rel = mixneg::reference::rel_l2_error::<f64>;
         println!(
             "  vs f64 reference (B = {bs}): loss {:.1e}, d_u {:.1e}, d_v {:.1e}, lse {:.1e} relative error",
             ((got.loss as f64 - want.loss) / want.loss).abs(),

@@ -445,16 +445,7 @@ fn write_csv(f: &mut Option<std::fs::File>, r: &EpochReport) -> Result<(), Strin
 
 /// Largest relative L2 error over loss, d_u, d_v (f32 result vs f64 reference).
 fn max_rel_error(got: &MnsOutput, want: &MnsOutput) -> f64 {
-    let rel = |a: &[f32], b: &[f32]| {
-        let num: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
-        if den > 0.0 { num / den } else { num }
-    };
+    let rel = crate::reference::rel_l2_error::<f32>;
     let l = ((got.loss - want.loss) as f64).abs() / (want.loss as f64).abs().max(1e-12);
     l.max(rel(&got.d_u, &want.d_u))
         .max(rel(&got.d_v, &want.d_v))
