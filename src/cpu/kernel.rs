@@ -37,7 +37,7 @@
 //! Every sum runs in a fixed order, independent of which thread runs which
 //! part: results are bit-for-bit reproducible.
 
-use super::simd::{Simd, exp};
+use super::simd::{Simd, exp, prefetch};
 
 /// Row blocks are multiples of this many queries: every instruction set's
 /// micro-kernel height [`Simd::ROWS`] (6 or 12) divides it.
@@ -326,6 +326,10 @@ unsafe fn strip_tile<S: Simd, const R: usize, const V: usize>(
     unsafe {
         let mut acc = [[S::zero(); V]; R];
         for c in 0..kp {
+            // U streams from L2 (a block's ug fills L1 with the Vᵀ tile beside
+            // it): fetch 8 steps of K ahead; the tail overshoots into the next
+            // row group's lines or past ug, which a prefetch may do.
+            prefetch(a.wrapping_add((c + 8) * S::ROWS));
             let mut bv = [S::zero(); V];
             for (x, &p) in bv.iter_mut().zip(&b) {
                 *x = S::load(p.add(c * NR));
@@ -571,6 +575,14 @@ unsafe fn dv_tile<S: Simd, const C: usize, const V: usize>(
 ) {
     // SAFETY: every offset is inside the ranges of the contract.
     unsafe {
+        // The dV rows are read back only after the r-step loop, and they are
+        // usually out of L2 (a part's dV is N/parts·K floats): ask for their
+        // lines now, so the loads at the end do not stall.
+        for c in 0..C {
+            for q in (0..V * S::LANES).step_by(16) {
+                prefetch(out.add(c * lda + q));
+            }
+        }
         let mut acc = [[S::zero(); V]; C];
         for i in 0..r {
             let mut b = [S::zero(); V];
