@@ -315,8 +315,8 @@ fn deterministic_for_a_fixed_thread_count() {
 }
 
 #[test]
-fn strip_budget_shrinks_the_block_for_large_n() {
-    // N = 300 000 forces row blocks of MB_MIN = 48 rows (past the 16 MiB
+fn cache_budget_shrinks_the_block_for_large_n() {
+    // N = 300 000 forces row blocks of MB_MIN = 48 rows (far past the L2
     // budget): B = 100 is three blocks, each over several column parts.
     let c = random_case(13, 100, 299_900, 8);
     check_case(&Case {
