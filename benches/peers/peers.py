@@ -5,7 +5,11 @@ for bit, see src/synthetic.rs): τ = 0.05, logQ correction on every column,
 accidental hits removed, forward + backward (dL/dU, dL/dV).
 
 usage: peers.py IMPL B BPRIME K [--reps R]
-IMPL: numpy | jax | torch | torch.compile
+IMPL: numpy | jax | torch | torch.compile, or a library's GEMM floor:
+numpy.products | jax.products — only the three products of the loss's
+shapes (S = U·Vᵀ, S·V, Sᵀ·U: the same 6·B·N·K flops, no softmax), i.e. the
+least time that library's BLAS needs for the flops any implementation of the
+loss must do. They print "loss nan" (there is no loss) and are not peers.
 Prints one line: "IMPL: B = .., B' = .., K = ..: loss L, median M ms over R runs".
 Threads: set OMP_NUM_THREADS / XLA_FLAGS / torch threads before calling.
 """
@@ -74,6 +78,29 @@ def run(impl, b, bp, k, reps):
     if impl == "numpy":
         step = lambda: numpy_step(u, v, log_q, hit)  # noqa: E731
         loss_of = lambda r: r[0]  # noqa: E731
+    elif impl == "numpy.products":
+        def step():
+            s = u @ v.T
+            return s @ v, s.T @ u
+
+        loss_of = lambda r: float("nan")  # noqa: E731
+    elif impl == "jax.products":
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def products(u, v):
+            s = u @ v.T
+            return s @ v, s.T @ u
+
+        args = [jnp.asarray(x) for x in (u, v)]
+
+        def step():
+            out = products(*args)
+            jax.block_until_ready(out)
+            return out
+
+        loss_of = lambda r: float("nan")  # noqa: E731
     elif impl == "jax":
         import jax
         import jax.numpy as jnp
