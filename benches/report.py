@@ -79,14 +79,17 @@ def main():
         if pts:
             name = "gemm crate: U·Vᵀ + S·V + Sᵀ·U (ceiling)" if b == "gemm" else f"mixneg {b}"
             a1.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
-    for impl, mk in [("mixneg", "o"), ("numpy", "D"), ("jax", "v"), ("torch", "P"), ("torch.compile", "*")]:
+    for impl, mk in [("mixneg", "o"), ("numpy", "D"), ("jax", "v"), ("torch", "P"), ("torch.compile", "*"),
+                     ("numpy.products", "1"), ("jax.products", "2")]:
         pts = []
         for r in peers:
             s = (int(r["b"]), int(r["b"]) + int(r["b_prime"]), int(r["k"]))
             if r["impl"] == impl and s in shapes:
                 pts.append((shapes.index(s), float(r["gflops"])))
         if pts:
-            label = "mixneg (best kernel), peers' run" if impl == "mixneg" else f"{impl} (peers' run)"
+            label = ("mixneg (best kernel), peers' run" if impl == "mixneg"
+                     else f"{impl[:-9]}: the three products alone (its BLAS floor)" if impl.endswith(".products")
+                     else f"{impl} (peers' run)")
             a1.plot([p[0] for p in pts], [p[1] for p in pts], mk, markersize=9, label=label, fillstyle="none" if impl == "mixneg" else "full")
     a1.set_xticks(list(xs))
     a1.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)

@@ -8,6 +8,11 @@
 #   benches/peers/run.sh            # results in benches/peers/results.csv and a table on stdout
 #   PEERS_SHAPES="4096,4096,64" PEERS_ROUNDS=5 benches/peers/run.sh
 #
+# Beside the peers, each round also times numpy.products and jax.products:
+# that library's BLAS doing only the loss's three products (U·Vᵀ, S·V, Sᵀ·U,
+# the same 6·B·N·K flops, no softmax) — the floor under any implementation of
+# the loss built on it, and so how far "N× faster than the peer" can go.
+#
 # Every shape is measured in PEERS_ROUNDS (default 3) interleaved rounds —
 # mixneg, then each peer, then again — because this kind of shared host
 # drifts by tens of percent over minutes: the table gives the median over
@@ -64,7 +69,7 @@ for shape in $SHAPES; do
         r=$(measure ./target/release/mixneg demo --b "$b" --b-prime "$bp" --k "$k" --reps "$reps" --no-check) || continue
         ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
         echo "$b,$bp,$k,$round,mixneg,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
-        for impl in $IMPLS; do
+        for impl in $IMPLS numpy.products jax.products; do
             r=$(measure "$PY" $HERE/peers.py "$impl" "$b" "$bp" "$k" --reps $(( b >= 16384 ? 2 : 5 ))) || continue
             ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
             echo "$b,$bp,$k,$round,$impl,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
