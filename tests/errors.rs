@@ -292,3 +292,45 @@ fn edge_values_that_are_valid() {
         assert!(out.lse.iter().all(|x| x.is_finite()));
     }
 }
+
+#[test]
+fn first_non_finite_index_in_long_inputs() {
+    // Validation scans in parallel chunks of 32 768 elements; the reported
+    // index must still be the first bad one, and the largest row norm (for
+    // the magnitude bounds) must not depend on the split.
+    let k = 3;
+    let (b, n) = (40_000, 40_000);
+    let u = vec![0.5f32; b * k];
+    let mut v = vec![0.25f32; n * k];
+    let lq = vec![-1.0f32; n];
+    for (i, bad) in [
+        (110_000, f32::NAN),
+        (70_001, f32::INFINITY),
+        (40_000, f32::NEG_INFINITY),
+    ] {
+        v[i] = bad;
+    }
+    let e = MnsInput::new(&u, &v, &lq, k).validate().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MnsError::NonFinite {
+                name: "v",
+                index: 40_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // One huge element in the last row of V sets the bound (|v| = 1e35, so
+    // the dot-product bound √3·1e35 passes the 1e30 limit) and is reported.
+    let mut v = vec![0.25f32; n * k];
+    v[n * k - 2] = 1e35;
+    let e = MnsInput::new(&u, &v, &lq, k).validate().unwrap_err();
+    match e {
+        MnsError::Magnitude { max_v_norm, .. } => {
+            assert!((max_v_norm / 1e35 - 1.0).abs() < 1e-6, "{max_v_norm}")
+        }
+        e => panic!("expected a magnitude error, got {e}"),
+    }
+}

@@ -609,10 +609,13 @@ impl Backend for CpuBackend {
     }
 
     fn mns_loss_into(&self, input: &MnsInput<'_>, out: &mut MnsOutput) -> Result<(), MnsError> {
-        let p = input.validate()?;
-        out.check_shape(p.b, p.n, p.k)?;
-        // The whole call (packing included) runs on this backend's pool.
-        self.in_pool(|| self.compute(&p, out));
-        Ok(())
+        // The whole call (validation and packing included) runs on this
+        // backend's pool.
+        self.in_pool(|| {
+            let p = input.validate()?;
+            out.check_shape(p.b, p.n, p.k)?;
+            self.compute(&p, out);
+            Ok(())
+        })
     }
 }
