@@ -150,7 +150,8 @@ impl Kernel {
 /// V, the dV accumulator and the row block's strips, about
 /// (2·B + 3·N)·K + 48..96·N floats — and reuses it when a later call fits,
 /// so that a training loop does not allocate and page-fault them in every
-/// step (measured: 8% of a call at (4096, 4096, 128)). Clones share it;
+/// step (the page faults alone were ~3% of a call's CPU time at
+/// (4096, 4096, 128); BENCHMARKS.md item 17). Clones share it;
 /// concurrent calls each get their own. [`CpuBackend::release_scratch`]
 /// frees it.
 #[derive(Debug, Clone)]
@@ -358,85 +359,82 @@ impl CpuBackend {
         let inv_b_tau = 1.0 / (b as f64 * p.temperature as f64);
         let mut wloss = vec![0.0f64; b];
         let mut gdiag = vec![0.0f32; mb];
-        {
-            for i0 in (0..b).step_by(mb) {
-                let r = mb.min(b - i0);
-                parts
-                    .par_iter_mut()
-                    .with_max_len(1)
-                    .for_each(|part| run_phase(kernel, Phase::A, &sh, part, i0, r));
-                // Merge the parts' row statistics, in part order.
-                for (rr, gd) in gdiag[..r].iter_mut().enumerate() {
-                    let i = i0 + rr;
-                    let s_ii = parts
-                        .iter()
-                        .find_map(|q| q.diag[rr])
-                        .expect("column i < B lies in some part")
-                        as f64;
-                    let m_off = parts
-                        .iter()
-                        .fold(f64::NEG_INFINITY, |m, q| m.max(q.max[rr] as f64));
-                    let m = m_off.max(s_ii);
-                    let so: f64 = parts
-                        .iter()
-                        .filter(|q| q.max[rr] > f32::NEG_INFINITY)
-                        .map(|q| q.sum[rr] as f64 * (q.max[rr] as f64 - m).exp())
-                        .sum();
-                    let e_ii = (s_ii - m).exp();
-                    let sum = e_ii + so;
-                    let lse = m + sum.ln();
-                    // ln(1 + Σ′/e_ii) is exact to rounding even when the positive
-                    // dominates; when e_ii underflows the difference has no cancellation.
-                    let loss = if e_ii > 1e-300 {
-                        (so / e_ii).ln_1p()
+        for i0 in (0..b).step_by(mb) {
+            let r = mb.min(b - i0);
+            parts
+                .par_iter_mut()
+                .with_max_len(1)
+                .for_each(|part| run_phase(kernel, Phase::A, &sh, part, i0, r));
+            // Merge the parts' row statistics, in part order.
+            for (rr, gd) in gdiag[..r].iter_mut().enumerate() {
+                let i = i0 + rr;
+                let s_ii = parts
+                    .iter()
+                    .find_map(|q| q.diag[rr])
+                    .expect("column i < B lies in some part") as f64;
+                let m_off = parts
+                    .iter()
+                    .fold(f64::NEG_INFINITY, |m, q| m.max(q.max[rr] as f64));
+                let m = m_off.max(s_ii);
+                let so: f64 = parts
+                    .iter()
+                    .filter(|q| q.max[rr] > f32::NEG_INFINITY)
+                    .map(|q| q.sum[rr] as f64 * (q.max[rr] as f64 - m).exp())
+                    .sum();
+                let e_ii = (s_ii - m).exp();
+                let sum = e_ii + so;
+                let lse = m + sum.ln();
+                // ln(1 + Σ′/e_ii) is exact to rounding even when the positive
+                // dominates; when e_ii underflows the difference has no cancellation.
+                let loss = if e_ii > 1e-300 {
+                    (so / e_ii).ln_1p()
+                } else {
+                    lse - s_ii
+                };
+                let w = p.weight(i) as f64;
+                let c = w * inv_b_tau / sum;
+                for q in parts.iter_mut() {
+                    q.coef[rr] = if q.max[rr] > f32::NEG_INFINITY {
+                        (c * (q.max[rr] as f64 - m).exp()) as f32
                     } else {
-                        lse - s_ii
+                        0.0
                     };
-                    let w = p.weight(i) as f64;
-                    let c = w * inv_b_tau / sum;
-                    for q in parts.iter_mut() {
-                        q.coef[rr] = if q.max[rr] > f32::NEG_INFINITY {
-                            (c * (q.max[rr] as f64 - m).exp()) as f32
-                        } else {
-                            0.0
-                        };
-                    }
-                    *gd = (-c * so) as f32;
-                    out.lse[i] = lse as f32;
-                    out.row_loss[i] = loss as f32;
-                    out.top1[i] = s_ii >= m_off;
-                    wloss[i] = w * loss;
                 }
-                parts
-                    .par_iter_mut()
-                    .with_max_len(1)
-                    .for_each(|part| run_phase(kernel, Phase::B, &sh, part, i0, r));
-                // dU rows: the parts' shares in part order, plus the diagonal term.
-                for (rr, &gd) in gdiag[..r].iter().enumerate() {
-                    let i = i0 + rr;
-                    let du = &mut out.d_u[i * k..(i + 1) * k];
+                *gd = (-c * so) as f32;
+                out.lse[i] = lse as f32;
+                out.row_loss[i] = loss as f32;
+                out.top1[i] = s_ii >= m_off;
+                wloss[i] = w * loss;
+            }
+            parts
+                .par_iter_mut()
+                .with_max_len(1)
+                .for_each(|part| run_phase(kernel, Phase::B, &sh, part, i0, r));
+            // dU rows: the parts' shares in part order, plus the diagonal term.
+            for (rr, &gd) in gdiag[..r].iter().enumerate() {
+                let i = i0 + rr;
+                let du = &mut out.d_u[i * k..(i + 1) * k];
+                du.iter_mut()
+                    .zip(&p.v[i * k..(i + 1) * k])
+                    .for_each(|(x, &v)| *x = gd * v);
+                for q in parts.iter() {
+                    let cq = q.coef[rr];
                     du.iter_mut()
-                        .zip(&p.v[i * k..(i + 1) * k])
-                        .for_each(|(x, &v)| *x = gd * v);
-                    for q in parts.iter() {
-                        let cq = q.coef[rr];
-                        du.iter_mut()
-                            .zip(&q.du[rr * kp..])
-                            .for_each(|(x, &y)| *x += cq * y);
-                    }
+                        .zip(&q.du[rr * kp..])
+                        .for_each(|(x, &y)| *x += cq * y);
                 }
-                // The diagonal's dV term, G_ii/τ·U_i, into row i of the dV accumulator.
-                for (rr, &gd) in gdiag[..r].iter().enumerate() {
-                    let i = i0 + rr;
-                    let q = parts
-                        .iter_mut()
-                        .find(|q| (q.j0..q.j1).contains(&i))
-                        .expect("i < N");
-                    let row = &mut q.dv[(i - q.j0) * kp..(i - q.j0) * kp + k];
-                    row.iter_mut()
-                        .zip(&p.u[i * k..(i + 1) * k])
-                        .for_each(|(x, &u)| *x += gd * u);
-                }
+            }
+            // The diagonal's dV term, G_ii/τ·U_i, into row i of the dV accumulator.
+            for (rr, &gd) in gdiag[..r].iter().enumerate() {
+                let i = i0 + rr;
+                let q = parts
+                    .iter_mut()
+                    .find(|q| (q.j0..q.j1).contains(&i))
+                    .expect("i < N");
+                let row = &mut q.dv[(i - q.j0) * kp..(i - q.j0) * kp + k];
+                row.iter_mut()
+                    .zip(&p.u[i * k..(i + 1) * k])
+                    .for_each(|(x, &u)| *x += gd * u);
             }
         }
         scratch.parts = parts.into_iter().map(|q| [q.strip, q.du, q.us]).collect();
