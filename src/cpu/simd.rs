@@ -40,6 +40,15 @@ pub(crate) trait Simd: Copy {
     unsafe fn pow2i(self) -> Self;
     /// Lanes where `x < thr` become +0, the others keep `self`.
     unsafe fn zero_where_below(self, x: Self, thr: f32) -> Self;
+    /// self·2^r (r integral in [−126, 127]) where `x ≥ thr`, +0 where
+    /// `x < thr`: the last step of [`exp`]. Exact (a product with a power of
+    /// two), so every implementation gives the same bits; AVX-512 overrides
+    /// it with one masked `vscalefps`.
+    #[inline(always)]
+    unsafe fn ldexp_or_zero(self, r: Self, x: Self, thr: f32) -> Self {
+        // SAFETY: the trait's contract, passed on.
+        unsafe { self.mul(r.pow2i()).zero_where_below(x, thr) }
+    }
     unsafe fn reduce_max(self) -> f32;
     unsafe fn reduce_sum(self) -> f32;
 }
@@ -78,7 +87,7 @@ pub(crate) unsafe fn exp<S: Simd>(x: S) -> S {
             p = p.fma(f, S::splat(c));
         }
         let y = p.fma(f.mul(f), f.add(S::splat(1.0)));
-        y.mul(r.pow2i()).zero_where_below(x, EXP_LO)
+        y.ldexp_or_zero(r, x, EXP_LO)
     }
 }
 

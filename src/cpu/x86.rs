@@ -232,6 +232,16 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    unsafe fn ldexp_or_zero(self, r: Self, x: Self, thr: f32) -> Self {
+        // SAFETY: see the impl comment. vscalefps computes self·2^floor(r),
+        // rounded once: for the integral r of the contract that is the exact
+        // product the default method forms with pow2i and a multiply.
+        unsafe {
+            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x.0, _mm512_set1_ps(thr));
+            Self(_mm512_maskz_scalef_ps(keep, self.0, r.0))
+        }
+    }
+    #[inline(always)]
     unsafe fn reduce_max(self) -> f32 {
         // SAFETY: see the impl comment.
         unsafe { _mm512_reduce_max_ps(self.0) }
@@ -264,4 +274,80 @@ pub(crate) unsafe fn phase_a_avx512(sh: &Shared<'_>, part: &mut Part<'_>, i0: us
 pub(crate) unsafe fn phase_b_avx512(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
     // SAFETY: the caller guarantees AVX-512F, which is Avx512's whole contract.
     unsafe { phase_b::<Avx512>(sh, part, i0, r) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Avx2, Avx512};
+    use crate::cpu::simd::{Simd, exp};
+
+    /// exp of 16 values with AVX-512 and with AVX2 (two halves).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn both(x: &[f32; 16]) -> ([f32; 16], [f32; 16]) {
+        let (mut a, mut b) = ([0f32; 16], [0f32; 16]);
+        // SAFETY: the caller checked AVX-512F, AVX2 and FMA; every pointer
+        // covers 16 (or two halves of 8) f32.
+        unsafe {
+            exp(Avx512::load(x.as_ptr())).store(a.as_mut_ptr());
+            for h in 0..2 {
+                exp(Avx2::load(x[8 * h..].as_ptr())).store(b[8 * h..].as_mut_ptr());
+            }
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn avx512_exp_matches_avx2_bit_for_bit_and_f64_within_2_ulp() {
+        if !(is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma"))
+        {
+            // To the stderr handle: libtest captures only the print macros.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping: this CPU lacks AVX-512F or AVX2+FMA"
+            );
+            return;
+        }
+        // Every f32 step near the underflow threshold (results down to
+        // subnormal 2^−126·y), a dense sweep of [−104, 0], and the edges.
+        let mut xs: Vec<f32> = (0..200_000)
+            .map(|i| -104.0 * i as f32 / 200_000.0)
+            .collect();
+        let lo = -87.336_54f32;
+        let mut t = lo - 64.0 * f32::EPSILON * 87.0;
+        while t < lo + 64.0 * f32::EPSILON * 87.0 {
+            xs.push(t);
+            t = f32::from_bits(t.to_bits() - 1); // toward zero (negative numbers)
+        }
+        xs.extend([
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            f32::MIN,
+            -1e-30,
+            -0.5 * std::f32::consts::LN_2,
+        ]);
+        xs.resize(xs.len().next_multiple_of(16), 0.0);
+        for c in xs.chunks_exact(16) {
+            let c: &[f32; 16] = c.try_into().unwrap();
+            // SAFETY: the features were detected above.
+            let (a, b) = unsafe { both(c) };
+            for ((&x, &a), &b) in c.iter().zip(&a).zip(&b) {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "exp({x:e}): avx512 {a:e}, avx2 {b:e}"
+                );
+                let want = (x as f64).exp();
+                if x < lo {
+                    assert_eq!(a, 0.0, "exp({x:e}) below the cut-off must be 0");
+                } else if want >= f32::MIN_POSITIVE as f64 {
+                    let ulp = (want as f32).to_bits().abs_diff(a.to_bits());
+                    assert!(ulp <= 2, "exp({x:e}) = {a:e}, f64 {want:e}: {ulp} ulp");
+                }
+            }
+        }
+    }
 }
