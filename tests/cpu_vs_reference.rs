@@ -341,15 +341,19 @@ fn kept_scratch_gives_the_bits_of_a_fresh_backend() {
     // calls (zeroing them). A call after a larger one, whose leftovers fill
     // the padding (K = 17 after K = 64: 15 padding columns per row; N not a
     // multiple of 16 after one that is), must not see them: every result is
-    // compared bit for bit with a fresh backend's. Clones share the scratch
-    // and are called from several threads at once.
+    // compared bit for bit with a fresh backend's. The first case is large
+    // enough (2000 × 128 packed V) that the next one replaces its buffers
+    // instead of keeping them (more than 4× too large). Clones share the
+    // scratch and are called from several threads at once.
     let cases = [
+        random_case(25, 600, 1400, 128),
         random_case(20, 130, 382, 64),
         random_case(21, 7, 23, 17),
         random_case(22, 1, 0, 1),
         random_case(23, 200, 57, 40),
         random_case(24, 60, 131, 65),
         random_case(20, 130, 382, 64),
+        random_case(25, 600, 1400, 128),
     ];
     for be in cpu_paths() {
         let fresh = |c: &Case| {

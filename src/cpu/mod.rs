@@ -148,7 +148,8 @@ impl Kernel {
 ///
 /// The backend keeps the scratch of its calls — the packed copies of U and
 /// V, the dV accumulator and the row block's strips, about
-/// (2·B + 3·N)·K + 48..96·N floats — and reuses it when a later call fits,
+/// (2·B + 3·N)·K + 48..96·N floats — and reuses it when a later call fits
+/// (a buffer more than 4× too large is freed and replaced instead),
 /// so that a training loop does not allocate and page-fault them in every
 /// step (the page faults alone were ~3% of a call's CPU time at
 /// (4096, 4096, 128); BENCHMARKS.md item 17). Clones share it;
@@ -471,9 +472,13 @@ impl Aligned {
     }
 
     /// `len` zeros, in this buffer's memory if it is large enough (zeroed in
-    /// parallel, already paged in), else in a new one (this one freed first).
+    /// parallel, already paged in) but not more than 4× too large (so that
+    /// one huge call does not pin its memory behind later small ones), else
+    /// in a new one (this one freed first).
     pub(crate) fn recycle(self, len: usize) -> Self {
-        if self.buf.len() >= len + 16 {
+        let fits = self.buf.len() >= len + 16;
+        let oversized = self.buf.len() > 4 * (len + 16) + (1 << 16);
+        if fits && !oversized {
             // `off` (< 16) still aligns the same allocation; off + len fits.
             let mut a = Self { len, ..self };
             a.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
