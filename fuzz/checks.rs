@@ -48,9 +48,21 @@ pub fn api(data: &[u8]) {
         x = x.ids(&ids);
     }
     let want = ReferenceBackend.mns_loss(&x);
-    for kern in Kernel::ALL {
-        let Ok(be) = CpuBackend::with_kernel(kern) else { continue };
+    // One backend per kernel for the whole fuzzing run: it keeps its scratch
+    // from input to input (other shapes, other padding), and must give the
+    // bits of a fresh backend every time.
+    static KEPT: std::sync::OnceLock<Vec<CpuBackend>> = std::sync::OnceLock::new();
+    let kept = KEPT.get_or_init(|| Kernel::ALL.into_iter().filter_map(|k| CpuBackend::with_kernel(k).ok()).collect());
+    let bits = |r: &Result<mixneg::MnsOutput, mixneg::MnsError>| -> Result<Vec<u32>, String> {
+        match r {
+            Ok(o) => Ok([o.loss].iter().chain(&o.d_u).chain(&o.d_v).chain(&o.lse).chain(&o.row_loss).map(|x| x.to_bits()).collect()),
+            Err(e) => Err(format!("{e}")),
+        }
+    };
+    for kept_be in kept {
+        let be = CpuBackend::with_kernel(kept_be.kernel()).expect("available when KEPT was built");
         let got = be.mns_loss(&x);
+        assert_eq!(bits(&got), bits(&kept_be.mns_loss(&x)), "kept scratch changed the result ({})", be.name());
         match (&want, &got) {
             (Err(a), Err(c)) => assert_eq!(format!("{a}"), format!("{c}")),
             (Ok(_), Ok(o)) => {

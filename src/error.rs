@@ -69,7 +69,8 @@ pub enum MnsError {
     /// Inputs so large that logits or gradients could overflow f32.
     #[error(
         "inputs too large for f32: {what} may reach {bound:e} \
-         (limit {limit:e}; max |u_i| = {max_u_norm:e}, max |v_j| = {max_v_norm:e}, temperature = {temperature})"
+         (limit {limit:e}; max |u_i| = {max_u_norm:e}, max |v_j| = {max_v_norm:e}, \
+         max row weight = {max_weight:e}, temperature = {temperature})"
     )]
     Magnitude {
         /// Which quantity could overflow.
@@ -82,6 +83,8 @@ pub enum MnsError {
         max_u_norm: f64,
         /// Largest Euclidean norm of a row of v.
         max_v_norm: f64,
+        /// Largest row weight (1 without weights).
+        max_weight: f64,
         /// τ.
         temperature: f32,
     },

@@ -156,10 +156,16 @@ impl<'a> MnsInput<'a> {
         // The CPU kernel sums e_ij·v_j (e_ij ≤ 1) before scaling by the row's
         // coefficient (found by the fuzzer: |v| = 2e38 with all weights 0).
         let sum_bound = n as f64 * max_v;
+        // The kernels scale each row by w_i·e^{m_p − m}/(B·τ·Σ) ≤ w_max/(B·τ)
+        // (Σ ≥ 1: the row's max term is e^0) in f32 before it meets the tiny
+        // embeddings that keep the gradient itself finite (found by the
+        // fuzzer: w = 7e24, τ = 2e-18, |u| = 2e-18 gave NaN in d_u).
+        let coef_bound = max_w / (b as f64 * tau);
         for (what, bound) in [
             ("a dot product", dot_bound),
             ("a sum over candidates", sum_bound),
             ("a logit", logit_bound),
+            ("a row's gradient coefficient w/(B·τ)", coef_bound),
             ("a gradient element", grad_bound),
             ("the weighted loss", loss_bound),
         ] {
@@ -170,6 +176,7 @@ impl<'a> MnsInput<'a> {
                     limit: MAGNITUDE_LIMIT,
                     max_u_norm: max_u,
                     max_v_norm: max_v,
+                    max_weight: max_w,
                     temperature: t,
                 });
             }

@@ -230,6 +230,27 @@ fn logits_that_could_overflow_f32() {
         ),
         "{e}"
     );
+    // Large weights over tiny τ: every product and the gradient itself stay
+    // finite (|u| = |v| ~ 2e-18), but the row coefficient w/(B·τ) ~ 1e42 does
+    // not fit f32 (found by the fuzzer; the CPU kernels returned NaN in d_u).
+    let (u, v, lq, w) = (
+        [2.2e-18f32; 2],
+        [2.2e-18f32; 2],
+        [2.2e-18f32, 4.8e-23],
+        [7.4e24f32, 1.7e-38],
+    );
+    let x = MnsInput::new(&u, &v, &lq, 1)
+        .temperature(2.2e-18)
+        .row_weight(&w);
+    let e = x.validate().unwrap_err();
+    assert!(
+        matches!(e, MnsError::Magnitude { what, max_weight, .. }
+            if what.contains("coefficient") && (max_weight / 7.4e24 - 1.0).abs() < 1e-6),
+        "{e}"
+    );
+    for be in backends() {
+        assert!(be.mns_loss(&x).is_err(), "{}", be.name());
+    }
     // Tiny τ can do the same to moderate embeddings.
     let g = good();
     let e = MnsInput::new(&g.u, &g.v, &g.lq, 2)
