@@ -214,18 +214,13 @@ fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), MnsE
 const CHUNK: usize = 1 << 15;
 
 fn check_finite(name: &'static str, xs: &[f32]) -> Result<(), MnsError> {
-    // The first non-finite element (position_first: the same index whatever
+    // The first non-finite element (find_map_first: the same index whatever
     // the scheduling).
-    match xs
-        .par_chunks(CHUNK)
-        .enumerate()
-        .filter_map(|(c, xs)| {
-            xs.iter()
-                .position(|x| !x.is_finite())
-                .map(|i| c * CHUNK + i)
-        })
-        .find_first(|_| true)
-    {
+    match xs.par_chunks(CHUNK).enumerate().find_map_first(|(c, xs)| {
+        xs.iter()
+            .position(|x| !x.is_finite())
+            .map(|i| c * CHUNK + i)
+    }) {
         None => Ok(()),
         Some(index) => Err(MnsError::NonFinite {
             name,

@@ -297,20 +297,30 @@ fn forced_x86_kernels_really_run() {
     );
 }
 
+/// Every output's bit pattern (loss, d_u, d_v, lse), for bit-for-bit checks.
+fn output_bits(o: &MnsOutput) -> Vec<u32> {
+    [o.loss]
+        .into_iter()
+        .chain(o.d_u.iter().copied())
+        .chain(o.d_v.iter().copied())
+        .chain(o.lse.iter().copied())
+        .map(f32::to_bits)
+        .collect()
+}
+
 #[test]
 fn deterministic_for_a_fixed_thread_count() {
     let c = random_case(12, 300, 700, 33);
     for be in cpu_paths() {
         let a = be.mns_loss(&c.input()).unwrap();
         let b = be.mns_loss(&c.input()).unwrap();
-        let bits = |o: &MnsOutput| -> Vec<u32> {
-            std::iter::once(o.loss)
-                .chain(o.d_u.iter().copied())
-                .chain(o.d_v.iter().copied())
-                .map(f32::to_bits)
-                .collect()
-        };
-        assert_eq!(bits(&a), bits(&b), "{} x{}", be.name(), be.threads());
+        assert_eq!(
+            output_bits(&a),
+            output_bits(&b),
+            "{} x{}",
+            be.name(),
+            be.threads()
+        );
     }
 }
 
@@ -323,16 +333,6 @@ fn cache_budget_shrinks_the_block_for_large_n() {
         name: "large N".into(),
         ..c
     });
-}
-
-fn output_bits(o: &MnsOutput) -> Vec<u32> {
-    [o.loss]
-        .into_iter()
-        .chain(o.d_u.iter().copied())
-        .chain(o.d_v.iter().copied())
-        .chain(o.lse.iter().copied())
-        .map(f32::to_bits)
-        .collect()
 }
 
 #[test]

@@ -579,6 +579,7 @@ unsafe fn dv_tile<S: Simd, const C: usize, const V: usize>(
         // usually out of L2 (a part's dV is N/parts·K floats): ask for their
         // lines now, so the loads at the end do not stall.
         for c in 0..C {
+            // One prefetch per 64-byte line (16 floats).
             for q in (0..V * S::LANES).step_by(16) {
                 prefetch(out.add(c * lda + q));
             }
