@@ -18,7 +18,7 @@
 //! column-tiled and panel-transposed), one N×K dV accumulator, and the
 //! strips of one row block, `mb × N` floats with `mb` (between [`MB_MIN`]
 //! and 96 rows) chosen so that each worker's share of them and one part's
-//! packed rows fit [`L2_BUDGET_BYTES`].
+//! packed rows fit one core's L2 ([`l2_budget_bytes`]).
 //! Nothing is proportional to B·N.
 
 mod kernel;
@@ -34,24 +34,67 @@ use simd::Simd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The per-worker cache budget where the L2 size cannot be read (see
+/// [`l2_budget_bytes`]): 2 MiB, the L2 of the machine the rule was measured on.
+pub const L2_BUDGET_BYTES: usize = 2 << 20;
+
 /// Per-worker cache budget that sets the row-block height: a worker's
 /// strips of one block (mb × N/threads floats) plus the packed Vᵀ, V and dV
 /// rows of the part it is working on (3 × part width × K_pad floats) should
-/// stay within it — the size of one core's L2 on the machines we measure
-/// (2 MiB). Taller blocks than that evict the strip between the phases
-/// (measured at (4096, 4096, 128): 96-row blocks 5–7% slower than 48).
-pub const L2_BUDGET_BYTES: usize = 2 << 20;
+/// stay within it. Taller blocks than that evict the strip between the
+/// phases (measured at (4096, 4096, 128) with a 2 MiB L2: 96-row blocks
+/// 5–7% slower than 48).
+///
+/// It is the size of one core's L2 as Linux reports it (the level-2 data or
+/// unified cache in `/sys/devices/system/cpu/cpu0/cache/`), clamped to
+/// 256 KiB ..= 8 MiB, or [`L2_BUDGET_BYTES`] where that cannot be read (other
+/// systems). Read once per process. Only the block height depends on it, never
+/// a result's bits beyond what the block height changes (each sum runs in a
+/// fixed order for a given height).
+pub fn l2_budget_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        l2_from_sysfs(std::path::Path::new("/sys/devices/system/cpu/cpu0/cache"))
+            .map_or(L2_BUDGET_BYTES, |b| b.clamp(256 << 10, 8 << 20))
+    })
+}
+
+/// The size of the level-2 data or unified cache described under `dir`
+/// (sysfs layout: `index*/{level,type,size}`), if any.
+fn l2_from_sysfs(dir: &std::path::Path) -> Option<usize> {
+    (0..16).find_map(|i| {
+        let read = |f: &str| std::fs::read_to_string(dir.join(format!("index{i}/{f}"))).ok();
+        let (level, kind) = (read("level")?, read("type")?);
+        if level.trim() == "2" && kind.trim() != "Instruction" {
+            parse_cache_size(&read("size")?)
+        } else {
+            None
+        }
+    })
+}
+
+/// A sysfs cache size ("2048K", "1M", "512") in bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, unit) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(unit)
+}
 /// Fewest rows per block: every block streams V (twice) and dV, so much
 /// shorter blocks make huge-N problems memory-bound (12-row blocks at
 /// N = 327 680, K = 128 were several times slower than 48-row ones).
 pub const MB_MIN: usize = 48;
 /// Most rows per block, a multiple of the micro-kernels' heights. Each
 /// block reads V (twice) and writes dV once, so taller blocks mean less
-/// memory traffic per flop, as long as [`L2_BUDGET_BYTES`] holds.
+/// memory traffic per flop, as long as [`l2_budget_bytes`] holds.
 const MB_MAX: usize = 96;
 /// Column parts per worker thread (at most). More parts balance unequal
 /// cores better and shrink each part's packed V and dV rows, which lets
-/// [`L2_BUDGET_BYTES`] afford taller row blocks (at (4096, 4096, 128): 72
+/// [`l2_budget_bytes`] afford taller row blocks (at (4096, 4096, 128): 72
 /// rows with 8 parts per thread, 48 with 4; ABBA median ratios 0.94–0.98).
 const PARTS_PER_THREAD: usize = 8;
 /// Narrowest column part (a multiple of 16).
@@ -322,7 +365,7 @@ impl CpuBackend {
         let bounds: Vec<usize> = (0..np).step_by(width).chain([np]).collect();
         let part_bytes = 3 * width * kp * 4;
         let strip_bytes_per_row = np.div_ceil(threads).max(1) * 4;
-        let mb = (L2_BUDGET_BYTES.saturating_sub(part_bytes) / strip_bytes_per_row / MR * MR)
+        let mb = (l2_budget_bytes().saturating_sub(part_bytes) / strip_bytes_per_row / MR * MR)
             .clamp(MB_MIN, MB_MAX)
             .min(b.next_multiple_of(MR));
         let mut dv = std::mem::take(&mut scratch.dv).recycle(n * kp);
@@ -625,5 +668,49 @@ impl Backend for CpuBackend {
             self.compute(&p, out);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{L2_BUDGET_BYTES, l2_budget_bytes, l2_from_sysfs, parse_cache_size};
+
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_cache_size("2048K\n"), Some(2 << 20));
+        assert_eq!(parse_cache_size("512K"), Some(512 << 10));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("65536"), Some(65536));
+        assert_eq!(parse_cache_size(""), None);
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size("12Q"), None);
+    }
+
+    #[test]
+    fn l2_is_read_from_a_sysfs_tree() {
+        let root = std::env::temp_dir().join(format!("mixneg-sysfs-{}", std::process::id()));
+        let write = |i: usize, level: &str, kind: &str, size: &str| {
+            let d = root.join(format!("index{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            for (f, v) in [("level", level), ("type", kind), ("size", size)] {
+                std::fs::write(d.join(f), format!("{v}\n")).unwrap();
+            }
+        };
+        assert_eq!(l2_from_sysfs(&root), None, "no tree");
+        write(0, "1", "Data", "32K");
+        write(1, "1", "Instruction", "32K");
+        assert_eq!(l2_from_sysfs(&root), None, "no level 2");
+        write(2, "2", "Instruction", "64K");
+        assert_eq!(l2_from_sysfs(&root), None, "an L2 for instructions only");
+        write(3, "2", "Unified", "512K");
+        write(4, "3", "Unified", "32768K");
+        assert_eq!(l2_from_sysfs(&root), Some(512 << 10));
+        std::fs::remove_dir_all(&root).unwrap();
+        // This machine's budget is its L2 or the default, within the clamp.
+        let b = l2_budget_bytes();
+        assert!((256 << 10..=8 << 20).contains(&b), "{b}");
+        if l2_from_sysfs(std::path::Path::new("/sys/devices/system/cpu/cpu0/cache")).is_none() {
+            assert_eq!(b, L2_BUDGET_BYTES);
+        }
     }
 }
