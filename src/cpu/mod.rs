@@ -10,9 +10,10 @@
 //! threads thus share each block's pass over V (each reads only its parts'
 //! columns), each part owns its rows of dV (no per-thread copies, no
 //! reduction), and a slower core simply takes fewer parts. Part boundaries
-//! depend only on (N, thread count) and every sum has a fixed order, so
-//! results are bit-for-bit reproducible for a fixed thread count, whatever
-//! the scheduling.
+//! depend only on (N, thread count), the block height only on the shape,
+//! the thread count and the L2 size, and every sum has a fixed order, so
+//! results are bit-for-bit reproducible for a fixed thread count on a given
+//! machine, whatever the scheduling.
 //!
 //! Memory beyond the inputs and outputs: packed copies of U and V (two of V:
 //! column-tiled and panel-transposed), one N×K dV accumulator, and the
@@ -48,9 +49,9 @@ pub const L2_BUDGET_BYTES: usize = 2 << 20;
 /// It is the size of one core's L2 as Linux reports it (the level-2 data or
 /// unified cache in `/sys/devices/system/cpu/cpu0/cache/`), clamped to
 /// 256 KiB ..= 8 MiB, or [`L2_BUDGET_BYTES`] where that cannot be read (other
-/// systems). Read once per process. Only the block height depends on it, never
-/// a result's bits beyond what the block height changes (each sum runs in a
-/// fixed order for a given height).
+/// systems). Read once per process. The block height sets the grouping of
+/// the dV sums over row blocks, so machines with different L2 sizes may
+/// differ in the last bits (within the same accuracy).
 pub fn l2_budget_bytes() -> usize {
     static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *BYTES.get_or_init(|| {
@@ -84,6 +85,7 @@ fn parse_cache_size(s: &str) -> Option<usize> {
     };
     num.parse::<usize>().ok()?.checked_mul(unit)
 }
+
 /// Fewest rows per block: every block streams V (twice) and dV, so much
 /// shorter blocks make huge-N problems memory-bound (12-row blocks at
 /// N = 327 680, K = 128 were several times slower than 48-row ones).
