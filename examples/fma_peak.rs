@@ -53,12 +53,17 @@ mod x86 {
     }
 }
 
-/// GFLOP/s per core of `f` (flops per call `flops`) run on `threads` threads at once.
+/// GFLOP/s per core of `f` (flops per call `flops`) run on `threads` threads
+/// at once: a barrier starts every loop together, so the cores are busy side
+/// by side rather than one after another.
 fn per_core(threads: usize, flops: f64, f: fn() -> f32) -> Vec<f64> {
+    let start = std::sync::Barrier::new(threads);
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|_| {
+                let start = &start;
                 s.spawn(move || {
+                    start.wait();
                     let t = Instant::now();
                     std::hint::black_box(f());
                     flops / t.elapsed().as_secs_f64() / 1e9
