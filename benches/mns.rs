@@ -19,8 +19,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mixneg::synthetic::Synthetic;
-use mixneg::train::tower::{matmul, matmul_at_b};
 use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, ReferenceBackend};
+use mixneg_train::tower::{matmul, matmul_at_b};
 use std::hint::black_box;
 
 /// (B, B′, K): the ladder of issue #4, plus an awkward shape.

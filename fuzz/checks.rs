@@ -79,7 +79,7 @@ pub fn api(data: &[u8]) {
 #[allow(dead_code)]
 pub fn loss_file(data: &[u8]) {
     use mixneg::{Backend, CpuBackend};
-    if let Ok(f) = mixneg::io::LossFile::parse(data) {
+    if let Ok(f) = mixneg_train::io::LossFile::parse(data) {
         let input = f.input(f.temperature.unwrap_or(1.0), f.correct_positive.unwrap_or(true));
         if let Ok(o) = CpuBackend::new().mns_loss(&input) {
             assert!(o.loss.is_finite());

@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf gpu_bundle && mkdir -p gpu_bundle
-cargo build --release --locked --bin mixneg
+cargo build --release --locked -p mixneg-train --bin mixneg
 cp target/release/mixneg gpu_bundle/
 for t in cuda_vs_reference cuda_ptx; do
-    exe=$(cargo test --release --locked --no-run --test "$t" --message-format=json 2>/dev/null |
+    exe=$(cargo test --release --locked -p mixneg --no-run --test "$t" --message-format=json 2>/dev/null |
         python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)

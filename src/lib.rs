@@ -42,11 +42,9 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 mod input;
-pub mod io;
 mod output;
 pub mod reference;
 pub mod synthetic;
-pub mod train;
 
 pub use cpu::{CpuBackend, Kernel};
 #[cfg(feature = "cuda")]

@@ -125,12 +125,18 @@ pub struct Expected {
     pub lse: Vec<f64>,
 }
 
-/// `tests/vectors`, or `$MIXNEG_VECTORS` when set (prebuilt test binaries
-/// run elsewhere, e.g. by `scripts/gpu_check.sh`).
+/// The workspace's `tests/vectors` (found from this crate's manifest
+/// directory upwards, so the trainer crate's tests share them), or
+/// `$MIXNEG_VECTORS` when set (prebuilt test binaries run elsewhere, e.g. by
+/// `scripts/gpu_check.sh`).
 pub fn vectors_dir() -> PathBuf {
     match std::env::var_os("MIXNEG_VECTORS") {
         Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|d| d.join("tests/vectors"))
+            .find(|d| d.is_dir())
+            .expect("tests/vectors in this crate or the workspace root"),
     }
 }
 

@@ -17,7 +17,7 @@
 //! ids are mapped to dense indices, each user's last interaction by time is
 //! the test set (leave-last-out) and features are the ids alone.
 
-use crate::synthetic::splitmix;
+use mixneg::synthetic::splitmix;
 use std::collections::HashMap;
 use std::path::Path;
 

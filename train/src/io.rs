@@ -139,8 +139,8 @@ impl LossFile {
     }
 
     /// The loss input, with τ and the diagonal convention given.
-    pub fn input(&self, temperature: f32, correct_positive: bool) -> crate::MnsInput<'_> {
-        let mut x = crate::MnsInput::new(&self.u, &self.v, &self.log_q, self.k)
+    pub fn input(&self, temperature: f32, correct_positive: bool) -> mixneg::MnsInput<'_> {
+        let mut x = mixneg::MnsInput::new(&self.u, &self.v, &self.log_q, self.k)
             .temperature(temperature)
             .correct_positive(correct_positive);
         if let Some(ids) = &self.ids {

@@ -76,7 +76,7 @@ enum Cmd {
     /// by default) and print what it learned, epoch by epoch.
     Train {
         #[command(flatten)]
-        cfg: Box<mixneg::train::TrainConfig>,
+        cfg: Box<mixneg_train::TrainConfig>,
         /// Which implementation computes the fused loss.
         #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
         backend: BackendArg,
@@ -86,7 +86,7 @@ enum Cmd {
     /// an equal budget; writes a table (mean ± 95% CI) as Markdown and CSV.
     Experiment {
         #[command(flatten)]
-        cfg: Box<mixneg::train::TrainConfig>,
+        cfg: Box<mixneg_train::TrainConfig>,
         /// Seeds per configuration.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
@@ -181,8 +181,8 @@ fn loss(
     no_correct_positive: bool,
 ) -> Result<(), Error> {
     let bytes = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
-    let file =
-        mixneg::io::LossFile::parse(&bytes).map_err(|e| format!("{}: {e}", input.display()))?;
+    let file = mixneg_train::io::LossFile::parse(&bytes)
+        .map_err(|e| format!("{}: {e}", input.display()))?;
     let temperature = temperature.or(file.temperature).unwrap_or(1.0);
     let correct_positive = !no_correct_positive && file.correct_positive.unwrap_or(true);
     let (b, n, k) = (file.b, file.n, file.k);
@@ -330,7 +330,7 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn print_report(r: &mixneg::train::EpochReport) {
+fn print_report(r: &mixneg_train::EpochReport) {
     let m = &r.metrics;
     let (epoch, loss, speed) = if r.epoch == 0 {
         // Before any training: the untrained towers, a random model.
@@ -357,21 +357,21 @@ fn print_report(r: &mixneg::train::EpochReport) {
     );
 }
 
-fn train(cfg: &mixneg::train::TrainConfig, which: BackendArg) -> Result<(), Error> {
+fn train(cfg: &mixneg_train::TrainConfig, which: BackendArg) -> Result<(), Error> {
     let be = backend(which)?;
     let t = Instant::now();
     println!(
         "mixneg train: {} negatives, B = {}, B' = {}, Q {:?}, loss on {}",
         match cfg.negatives {
-            mixneg::train::Negatives::Mixed => "mixed",
-            mixneg::train::Negatives::UniformOnly => "uniform-only",
+            mixneg_train::Negatives::Mixed => "mixed",
+            mixneg_train::Negatives::UniformOnly => "uniform-only",
         },
         cfg.batch,
         cfg.b_prime,
         cfg.q_mode,
         be.name()
     );
-    let (data, reports) = mixneg::train::train(cfg, be.as_ref())?;
+    let (data, reports) = mixneg_train::train(cfg, be.as_ref())?;
     println!(
         "data: {} users, {} items ({} fresh), {} train / {} test interactions",
         data.n_users,
@@ -383,7 +383,7 @@ fn train(cfg: &mixneg::train::TrainConfig, which: BackendArg) -> Result<(), Erro
     for r in &reports {
         print_report(r);
     }
-    if let Some(o) = mixneg::train::oracle_metrics(&data) {
+    if let Some(o) = mixneg_train::oracle_metrics(&data) {
         println!(
             "oracle (planted factors): recall@10/50/100 {:.4} {:.4} {:.4}",
             o.recall[0], o.recall[1], o.recall[2]
@@ -409,9 +409,9 @@ fn train(cfg: &mixneg::train::TrainConfig, which: BackendArg) -> Result<(), Erro
     Ok(())
 }
 
-fn experiment(base: &mixneg::train::TrainConfig, seeds: u64, out: &Path) -> Result<(), Error> {
-    use mixneg::train::Negatives;
-    use mixneg::train::freq::QMode;
+fn experiment(base: &mixneg_train::TrainConfig, seeds: u64, out: &Path) -> Result<(), Error> {
+    use mixneg_train::Negatives;
+    use mixneg_train::freq::QMode;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let b = base.batch;
     // (name, B′, negatives, Q mode); equal budget: same epochs and batches of B stream positives.
@@ -470,7 +470,7 @@ fn experiment(base: &mixneg::train::TrainConfig, seeds: u64, out: &Path) -> Resu
             cfg.quiet = true;
             cfg.metrics = Some(out.join(format!("run-{}-seed{seed}.csv", slug(name))));
             let t = Instant::now();
-            let (_, reps) = mixneg::train::train(&cfg, &be)?;
+            let (_, reps) = mixneg_train::train(&cfg, &be)?;
             let r = reps.last().expect("epochs");
             let v = r.metrics.headline();
             println!(

@@ -1,5 +1,7 @@
-//! A minimal but real two-tower trainer, the kernels' first customer
-//! (DESIGN.md §7): query and item towers ([`tower`]), MNS batching — B
+//! # mixneg-train — a two-tower trainer on the mixneg kernels
+//!
+//! A minimal but real two-tower trainer, the kernels' first customer:
+//! query and item towers ([`tower`]), MNS batching — B
 //! positives from the training stream plus B′ items drawn uniformly from the
 //! whole corpus —, the sampling probabilities of [`freq`], the fused loss
 //! through any [`Backend`], Adagrad/Adam, full-corpus evaluation ([`eval`])
@@ -10,11 +12,12 @@ pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod freq;
+pub mod io;
 pub mod tower;
 
-use crate::{Backend, MnsInput, MnsOutput, ReferenceBackend};
 use data::Dataset;
 use freq::{ExactCounts, FrequencyEstimator, QMode, StreamingEstimator};
+use mixneg::{Backend, MnsInput, MnsOutput, ReferenceBackend};
 use std::time::Instant;
 use tower::{Optimizer, Tower};
 
@@ -445,7 +448,7 @@ fn write_csv(f: &mut Option<std::fs::File>, r: &EpochReport) -> Result<(), Strin
 
 /// Largest relative L2 error over loss, d_u, d_v (f32 result vs f64 reference).
 fn max_rel_error(got: &MnsOutput, want: &MnsOutput) -> f64 {
-    let rel = crate::reference::rel_l2_error::<f32>;
+    let rel = mixneg::reference::rel_l2_error::<f32>;
     let l = ((got.loss - want.loss) as f64).abs() / (want.loss as f64).abs().max(1e-12);
     l.max(rel(&got.d_u, &want.d_u))
         .max(rel(&got.d_v, &want.d_v))

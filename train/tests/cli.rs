@@ -1,6 +1,7 @@
 //! The `mixneg` command line: `loss` on every test vector with both backends,
 //! the metadata and flag precedence, and clean failures on bad files.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::*;
 use safetensors::{Dtype, SafeTensors};

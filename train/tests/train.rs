@@ -2,7 +2,7 @@
 //! reader.
 
 use mixneg::CpuBackend;
-use mixneg::train::{self, Negatives, TrainConfig, data, freq::QMode};
+use mixneg_train::{self as train, Negatives, TrainConfig, data, freq::QMode};
 
 fn small() -> TrainConfig {
     let synth = data::SynthConfig {
@@ -187,14 +187,14 @@ fn killed_run_resumes_to_the_same_result() {
         .spawn()
         .unwrap();
     let t = std::time::Instant::now();
-    while !mixneg::train::checkpoint::path(&ck).exists() && t.elapsed().as_secs() < 120 {
+    while !mixneg_train::checkpoint::path(&ck).exists() && t.elapsed().as_secs() < 120 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let killed_mid_way = child.try_wait().unwrap().is_none();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(
-        mixneg::train::checkpoint::path(&ck).exists(),
+        mixneg_train::checkpoint::path(&ck).exists(),
         "no checkpoint was written"
     );
     assert!(killed_mid_way, "the run finished before it could be killed");
@@ -207,7 +207,7 @@ fn killed_run_resumes_to_the_same_result() {
     );
 
     // A corrupt or truncated checkpoint is refused, never half-loaded.
-    let p = mixneg::train::checkpoint::path(&ck);
+    let p = mixneg_train::checkpoint::path(&ck);
     let bytes = std::fs::read(&p).unwrap();
     let mut flipped = bytes.clone();
     let at = flipped.len() - 100;
