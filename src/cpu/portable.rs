@@ -6,6 +6,10 @@
 //! for every target, and fast only with `-C target-cpu=native`; the
 //! runtime-dispatched [`super::x86`] path is the fast one on x86-64.
 
+use super::kernel::Part;
+use super::pack::Shared;
+use super::phase_a::phase_a;
+use super::phase_b::phase_b;
 use super::simd::Simd;
 use wide::{f32x8, i32x8};
 
@@ -81,5 +85,15 @@ impl Simd for Portable {
     #[inline(always)]
     unsafe fn reduce_sum(self) -> f32 {
         self.0.reduce_add()
+    }
+    #[inline(always)]
+    unsafe fn phase_a(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+        // SAFETY: Portable needs no CPU feature.
+        unsafe { phase_a::<Self>(sh, part, i0, r) }
+    }
+    #[inline(always)]
+    unsafe fn phase_b(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+        // SAFETY: Portable needs no CPU feature.
+        unsafe { phase_b::<Self>(sh, part, i0, r) }
     }
 }

@@ -4,10 +4,13 @@
 //! Three implementations: [`super::portable`] (`wide::f32x8`, correct on
 //! every target, fast only when the crate is compiled with AVX2) and, in
 //! [`super::x86`], AVX2+FMA (8 lanes) and AVX-512F (16 lanes) intrinsics,
-//! chosen at run time. The kernels in
-//! [`super::kernel`] are generic over this trait and are instantiated inside
-//! one `#[target_feature]` entry per instruction set, so every method here
-//! inlines into code compiled for that instruction set.
+//! chosen at run time. The phases (`phase_a.rs`, `phase_b.rs`) are generic
+//! over this trait and are instantiated inside one `#[target_feature]` entry
+//! per instruction set ([`Simd::phase_a`], [`Simd::phase_b`]), so every
+//! method here inlines into code compiled for that instruction set.
+
+use super::kernel::Part;
+use super::pack::Shared;
 
 /// [`Simd::LANES`] f32 lanes.
 ///
@@ -51,6 +54,12 @@ pub(crate) trait Simd: Copy {
     }
     unsafe fn reduce_max(self) -> f32;
     unsafe fn reduce_sum(self) -> f32;
+    /// Phase A of one column part (`phase_a.rs`) compiled for this
+    /// instruction set: its `#[target_feature]` entry, through which every
+    /// method above is inlined.
+    unsafe fn phase_a(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize);
+    /// Phase B of one column part (`phase_b.rs`), compiled likewise.
+    unsafe fn phase_b(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize);
 }
 
 /// Below this e^x is under f32's smallest normal (1.18e-38); exp returns 0.

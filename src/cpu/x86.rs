@@ -2,14 +2,18 @@
 //! intrinsics — and the `#[target_feature]` entries that instantiate the
 //! generic kernels with them.
 //!
-//! The entries [`phase_a_avx2_fma`] / [`phase_b_avx2_fma`] and
-//! [`phase_a_avx512`] / [`phase_b_avx512`] are the only functions compiled
+//! The entries `phase_a_avx2_fma` / `phase_b_avx2_fma` and
+//! `phase_a_avx512` / `phase_b_avx512` (reached as `Simd::phase_a` and
+//! `Simd::phase_b`) are the only functions compiled
 //! with those features enabled; everything they call is `#[inline(always)]`,
 //! so each whole phase (micro-kernels, exp, row passes) is generated for its
 //! instruction set in a default build with no RUSTFLAGS. They are called only
 //! after `is_x86_feature_detected!` confirmed the features.
 
-use super::kernel::{Part, Shared, phase_a, phase_b};
+use super::kernel::Part;
+use super::pack::Shared;
+use super::phase_a::phase_a;
+use super::phase_b::phase_b;
 use super::simd::Simd;
 use std::arch::x86_64::*;
 
@@ -18,9 +22,9 @@ use std::arch::x86_64::*;
 pub(crate) struct Avx2(__m256);
 
 // SAFETY (for every block in this impl): the trait's contract is that the
-// running CPU supports AVX2 and FMA — the dispatcher only reaches these
-// methods through the `*_avx2_fma` entries below, after `is_x86_feature_detected!`
-// returned true for both — and, for load/store, that `p` is valid for 8 f32.
+// running CPU supports AVX2 and FMA — the methods are only reached inside
+// the `*_avx2_fma` entries below, which `CpuBackend::compute::<Avx2>` calls
+// after `is_x86_feature_detected!` returned true for both — and, for load/store, that `p` is valid for 8 f32.
 // The unaligned load/store intrinsics have no alignment requirement.
 impl Simd for Avx2 {
     const LANES: usize = 8;
@@ -122,6 +126,16 @@ impl Simd for Avx2 {
             _mm_cvtss_f32(s)
         }
     }
+    #[inline(always)]
+    unsafe fn phase_a(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+        // SAFETY: see the impl comment; the entry needs exactly this.
+        unsafe { phase_a_avx2_fma(sh, part, i0, r) }
+    }
+    #[inline(always)]
+    unsafe fn phase_b(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+        // SAFETY: see the impl comment; the entry needs exactly this.
+        unsafe { phase_b_avx2_fma(sh, part, i0, r) }
+    }
 }
 
 /// Phase A of one column part, compiled for AVX2+FMA.
@@ -131,7 +145,7 @@ impl Simd for Avx2 {
 /// The running CPU must support AVX2 and FMA (checked by the caller with
 /// `is_x86_feature_detected!`).
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn phase_a_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+unsafe fn phase_a_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
     // SAFETY: the caller guarantees AVX2+FMA, which is Avx2's whole contract.
     unsafe { phase_a::<Avx2>(sh, part, i0, r) }
 }
@@ -142,7 +156,7 @@ pub(crate) unsafe fn phase_a_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
 ///
 /// As [`phase_a_avx2_fma`].
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn phase_b_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+unsafe fn phase_b_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
     // SAFETY: the caller guarantees AVX2+FMA, which is Avx2's whole contract.
     unsafe { phase_b::<Avx2>(sh, part, i0, r) }
 }
@@ -152,9 +166,9 @@ pub(crate) unsafe fn phase_b_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
 pub(crate) struct Avx512(__m512);
 
 // SAFETY (for every block in this impl): the trait's contract is that the
-// running CPU supports AVX-512F — the dispatcher only reaches these methods
-// through the `*_avx512` entries below, after `is_x86_feature_detected!`
-// returned true for it — and, for load/store, that `p` is valid for 16 f32.
+// running CPU supports AVX-512F — the methods are only reached inside the
+// `*_avx512` entries below, which `CpuBackend::compute::<Avx512>` calls
+// after `is_x86_feature_detected!` returned true for it — and, for load/store, that `p` is valid for 16 f32.
 // The unaligned load/store intrinsics have no alignment requirement.
 impl Simd for Avx512 {
     const LANES: usize = 16;
@@ -251,6 +265,16 @@ impl Simd for Avx512 {
         // SAFETY: see the impl comment.
         unsafe { _mm512_reduce_add_ps(self.0) }
     }
+    #[inline(always)]
+    unsafe fn phase_a(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+        // SAFETY: see the impl comment; the entry needs exactly this.
+        unsafe { phase_a_avx512(sh, part, i0, r) }
+    }
+    #[inline(always)]
+    unsafe fn phase_b(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+        // SAFETY: see the impl comment; the entry needs exactly this.
+        unsafe { phase_b_avx512(sh, part, i0, r) }
+    }
 }
 
 /// Phase A of one column part, compiled for AVX-512F.
@@ -260,7 +284,7 @@ impl Simd for Avx512 {
 /// The running CPU must support AVX-512F (checked by the caller with
 /// `is_x86_feature_detected!`).
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn phase_a_avx512(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+unsafe fn phase_a_avx512(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
     // SAFETY: the caller guarantees AVX-512F, which is Avx512's whole contract.
     unsafe { phase_a::<Avx512>(sh, part, i0, r) }
 }
@@ -271,7 +295,7 @@ pub(crate) unsafe fn phase_a_avx512(sh: &Shared<'_>, part: &mut Part<'_>, i0: us
 ///
 /// As [`phase_a_avx512`].
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn phase_b_avx512(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+unsafe fn phase_b_avx512(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
     // SAFETY: the caller guarantees AVX-512F, which is Avx512's whole contract.
     unsafe { phase_b::<Avx512>(sh, part, i0, r) }
 }

@@ -1,0 +1,179 @@
+//! Step 2 of a call, **pack**: the copies of U, V and log Q in the layouts
+//! the micro-kernels stream, each documented where it is built, and
+//! [`Shared`], the read-only view of them that every worker gets.
+//!
+//! The CUDA kernels read U and V as given and stage tiles in shared memory;
+//! on the CPU the equivalent staging is done once per call, here, so that
+//! each micro-kernel's loads are contiguous 64-byte lines.
+
+use super::kernel::NR;
+use super::plan::Plan;
+use super::scratch::{Aligned, Scratch};
+use crate::Problem;
+use rayon::prelude::*;
+
+/// Read-only data shared by all workers: packed, padded copies of the inputs.
+pub(crate) struct Shared<'a> {
+    /// B.
+    pub b: usize,
+    /// N.
+    pub n: usize,
+    /// N rounded up to a multiple of [`NR`].
+    pub np: usize,
+    /// K.
+    pub k: usize,
+    /// K rounded up to a multiple of the vector width; the packed rows' stride.
+    pub kp: usize,
+    /// 1/τ.
+    pub inv_tau: f32,
+    /// U, B × kp (see [`Packed::up`]).
+    pub up: &'a [f32],
+    /// U in interleaved row groups (see [`Packed::ug`]).
+    pub ug: &'a [f32],
+    /// V in column tiles (see [`Packed::vp`]).
+    pub vp: &'a [f32],
+    /// V as given, N×K (for the uncorrected diagonal).
+    pub v: &'a [f32],
+    /// Vᵀ in panels (see [`Packed::vt`]).
+    pub vt: &'a [f32],
+    /// −log Q padded (see [`Packed::nlq`]).
+    pub nlq: &'a [f32],
+    /// Subtract log_q on the diagonal too.
+    pub correct_positive: bool,
+    /// Accidental-hit groups (see `Problem::hit_groups`).
+    pub hits: Option<(&'a [usize], &'a [Vec<usize>])>,
+}
+
+/// The packed copies of one call (buffers taken from, and given back to, the
+/// backend's [`Scratch`]).
+pub(crate) struct Packed {
+    /// U row-major with rows padded to kp: u\[i\]\[c\] at up\[i·kp + c\], zero
+    /// for c ≥ K. Phase B scales its rows into c·U.
+    pub up: Aligned,
+    /// U for the logit kernel, in groups of ROWS (the micro-kernel height)
+    /// rows interleaved: row g·ROWS + rr, column c at
+    /// ug\[(g·kp + c)·ROWS + rr\], zero past B and K, so that a micro-kernel's
+    /// broadcasts at one step of K are adjacent floats at fixed offsets from
+    /// one pointer.
+    pub ug: Aligned,
+    /// V for the dU kernel, in column tiles of 16 (the last of 8 when
+    /// kp % 16 = 8): the columns c..c+w of every row j at vp\[n·c + j·w ..\]\[..w\],
+    /// zero-padded in K. The dU kernel's j loop then streams one contiguous
+    /// 64-byte line per j (row-major V made it skip 4·kp bytes per j, and
+    /// stall on the loads).
+    pub vp: Aligned,
+    /// Vᵀ in np/16 panels of kp × 16: panel p, row c, lane l holds
+    /// V\[16p + l\]\[c\], zero past N and K. A logit tile's two vector loads per
+    /// step of K come from one or two panels.
+    pub vt: Aligned,
+    /// −log_q\[j\] for j < N and −∞ for the padding columns, which therefore
+    /// drop out of every max and sum.
+    pub nlq: Vec<f32>,
+}
+
+impl Packed {
+    /// Packs `p` for a kernel of micro-kernel height `rows`, in buffers
+    /// recycled from `scratch` (taken out of it).
+    pub fn new(p: &Problem<'_>, plan: &Plan, rows: usize, scratch: &mut Scratch) -> Packed {
+        let (b, n, k, kp, np) = (p.b, p.n, p.k, plan.kp, plan.np);
+        let mut up = std::mem::take(&mut scratch.up).recycle(b * kp);
+        pad_rows(p.u, k, &mut up, kp);
+
+        let mut ug = std::mem::take(&mut scratch.ug).recycle(b.next_multiple_of(rows) * kp);
+        ug.par_chunks_mut(kp * rows)
+            .enumerate()
+            .for_each(|(g, dst)| {
+                for (rr, i) in (g * rows..((g + 1) * rows).min(b)).enumerate() {
+                    for (c, &x) in p.u[i * k..(i + 1) * k].iter().enumerate() {
+                        dst[c * rows + rr] = x;
+                    }
+                }
+            });
+
+        let mut vp = std::mem::take(&mut scratch.vp).recycle(n * kp);
+        // kp is a multiple of the kernel's lanes, 8 or 16.
+        let mut c0 = 0;
+        while c0 < kp {
+            let w = if kp - c0 >= 16 { 16 } else { 8 };
+            vp[n * c0..n * (c0 + w)]
+                .par_chunks_mut(w * 256)
+                .enumerate()
+                .for_each(|(blk, dst)| {
+                    for (jj, row) in dst.chunks_exact_mut(w).enumerate() {
+                        let j = blk * 256 + jj;
+                        for (c, x) in row.iter_mut().enumerate() {
+                            if c0 + c < k {
+                                *x = p.v[j * k + c0 + c];
+                            }
+                        }
+                    }
+                });
+            c0 += w;
+        }
+
+        let mut vt = std::mem::take(&mut scratch.vt).recycle(np * kp);
+        vt.par_chunks_mut(kp * NR)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                for (c, lanes) in dst.chunks_exact_mut(NR).enumerate().take(k) {
+                    for (l, x) in lanes.iter_mut().enumerate() {
+                        let j = panel * NR + l;
+                        if j < n {
+                            *x = p.v[j * k + c];
+                        }
+                    }
+                }
+            });
+
+        let mut nlq = vec![f32::NEG_INFINITY; np];
+        nlq.iter_mut().zip(p.log_q).for_each(|(d, &q)| *d = -q);
+        Packed {
+            up,
+            ug,
+            vp,
+            vt,
+            nlq,
+        }
+    }
+
+    /// The workers' view of these copies and of `p`.
+    pub fn shared<'a>(
+        &'a self,
+        p: &Problem<'a>,
+        plan: &Plan,
+        hits: &'a Option<(Vec<usize>, Vec<Vec<usize>>)>,
+    ) -> Shared<'a> {
+        Shared {
+            b: p.b,
+            n: p.n,
+            np: plan.np,
+            k: p.k,
+            kp: plan.kp,
+            inv_tau: 1.0 / p.temperature,
+            up: &self.up,
+            ug: &self.ug,
+            vp: &self.vp,
+            v: p.v,
+            vt: &self.vt,
+            nlq: &self.nlq,
+            correct_positive: p.correct_positive,
+            hits: hits.as_ref().map(|(r, g)| (r.as_slice(), g.as_slice())),
+        }
+    }
+
+    /// Gives the buffers back to `scratch` for the next call.
+    pub fn recycle_into(self, scratch: &mut Scratch) {
+        (scratch.up, scratch.ug, scratch.vp, scratch.vt) = (self.up, self.ug, self.vp, self.vt);
+    }
+}
+
+/// Copies `src` (rows of `k`) into `dst` (rows of `kp`, already zeroed).
+fn pad_rows(src: &[f32], k: usize, dst: &mut [f32], kp: usize) {
+    dst.par_chunks_mut(kp * 256)
+        .zip(src.par_chunks(k * 256))
+        .for_each(|(d, s)| {
+            d.chunks_exact_mut(kp)
+                .zip(s.chunks_exact(k))
+                .for_each(|(d, s)| d[..k].copy_from_slice(s))
+        });
+}

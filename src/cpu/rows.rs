@@ -1,0 +1,134 @@
+//! Steps 4 and 6, between and after the parallel phases of a row block: the
+//! **row merge** (the CPU's `mns_rows_f32`) and the **combine** (the
+//! diagonal and the ordered sum of the dU shares, as `mns_du_f32` adds its
+//! diagonal term; the loss as `mns_loss_f32`). Both run over the block's rows
+//! on the calling thread, visiting the parts in part order, so every result
+//! is independent of which worker ran which part.
+
+use super::kernel::Part;
+use crate::{MnsOutput, Problem};
+
+/// Per-call state of the merge and combine: the block's diagonal
+/// coefficients and the weighted row losses.
+pub(crate) struct Rows {
+    /// 1/(B·τ) in f64.
+    inv_b_tau: f64,
+    /// Per row of the current block: G_ii/τ = −(w_i/(B·τ))·Σ′/(e_ii + Σ′).
+    gdiag: Vec<f32>,
+    /// Per query: w_i·ℓ_i.
+    wloss: Vec<f64>,
+}
+
+impl Rows {
+    /// Merge state for `p` with row blocks of `mb` rows.
+    pub fn new(p: &Problem<'_>, mb: usize) -> Rows {
+        Rows {
+            inv_b_tau: 1.0 / (p.b as f64 * p.temperature as f64),
+            gdiag: vec![0.0; mb],
+            wloss: vec![0.0; p.b],
+        }
+    }
+
+    /// **Row merge** for rows i0..i0+r, after phase A. From the parts'
+    /// (m_p, Σ_p) and the diagonal s_ii: m = max(s_ii, max_p m_p),
+    /// Σ′ = Σ_p Σ_p·e^{m_p − m}, e_ii = e^{s_ii − m}, lse = m + ln(e_ii + Σ′),
+    /// ℓ = ln(1 + Σ′/e_ii) (= lse − s_ii, without cancellation when the
+    /// positive dominates), top-1 = s_ii ≥ max_p m_p; and each part's row
+    /// coefficient c_p = w_i e^{m_p − m}/(B·τ·(e_ii + Σ′)), so that
+    /// c_p·e_ij = G_ij/τ off the diagonal. Writes lse, ℓ and top-1 into `out`.
+    /// All in f64.
+    pub fn merge(
+        &mut self,
+        p: &Problem<'_>,
+        parts: &mut [Part<'_>],
+        i0: usize,
+        r: usize,
+        out: &mut MnsOutput,
+    ) {
+        for (rr, gd) in self.gdiag[..r].iter_mut().enumerate() {
+            let i = i0 + rr;
+            let s_ii = parts
+                .iter()
+                .find_map(|q| q.diag[rr])
+                .expect("column i < B lies in some part") as f64;
+            let m_off = parts
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, q| m.max(q.max[rr] as f64));
+            let m = m_off.max(s_ii);
+            let so: f64 = parts
+                .iter()
+                .filter(|q| q.max[rr] > f32::NEG_INFINITY)
+                .map(|q| q.sum[rr] as f64 * (q.max[rr] as f64 - m).exp())
+                .sum();
+            let e_ii = (s_ii - m).exp();
+            let sum = e_ii + so;
+            let lse = m + sum.ln();
+            // ln(1 + Σ′/e_ii) is exact to rounding even when the positive
+            // dominates; when e_ii underflows the difference has no cancellation.
+            let loss = if e_ii > 1e-300 {
+                (so / e_ii).ln_1p()
+            } else {
+                lse - s_ii
+            };
+            let w = p.weight(i) as f64;
+            let c = w * self.inv_b_tau / sum;
+            for q in parts.iter_mut() {
+                q.coef[rr] = if q.max[rr] > f32::NEG_INFINITY {
+                    (c * (q.max[rr] as f64 - m).exp()) as f32
+                } else {
+                    0.0
+                };
+            }
+            *gd = (-c * so) as f32;
+            out.lse[i] = lse as f32;
+            out.row_loss[i] = loss as f32;
+            out.top1[i] = s_ii >= m_off;
+            self.wloss[i] = w * loss;
+        }
+    }
+
+    /// **Combine** for rows i0..i0+r, after phase B: dU_i = (G_ii/τ)·v_i +
+    /// Σ_p c_p,i·(part p's share), the shares added in part order; and the
+    /// diagonal's dV term (G_ii/τ)·u_i into row i of the dV accumulator
+    /// (stride `kp`, owned by the part holding column i).
+    pub fn combine(
+        &self,
+        p: &Problem<'_>,
+        parts: &mut [Part<'_>],
+        i0: usize,
+        r: usize,
+        kp: usize,
+        out: &mut MnsOutput,
+    ) {
+        let k = p.k;
+        for (rr, &gd) in self.gdiag[..r].iter().enumerate() {
+            let i = i0 + rr;
+            let du = &mut out.d_u[i * k..(i + 1) * k];
+            du.iter_mut()
+                .zip(&p.v[i * k..(i + 1) * k])
+                .for_each(|(x, &v)| *x = gd * v);
+            for q in parts.iter() {
+                let cq = q.coef[rr];
+                du.iter_mut()
+                    .zip(&q.du[rr * kp..])
+                    .for_each(|(x, &y)| *x += cq * y);
+            }
+        }
+        for (rr, &gd) in self.gdiag[..r].iter().enumerate() {
+            let i = i0 + rr;
+            let q = parts
+                .iter_mut()
+                .find(|q| (q.j0..q.j1).contains(&i))
+                .expect("i < N");
+            let row = &mut q.dv[(i - q.j0) * kp..(i - q.j0) * kp + k];
+            row.iter_mut()
+                .zip(&p.u[i * k..(i + 1) * k])
+                .for_each(|(x, &u)| *x += gd * u);
+        }
+    }
+
+    /// L = (1/B) Σ_i w_i ℓ_i, summed in row order in f64.
+    pub fn loss(&self) -> f32 {
+        (self.wloss.iter().sum::<f64>() / self.wloss.len() as f64) as f32
+    }
+}
