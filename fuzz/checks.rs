@@ -79,10 +79,21 @@ pub fn api(data: &[u8]) {
 #[allow(dead_code)]
 pub fn loss_file(data: &[u8]) {
     use mixneg::{Backend, CpuBackend};
-    if let Ok(f) = mixneg_train::io::LossFile::parse(data) {
-        let input = f.input(f.temperature.unwrap_or(1.0), f.correct_positive.unwrap_or(true));
-        if let Ok(o) = CpuBackend::new().mns_loss(&input) {
+    use mixneg_train::io::{LossFile, LossResult};
+    if let Ok(f) = LossFile::parse(data) {
+        // The writer: what was read is written back, and that reads back to
+        // the same value (compared through Debug, so that a NaN read back
+        // equals itself; the metadata's order in the bytes is a HashMap's).
+        let bytes = f.to_bytes().expect("a parsed file can be written");
+        let again = LossFile::parse(&bytes).expect("a written file can be read");
+        assert_eq!(format!("{again:?}"), format!("{f:?}"), "input round trip");
+        let (t, cp) = (f.temperature.unwrap_or(1.0), f.correct_positive.unwrap_or(true));
+        if let Ok(o) = CpuBackend::new().mns_loss(&f.input(t, cp)) {
             assert!(o.loss.is_finite());
+            let r = LossResult::new(&o, (f.b, f.n, f.k), t, cp);
+            let bytes = r.to_bytes().expect("a result can be written");
+            let back = LossResult::parse(&bytes).expect("a written result can be read");
+            assert_eq!(back, r, "output round trip");
         }
     }
 }

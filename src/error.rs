@@ -98,10 +98,61 @@ pub enum MnsError {
         /// Actual length.
         got: usize,
     },
-    /// The CUDA backend failed: no device or library, NVRTC, or a driver call.
-    #[error("CUDA: {0}")]
-    Cuda(String),
+    /// The CUDA backend cannot run here: no driver library, no NVRTC 13, or
+    /// no device (the reason says which).
+    #[error("CUDA is not available: {0}")]
+    CudaUnavailable(String),
+    /// A CUDA driver or NVRTC call failed; `source` is cudarc's error.
+    #[error("CUDA {context}: {source}")]
+    Cuda {
+        /// What was being done (e.g. `NVRTC compile for sm_90` with its log).
+        context: String,
+        /// The underlying driver or NVRTC error.
+        #[source]
+        source: ErrorSource,
+    },
+    /// The CUDA backend was asked for in a build without the `cuda` feature.
+    #[error("this build of mixneg has no CUDA backend (built without the `cuda` feature)")]
+    CudaNotBuilt,
     /// A CPU kernel was forced that this CPU cannot run, or an unknown name.
     #[error("CPU kernel {0} is not available on this machine")]
     KernelUnavailable(String),
+    /// A private thread pool could not be built.
+    #[error("thread pool of {threads} workers: {reason}")]
+    ThreadPool {
+        /// The requested worker count.
+        threads: usize,
+        /// rayon's reason.
+        reason: String,
+    },
+}
+
+/// The underlying error of [`MnsError::Cuda`], shared so that [`MnsError`]
+/// stays `Clone`; two are equal when their messages are.
+#[derive(Debug, Clone)]
+pub struct ErrorSource(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl ErrorSource {
+    /// Wraps an error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ErrorSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for ErrorSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
 }

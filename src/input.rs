@@ -67,31 +67,40 @@ impl<'a> MnsInput<'a> {
     }
 
     /// Remove accidental hits using these N item ids.
+    #[must_use]
     pub fn ids(mut self, ids: &'a [i64]) -> Self {
         self.ids = Some(ids);
         self
     }
 
     /// Weight row i's loss by `w[i]` (length B, every w_i ≥ 0).
+    #[must_use]
     pub fn row_weight(mut self, w: &'a [f32]) -> Self {
         self.row_weight = Some(w);
         self
     }
 
     /// Set the temperature τ.
+    #[must_use]
     pub fn temperature(mut self, t: f32) -> Self {
         self.temperature = t;
         self
     }
 
     /// Set whether log_q is also subtracted on the diagonal.
+    #[must_use]
     pub fn correct_positive(mut self, yes: bool) -> Self {
         self.correct_positive = yes;
         self
     }
 
-    /// Check every shape and value; on success return the validated view.
-    pub fn validate(&self) -> Result<Problem<'a>, MnsError> {
+    /// (B, N, K) from the slice lengths, or the first shape error: K ≥ 1,
+    /// u and v whole rows, B ≥ 1, N ≥ B. O(1): no value is read. Backends
+    /// use it to size output buffers before the one full [`validate`]
+    /// of a call.
+    ///
+    /// [`validate`]: MnsInput::validate
+    pub fn dims(&self) -> Result<(usize, usize, usize), MnsError> {
         let k = self.dim;
         if k == 0 {
             return Err(MnsError::ZeroDim);
@@ -109,6 +118,13 @@ impl<'a> MnsInput<'a> {
         if n < b {
             return Err(MnsError::TooFewCandidates { b, n });
         }
+        Ok((b, n, k))
+    }
+
+    /// Check every shape and value (one parallel pass over u, v, log_q and
+    /// the weights); on success return the validated view.
+    pub fn validate(&self) -> Result<Problem<'a>, MnsError> {
+        let (b, n, k) = self.dims()?;
         check_len("log_q", self.log_q.len(), n)?;
         if let Some(ids) = self.ids {
             check_len("ids", ids.len(), n)?;

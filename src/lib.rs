@@ -49,7 +49,7 @@ pub mod synthetic;
 pub use cpu::{CpuBackend, Kernel};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
-pub use error::MnsError;
+pub use error::{ErrorSource, MnsError};
 pub use input::{MAGNITUDE_LIMIT, MnsInput, Problem};
 pub use output::MnsOutput;
 pub use reference::ReferenceBackend;
@@ -63,10 +63,12 @@ pub trait Backend: Send + Sync {
     /// must already have the problem's sizes. On error `out` is untouched.
     fn mns_loss_into(&self, input: &MnsInput<'_>, out: &mut MnsOutput) -> Result<(), MnsError>;
 
-    /// Compute loss, gradients and per-row results into fresh buffers.
+    /// Compute loss, gradients and per-row results into fresh buffers. The
+    /// input is validated once, by `mns_loss_into` (only its O(1) shape
+    /// checks run here first, to size the buffers).
     fn mns_loss(&self, input: &MnsInput<'_>) -> Result<MnsOutput, MnsError> {
-        let p = input.validate()?;
-        let mut out = MnsOutput::filled(p.b, p.n, p.k, 0.0);
+        let (b, n, k) = input.dims()?;
+        let mut out = MnsOutput::filled(b, n, k, 0.0);
         self.mns_loss_into(input, &mut out)?;
         Ok(out)
     }

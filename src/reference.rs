@@ -28,8 +28,9 @@ impl Backend for ReferenceBackend {
     }
 
     fn mns_loss_into(&self, input: &MnsInput<'_>, out: &mut MnsOutput) -> Result<(), MnsError> {
+        let (b, n, k) = input.dims()?;
+        out.check_shape(b, n, k)?;
         let r = mns_loss_f64(input)?;
-        out.check_shape(r.lse.len(), r.d_v.len() / input.dim, input.dim)?;
         let narrow = |dst: &mut [f32], src: &[f64]| {
             dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s as f32)
         };

@@ -72,3 +72,18 @@ fn kernels_compile_without_spills() {
         );
     }
 }
+
+/// A compile failure is an `MnsError::Cuda` that keeps NVRTC's error as its
+/// `source()` and carries the compiler log in its message.
+#[test]
+fn a_compile_error_keeps_its_source_and_log() {
+    if !cuda::nvrtc_available() {
+        common::skip("libnvrtc.so.13 not found");
+        return;
+    }
+    let e = cuda::compile_source("this is not CUDA;", "sm_80", false).unwrap_err();
+    assert!(matches!(e, mixneg::MnsError::Cuda { .. }), "{e:?}");
+    assert!(std::error::Error::source(&e).is_some(), "{e:?}");
+    assert!(e.to_string().contains("NVRTC compile for sm_80"), "{e}");
+    assert!(e.to_string().contains("error"), "no compiler log in: {e}");
+}

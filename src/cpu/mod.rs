@@ -178,7 +178,10 @@ impl CpuBackend {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
-            .map_err(|e| MnsError::KernelUnavailable(format!("thread pool of {threads}: {e}")))?;
+            .map_err(|e| MnsError::ThreadPool {
+                threads,
+                reason: e.to_string(),
+            })?;
         self.pool = Some(Arc::new(pool));
         Ok(self)
     }

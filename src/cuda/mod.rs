@@ -20,13 +20,17 @@
 //! coefficients) → `mns_loss_f32` (the loss) → `mns_du_f32` and `mns_dv_f32`
 //! (the gradients, recomputing logit tiles). See the header of `mns.cu`.
 
-use crate::{Backend, MnsError, MnsInput, MnsOutput};
+use crate::{Backend, ErrorSource, MnsError, MnsInput, MnsOutput};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
 use std::ffi::{CString, c_char};
 use std::sync::Arc;
+
+/// The `cudarc` this backend is built on (the device entry point takes its
+/// `CudaSlice`s and `CudaStream`s).
+pub use cudarc;
 
 /// The kernel source, embedded at build time.
 pub const SOURCE: &str = include_str!("../../kernels/mns.cu");
@@ -70,6 +74,7 @@ pub fn is_available() -> Result<(), String> {
 }
 
 /// The result of compiling [`SOURCE`] for one architecture.
+#[doc(hidden)]
 #[derive(Debug, Clone)]
 pub struct Compiled {
     /// The target, e.g. `sm_90`.
@@ -83,12 +88,28 @@ pub struct Compiled {
 /// Compile the kernels for `arch` (e.g. `sm_90`) to a CUBIN with NVRTC;
 /// `verbose` adds `--ptxas-options=-v` so the log reports registers, shared
 /// memory, stack and spills per kernel. Needs only `libnvrtc`, no GPU.
+#[doc(hidden)]
 pub fn compile(arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
+    compile_source(SOURCE, arch, verbose)
+}
+
+/// [`compile`] for any source text (the layout test appends static
+/// assertions to [`SOURCE`]).
+#[doc(hidden)]
+pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
     if !nvrtc_available() {
-        return Err(MnsError::Cuda("NVRTC 13 (libnvrtc.so.13) not found".into()));
+        return Err(MnsError::CudaUnavailable(
+            "NVRTC 13 (libnvrtc.so.13) not found".into(),
+        ));
     }
-    let err = |what: &str, e: nvrtc::NvrtcError| MnsError::Cuda(format!("NVRTC {what}: {e}"));
-    let src = CString::new(SOURCE).map_err(|e| MnsError::Cuda(format!("kernel source: {e}")))?;
+    let err = |what: &str, e: nvrtc::NvrtcError| MnsError::Cuda {
+        context: format!("NVRTC {what}"),
+        source: ErrorSource::new(e),
+    };
+    let src = CString::new(source).map_err(|e| MnsError::Cuda {
+        context: "kernel source".into(),
+        source: ErrorSource::new(e),
+    })?;
     let prog = nvrtc::create_program(&src, Some(c"mns.cu")).map_err(|e| err("create", e))?;
     let mut opts = vec![
         format!("--gpu-architecture={arch}"),
@@ -111,7 +132,10 @@ pub fn compile(arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
         })
         .unwrap_or_default();
     let cubin = compiled
-        .map_err(|e| MnsError::Cuda(format!("NVRTC compile for {arch}: {e}\n{log}")))
+        .map_err(|e| MnsError::Cuda {
+            context: format!("NVRTC compile for {arch} (log:\n{log})"),
+            source: ErrorSource::new(e),
+        })
         .and_then(|()| {
             let mut size = 0usize;
             // SAFETY: `prog` compiled successfully for a real sm_XY target, so a
@@ -152,9 +176,11 @@ fn cubin_for(arch: &str) -> Result<Vec<u8>, MnsError> {
     Ok(c)
 }
 
-/// Grid sizes of one call; a pure function of the shape and the device's
+/// Grid sizes of one call (a test hook: the emulator tests drive the same
+/// plan); a pure function of the shape and the device's
 /// multiprocessor count, shared by the launches and by the tests that run
 /// the kernels on the CPU.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     /// Column splits of the forward kernel.
@@ -247,8 +273,18 @@ impl DeviceOutput {
     }
 }
 
-fn cuda_err(e: impl std::fmt::Display) -> MnsError {
-    MnsError::Cuda(e.to_string())
+/// A failed driver call as an [`MnsError::Cuda`] that keeps cudarc's error.
+fn cuda_err(e: cudarc::driver::DriverError) -> MnsError {
+    e.into()
+}
+
+impl From<cudarc::driver::DriverError> for MnsError {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        MnsError::Cuda {
+            context: "driver call".into(),
+            source: ErrorSource::new(e),
+        }
+    }
 }
 
 /// The fused MNS loss on one CUDA device. The kernels are compiled for the
@@ -266,7 +302,7 @@ pub struct CudaBackend {
 impl CudaBackend {
     /// Open device `ordinal`, compile the kernels for it and load them.
     pub fn new(ordinal: usize) -> Result<Self, MnsError> {
-        is_available().map_err(MnsError::Cuda)?;
+        is_available().map_err(MnsError::CudaUnavailable)?;
         let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
         let arch = format!("sm_{major}{minor}");
@@ -293,6 +329,7 @@ impl CudaBackend {
     }
 
     /// The grid plan this backend uses for a B×N×K problem.
+    #[doc(hidden)]
     pub fn plan(&self, b: usize, n: usize, k: usize) -> Plan {
         Plan::new(b, n, k, self.sms)
     }

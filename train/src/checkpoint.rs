@@ -5,6 +5,7 @@
 //! fingerprint of the run's configuration; a corrupt, truncated or foreign
 //! file is refused with an error and nothing is loaded.
 
+use crate::Error;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
@@ -48,8 +49,8 @@ fn fnv(h: u64, bytes: &[u8]) -> u64 {
 }
 
 /// Write `state` atomically to `dir` for a run of configuration `fingerprint`.
-pub fn save(dir: &Path, fingerprint: &str, state: &State) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn save(dir: &Path, fingerprint: &str, state: &State) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let f32_bytes: Vec<Vec<u8>> = state
         .tensors
         .iter()
@@ -95,29 +96,29 @@ pub fn save(dir: &Path, fingerprint: &str, state: &State) -> Result<(), String> 
     .collect();
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
     let tmp = dir.join("checkpoint.safetensors.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(&bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        .map_err(|e| Error::io(&tmp, e))?;
     drop(f);
-    std::fs::rename(&tmp, path(dir)).map_err(|e| format!("{}: {e}", path(dir).display()))?;
+    std::fs::rename(&tmp, path(dir)).map_err(|e| Error::io(path(dir), e))?;
     // The rename is durable once the directory entry is.
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        .map_err(|e| Error::io(dir, e))?;
     Ok(())
 }
 
 /// Read the checkpoint of `dir`, if any: `Ok(None)` when there is none, an
 /// error when it is unreadable, corrupt or from another configuration.
-pub fn load(dir: &Path, fingerprint: &str) -> Result<Option<State>, String> {
+pub fn load(dir: &Path, fingerprint: &str) -> Result<Option<State>, Error> {
     let p = path(dir);
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", p.display())),
+        Err(e) => return Err(Error::io(&p, e)),
     };
-    let bad = |why: String| format!("checkpoint {} refused: {why}", p.display());
+    let bad = |why: String| Error::Invalid(format!("checkpoint {} refused: {why}", p.display()));
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let meta = header
@@ -128,7 +129,7 @@ pub fn load(dir: &Path, fingerprint: &str) -> Result<Option<State>, String> {
         meta.get(k)
             .ok_or_else(|| bad(format!("metadata `{k}` missing")))
     };
-    let num = |k: &str| -> Result<u64, String> {
+    let num = |k: &str| -> Result<u64, Error> {
         get(k)?
             .parse::<u64>()
             .map_err(|e| bad(format!("`{k}`: {e}")))

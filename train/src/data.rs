@@ -17,6 +17,7 @@
 //! ids are mapped to dense indices, each user's last interaction by time is
 //! the test set (leave-last-out) and features are the ids alone.
 
+use crate::Error;
 use mixneg::synthetic::splitmix;
 use std::collections::HashMap;
 use std::path::Path;
@@ -301,8 +302,8 @@ pub fn synthetic(cfg: &SynthConfig, seed: u64) -> Dataset {
 /// (`::`-separated, 4 fields) or `u.data` (tab-separated, 4 fields: user,
 /// item, rating, timestamp). Leave-last-out split by timestamp (file order
 /// when there is none). A malformed line is an error naming file and line.
-pub fn read_logs(path: &Path) -> Result<Dataset, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_logs(path: &Path) -> Result<Dataset, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut users: HashMap<String, u32> = HashMap::new();
     let mut items: HashMap<String, u32> = HashMap::new();
     let mut events: Vec<(u32, u32, f64, usize)> = vec![];
@@ -318,7 +319,13 @@ pub fn read_logs(path: &Path) -> Result<Dataset, String> {
         } else {
             line.split(',').collect()
         };
-        let bad = |why: &str| format!("{}:{}: {why}: {line:?}", path.display(), lineno + 1);
+        let bad = |why: &str| {
+            Error::Invalid(format!(
+                "{}:{}: {why}: {line:?}",
+                path.display(),
+                lineno + 1
+            ))
+        };
         if lineno == 0
             && fields.len() >= 2
             && fields[1].trim().parse::<f64>().is_err()
@@ -351,7 +358,7 @@ pub fn read_logs(path: &Path) -> Result<Dataset, String> {
         events.push((uid, iid, t, lineno));
     }
     if events.is_empty() {
-        return Err(format!("{}: no interactions", path.display()));
+        return Err(format!("{}: no interactions", path.display()).into());
     }
     events.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.3.cmp(&b.3)));
     let mut last: HashMap<u32, usize> = HashMap::new();

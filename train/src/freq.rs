@@ -20,6 +20,8 @@
 //! from a corpus of |C| items: `None` (no correction), `Unigram`
 //! (Q = p̂), or the MNS mixture Q*_j = (B·p̂_j + B′/|C|)/(B + B′).
 
+use crate::Error;
+
 /// How candidates' log Q enters the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QMode {
@@ -41,7 +43,7 @@ pub trait FrequencyEstimator {
     fn state(&self) -> Vec<Vec<f64>>;
     /// Restore a state from [`FrequencyEstimator::state`]; an error (and
     /// nothing changed) if it does not fit.
-    fn set_state(&mut self, state: Vec<Vec<f64>>) -> Result<(), String>;
+    fn set_state(&mut self, state: Vec<Vec<f64>>) -> Result<(), Error>;
 }
 
 /// Yi et al.'s hashed streaming estimator.
@@ -103,7 +105,7 @@ impl FrequencyEstimator for StreamingEstimator {
         v
     }
 
-    fn set_state(&mut self, mut state: Vec<Vec<f64>>) -> Result<(), String> {
+    fn set_state(&mut self, mut state: Vec<Vec<f64>>) -> Result<(), Error> {
         let h = self.a.len();
         let ok = state.len() == 2 * h + 1
             && state[..2 * h].iter().all(|x| x.len() == self.a[0].len())
@@ -112,7 +114,8 @@ impl FrequencyEstimator for StreamingEstimator {
             return Err(format!(
                 "streaming estimator state does not fit {h} hashes × {} buckets",
                 self.a[0].len()
-            ));
+            )
+            .into());
         }
         let tail = state.pop().expect("checked");
         self.b = state.split_off(h);
@@ -156,7 +159,7 @@ impl FrequencyEstimator for ExactCounts {
         ]
     }
 
-    fn set_state(&mut self, state: Vec<Vec<f64>>) -> Result<(), String> {
+    fn set_state(&mut self, state: Vec<Vec<f64>>) -> Result<(), Error> {
         if state.len() != 3 || state[0].len() != state[1].len() || state[2].len() != 1 {
             return Err("exact-count state is malformed".into());
         }

@@ -1,10 +1,14 @@
-//! The safetensors input of `mixneg loss`, parsed into owned data — in the
-//! library so that it is fuzzed and tested like the rest (`fuzz/`,
-//! `tests/fuzz_corpus.rs`). Every malformed file is an error naming what is
+//! The safetensors files of `mixneg loss`: the input ([`LossFile`]: reader
+//! and writer) and the output ([`LossResult`]: writer and reader) — in the
+//! library so that they are fuzzed and tested like the rest (`fuzz/`,
+//! `tests/fuzz_corpus.rs`: every parsed file is written back and must read
+//! back to the same bytes). Every malformed file is an error naming what is
 //! wrong; nothing here panics on any input.
 
+use crate::Error;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
 
 /// The tensors and options of one `mixneg loss` input file.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +39,7 @@ fn read_f32(
     st: &SafeTensors<'_>,
     name: &str,
     rank: usize,
-) -> Result<(Vec<f32>, Vec<usize>), String> {
+) -> Result<(Vec<f32>, Vec<usize>), Error> {
     let t = st
         .tensor(name)
         .map_err(|e| format!("tensor `{name}`: {e}"))?;
@@ -48,25 +52,27 @@ fn read_f32(
     Ok((v, t.shape().to_vec()))
 }
 
-fn check(t: &TensorView<'_>, name: &str, rank: usize, dtype: Dtype) -> Result<(), String> {
+fn check(t: &TensorView<'_>, name: &str, rank: usize, dtype: Dtype) -> Result<(), Error> {
     if t.dtype() != dtype {
         return Err(format!(
             "tensor `{name}` has dtype {:?}, expected {dtype:?}",
             t.dtype()
-        ));
+        )
+        .into());
     }
     if t.shape().len() != rank {
         return Err(format!(
             "tensor `{name}` has shape {:?}, expected rank {rank}",
             t.shape()
-        ));
+        )
+        .into());
     }
     Ok(())
 }
 
 impl LossFile {
     /// Parse a safetensors file's bytes.
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
         let meta = header.metadata().clone().unwrap_or_default();
@@ -74,7 +80,7 @@ impl LossFile {
         let (v, vs) = read_f32(&st, "v", 2)?;
         let (log_q, _) = read_f32(&st, "log_q", 1)?;
         if us[1] != vs[1] {
-            return Err(format!("u is {us:?} and v is {vs:?}: their K differ"));
+            return Err(format!("u is {us:?} and v is {vs:?}: their K differ").into());
         }
         let ids = match st.tensor("ids") {
             Err(_) => None,
@@ -98,7 +104,8 @@ impl LossFile {
                     other => {
                         return Err(format!(
                             "tensor `ids` has dtype {other:?}, expected I64 or I32"
-                        ));
+                        )
+                        .into());
                     }
                 })
             }
@@ -119,9 +126,9 @@ impl LossFile {
             Some("true") | Some("1") => Some(true),
             Some("false") | Some("0") => Some(false),
             Some(s) => {
-                return Err(format!(
-                    "metadata correct_positive = {s:?}: expected true or false"
-                ));
+                return Err(
+                    format!("metadata correct_positive = {s:?}: expected true or false").into(),
+                );
             }
         };
         Ok(Self {
@@ -150,5 +157,172 @@ impl LossFile {
             x = x.row_weight(w);
         }
         x
+    }
+}
+
+/// Serializes named tensors (dtype, shape, little-endian bytes) with
+/// metadata, in the order given.
+fn serialize(
+    tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>, Error> {
+    let views: Vec<(&str, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dt, shape, data)| {
+            TensorView::new(*dt, shape.clone(), data).map(|t| (*name, t))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok(safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?)
+}
+
+fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+impl LossFile {
+    /// The file's bytes: `u` [B,K], `v` [N,K], `log_q` [N] as F32, `ids` [N]
+    /// as I64 and `row_weight` [B] when present, and the metadata keys
+    /// `temperature` and `correct_positive` when set. [`LossFile::parse`]
+    /// reads it back to the same value.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        let mut t = vec![
+            ("u", Dtype::F32, vec![self.b, self.k], f32_bytes(&self.u)),
+            ("v", Dtype::F32, vec![self.n, self.k], f32_bytes(&self.v)),
+            (
+                "log_q",
+                Dtype::F32,
+                vec![self.log_q.len()],
+                f32_bytes(&self.log_q),
+            ),
+        ];
+        if let Some(ids) = &self.ids {
+            let bytes = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+            t.push(("ids", Dtype::I64, vec![ids.len()], bytes));
+        }
+        if let Some(w) = &self.row_weight {
+            t.push(("row_weight", Dtype::F32, vec![w.len()], f32_bytes(w)));
+        }
+        let mut meta = HashMap::new();
+        if let Some(x) = self.temperature {
+            meta.insert("temperature".to_string(), x.to_string());
+        }
+        if let Some(x) = self.correct_positive {
+            meta.insert("correct_positive".to_string(), x.to_string());
+        }
+        serialize(&t, meta)
+    }
+}
+
+/// The output of `mixneg loss`: `loss` [1], `d_u` [B,K], `d_v` [N,K], `lse`
+/// [B] and `row_loss` [B] as F32, with the τ and diagonal convention used
+/// as metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossResult {
+    /// The loss L.
+    pub loss: f32,
+    /// ∂L/∂U, B×K.
+    pub d_u: Vec<f32>,
+    /// ∂L/∂V, N×K.
+    pub d_v: Vec<f32>,
+    /// lse per row.
+    pub lse: Vec<f32>,
+    /// ℓ per row.
+    pub row_loss: Vec<f32>,
+    /// B.
+    pub b: usize,
+    /// N.
+    pub n: usize,
+    /// K.
+    pub k: usize,
+    /// The temperature used.
+    pub temperature: f32,
+    /// Whether the diagonal was corrected.
+    pub correct_positive: bool,
+}
+
+impl LossResult {
+    /// The result of a call on a B×N×K problem.
+    pub fn new(
+        out: &mixneg::MnsOutput,
+        (b, n, k): (usize, usize, usize),
+        temperature: f32,
+        correct_positive: bool,
+    ) -> Self {
+        Self {
+            loss: out.loss,
+            d_u: out.d_u.clone(),
+            d_v: out.d_v.clone(),
+            lse: out.lse.clone(),
+            row_loss: out.row_loss.clone(),
+            b,
+            n,
+            k,
+            temperature,
+            correct_positive,
+        }
+    }
+
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        let (b, n, k) = (self.b, self.n, self.k);
+        let t = [
+            ("loss", Dtype::F32, vec![1], f32_bytes(&[self.loss])),
+            ("d_u", Dtype::F32, vec![b, k], f32_bytes(&self.d_u)),
+            ("d_v", Dtype::F32, vec![n, k], f32_bytes(&self.d_v)),
+            ("lse", Dtype::F32, vec![b], f32_bytes(&self.lse)),
+            ("row_loss", Dtype::F32, vec![b], f32_bytes(&self.row_loss)),
+        ];
+        let meta = HashMap::from([
+            ("temperature".to_string(), self.temperature.to_string()),
+            (
+                "correct_positive".to_string(),
+                self.correct_positive.to_string(),
+            ),
+        ]);
+        serialize(&t, meta)
+    }
+
+    /// Parses what [`LossResult::to_bytes`] writes.
+    pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let (loss, ls) = read_f32(&st, "loss", 1)?;
+        let (d_u, us) = read_f32(&st, "d_u", 2)?;
+        let (d_v, vs) = read_f32(&st, "d_v", 2)?;
+        let (lse, es) = read_f32(&st, "lse", 1)?;
+        let (row_loss, rs) = read_f32(&st, "row_loss", 1)?;
+        if ls != [1] || us[1] != vs[1] || es != [us[0]] || rs != [us[0]] {
+            return Err(format!(
+                "inconsistent shapes: loss {ls:?}, d_u {us:?}, d_v {vs:?}, lse {es:?}, row_loss {rs:?}"
+            )
+            .into());
+        }
+        let get = |key: &str| {
+            meta.get(key)
+                .ok_or_else(|| Error::from(format!("metadata `{key}` missing")))
+        };
+        let temperature = get("temperature")?;
+        let temperature = temperature
+            .parse::<f32>()
+            .map_err(|e| format!("metadata temperature = {temperature:?}: {e}"))?;
+        let correct_positive = match get("correct_positive")?.as_str() {
+            "true" => true,
+            "false" => false,
+            s => return Err(format!("metadata correct_positive = {s:?}").into()),
+        };
+        Ok(Self {
+            loss: loss[0],
+            d_u,
+            d_v,
+            lse,
+            row_loss,
+            b: us[0],
+            n: vs[0],
+            k: us[1],
+            temperature,
+            correct_positive,
+        })
     }
 }

@@ -10,12 +10,14 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod error;
 pub mod eval;
 pub mod freq;
 pub mod io;
 pub mod tower;
 
 use data::Dataset;
+pub use error::Error;
 use freq::{ExactCounts, FrequencyEstimator, QMode, StreamingEstimator};
 use mixneg::{Backend, MnsInput, MnsOutput, ReferenceBackend};
 use std::time::Instant;
@@ -157,7 +159,7 @@ pub struct EpochReport {
 pub fn train(
     cfg: &TrainConfig,
     backend: &dyn Backend,
-) -> Result<(Dataset, Vec<EpochReport>), String> {
+) -> Result<(Dataset, Vec<EpochReport>), Error> {
     let data = match &cfg.logs {
         Some(p) => data::read_logs(p)?,
         None => data::synthetic(&cfg.synth, cfg.seed),
@@ -171,7 +173,7 @@ pub fn train_on(
     cfg: &TrainConfig,
     backend: &dyn Backend,
     data: &Dataset,
-) -> Result<Vec<EpochReport>, String> {
+) -> Result<Vec<EpochReport>, Error> {
     if cfg.batch == 0 || (cfg.negatives == Negatives::UniformOnly && cfg.b_prime == 0) {
         return Err("need B ≥ 1, and B′ ≥ 1 with uniform-only negatives".into());
     }
@@ -199,7 +201,7 @@ pub fn train_on(
     let mut step = 0u64;
     let mut csv = match &cfg.metrics {
         Some(p) => {
-            let mut f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut f = std::fs::File::create(p).map_err(|e| Error::io(p, e))?;
             use std::io::Write;
             writeln!(f, "{CSV_HEADER}").map_err(|e| e.to_string())?;
             Some(f)
@@ -342,7 +344,8 @@ pub fn train_on(
                         "step {step}: {} differs from the reference by {err:.2e} (> {:.0e})",
                         backend.name(),
                         cfg.verify_tolerance
-                    ));
+                    )
+                    .into());
                 }
             }
             loss_sum += out.loss as f64;
@@ -407,7 +410,7 @@ fn csv_line(r: &EpochReport) -> String {
 
 /// The inverse of `csv_line` (for resumed runs; Recall@10/50 by class are
 /// not in the CSV and come back as 0).
-fn parse_csv_line(line: &str) -> Result<EpochReport, String> {
+fn parse_csv_line(line: &str) -> Result<EpochReport, Error> {
     let v: Vec<f64> = line
         .split(',')
         .map(|x| {
@@ -416,7 +419,7 @@ fn parse_csv_line(line: &str) -> Result<EpochReport, String> {
         })
         .collect::<Result<_, _>>()?;
     if v.len() != 12 {
-        return Err(format!("report line {line:?}: expected 12 fields"));
+        return Err(format!("report line {line:?}: expected 12 fields").into());
     }
     let mut m = eval::Metrics {
         recall: [v[2], v[3], v[4]],
@@ -438,7 +441,7 @@ fn parse_csv_line(line: &str) -> Result<EpochReport, String> {
     })
 }
 
-fn write_csv(f: &mut Option<std::fs::File>, r: &EpochReport) -> Result<(), String> {
+fn write_csv(f: &mut Option<std::fs::File>, r: &EpochReport) -> Result<(), Error> {
     use std::io::Write;
     if let Some(f) = f {
         writeln!(f, "{}", csv_line(r)).map_err(|e| e.to_string())?;

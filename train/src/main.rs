@@ -4,13 +4,11 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use mixneg::synthetic::Synthetic;
 use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput, ReferenceBackend};
-use safetensors::tensor::{Dtype, TensorView};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-type Error = Box<dyn std::error::Error>;
+use mixneg_train::Error;
 
 #[derive(Parser)]
 #[command(
@@ -168,7 +166,7 @@ fn backend(which: BackendArg) -> Result<Box<dyn Backend>, Error> {
         BackendArg::Cuda => Box::new(mixneg::CudaBackend::new(0)?),
         #[cfg(not(feature = "cuda"))]
         BackendArg::Cuda => {
-            return Err("this build has no CUDA backend (feature `cuda` off)".into());
+            return Err(mixneg::MnsError::CudaNotBuilt.into());
         }
     })
 }
@@ -180,33 +178,17 @@ fn loss(
     temperature: Option<f32>,
     no_correct_positive: bool,
 ) -> Result<(), Error> {
-    let bytes = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let bytes = std::fs::read(input).map_err(|e| Error::io(input, e))?;
     let file = mixneg_train::io::LossFile::parse(&bytes)
-        .map_err(|e| format!("{}: {e}", input.display()))?;
+        .map_err(|e| Error::Invalid(format!("{}: {e}", input.display())))?;
     let temperature = temperature.or(file.temperature).unwrap_or(1.0);
     let correct_positive = !no_correct_positive && file.correct_positive.unwrap_or(true);
     let (b, n, k) = (file.b, file.n, file.k);
     let x = file.input(temperature, correct_positive);
     let out = backend(which)?.mns_loss(&x)?;
 
-    let bytes = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|f| f.to_le_bytes()).collect() };
-    let tensors = [
-        ("loss", vec![1], bytes(&[out.loss])),
-        ("d_u", vec![b, k], bytes(&out.d_u)),
-        ("d_v", vec![n, k], bytes(&out.d_v)),
-        ("lse", vec![b], bytes(&out.lse)),
-        ("row_loss", vec![b], bytes(&out.row_loss)),
-    ];
-    let views: Vec<(&str, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, shape, data)| Ok((*name, TensorView::new(Dtype::F32, shape.clone(), data)?)))
-        .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let meta = HashMap::from([
-        ("temperature".to_string(), temperature.to_string()),
-        ("correct_positive".to_string(), correct_positive.to_string()),
-    ]);
-    safetensors::serialize_to_file(views, Some(meta), output)
-        .map_err(|e| format!("{}: {e}", output.display()))?;
+    let result = mixneg_train::io::LossResult::new(&out, (b, n, k), temperature, correct_positive);
+    std::fs::write(output, result.to_bytes()?).map_err(|e| Error::io(output, e))?;
     Ok(())
 }
 
@@ -412,7 +394,7 @@ fn train(cfg: &mixneg_train::TrainConfig, which: BackendArg) -> Result<(), Error
 fn experiment(base: &mixneg_train::TrainConfig, seeds: u64, out: &Path) -> Result<(), Error> {
     use mixneg_train::Negatives;
     use mixneg_train::freq::QMode;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let b = base.batch;
     // (name, B′, negatives, Q mode); equal budget: same epochs and batches of B stream positives.
     let configs: Vec<(String, usize, Negatives, QMode)> = vec![
@@ -500,7 +482,8 @@ fn experiment(base: &mixneg_train::TrainConfig, seeds: u64, out: &Path) -> Resul
         }
         rows.push((name.clone(), runs));
     }
-    std::fs::write(out.join("results.csv"), csv)?;
+    let p = out.join("results.csv");
+    std::fs::write(&p, csv).map_err(|e| Error::io(&p, e))?;
     // Mean ± 95% CI (Student t, n − 1 degrees of freedom).
     let t95 = |n: usize| match n {
         2 => 12.706,
@@ -525,7 +508,8 @@ fn experiment(base: &mixneg_train::TrainConfig, seeds: u64, out: &Path) -> Resul
         }
         md += "\n";
     }
-    std::fs::write(out.join("table.md"), &md)?;
+    let p = out.join("table.md");
+    std::fs::write(&p, &md).map_err(|e| Error::io(&p, e))?;
     println!("\n{md}");
     Ok(())
 }

@@ -118,11 +118,11 @@ fn log_reader_formats_and_errors() {
     // u.data: tab-separated with a malformed line 3.
     let bad = dir.join("u.data");
     std::fs::write(&bad, "1\t2\t3\t4\n1\t3\t3\t5\n1\t4\tthree\n").unwrap();
-    let e = data::read_logs(&bad).unwrap_err();
+    let e = data::read_logs(&bad).unwrap_err().to_string();
     assert!(e.contains("u.data:3:"), "{e}");
     let bad = dir.join("t.csv");
     std::fs::write(&bad, "1,2,100\n1,3,notatime\n").unwrap();
-    let e = data::read_logs(&bad).unwrap_err();
+    let e = data::read_logs(&bad).unwrap_err().to_string();
     assert!(e.contains("t.csv:2:") && e.contains("timestamp"), "{e}");
 }
 
