@@ -23,9 +23,9 @@
 //                 the GPU full when B is small.
 //   mns_rows_f32  one warp per row: s_ii by a warp dot product, the ordered
 //                 merge of the split partials (lane 0, f64), then lse_i, l_i,
-//                 top-1, c_i = w_i/(B tau) and P_ii - 1 = -S'/(e_ii + S')
-//                 (S' the off-diagonal sum: no cancellation when the positive
-//                 dominates).
+//                 top-1, the row max m_i, c_i = w_i/(B tau (e_ii + S')) and
+//                 G_ii/tau = -w_i S'/(B tau (e_ii + S')) (S' the off-diagonal
+//                 sum: no cancellation when the positive dominates).
 //   mns_loss_f32  one block: L = (1/B) sum_i w_i l_i, fixed-order f64 tree.
 //   mns_du_f32    grid (ceil(B/64), ceil(K/64)): block owns a 64-row x 64-
 //                 component tile of dU in registers and sweeps all columns:
@@ -181,7 +181,8 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(
     i64 b, i64 k, float inv_tau, int correct_positive, int splits,
     const float* __restrict__ part_m, const float* __restrict__ part_s,
     float* __restrict__ lse, float* __restrict__ row_loss, int* __restrict__ top1,
-    float* __restrict__ wloss, float* __restrict__ coef, float* __restrict__ pm1)
+    float* __restrict__ wloss, float* __restrict__ mrow, float* __restrict__ coef,
+    float* __restrict__ gdiag)
 {
     const int lane = threadIdx.x % 32;
     const i64 row = (i64)blockIdx.x * (MNS_NT / 32) + threadIdx.x / 32;
@@ -214,8 +215,14 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(
     row_loss[row] = (float)loss;
     top1[row] = s_ii >= m_off ? 1 : 0;
     wloss[row] = (float)(w * loss);
-    coef[row] = (float)(w * (double)inv_tau / (double)b);
-    pm1[row] = (float)(-so2 / sum);
+    // The gradient kernels form G_ij/tau = coef_i * exp(s_ij - m_i) with m_i
+    // a logit of this row (exact in f32), not exp(s_ij - lse_i): lse_i
+    // rounded to f32 is off by eps*|lse_i|, which would scale the whole row
+    // of P by that much (measured: 2e-6 relative at |s| ~ 1e3).
+    const double c = w * (double)inv_tau / (double)b;
+    mrow[row] = (float)mx;
+    coef[row] = (float)(c / sum);
+    gdiag[row] = (float)(-c * so2 / sum);
 }
 
 extern "C" __global__ void __launch_bounds__(MNS_NT) mns_loss_f32(
@@ -233,17 +240,18 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_loss_f32(
     if (threadIdx.x == 0) loss[0] = (float)(part[0] / (double)b);
 }
 
-// G_rc / tau for one logit: c_r P_rc off the diagonal, c_r (P_rr - 1) on it,
-// 0 when removed or outside the matrices.
+// G_rc / tau for one logit: coef_r exp(s_rc - m_r) off the diagonal (m_r the
+// row's largest logit, coef_r = w_r/(B tau sum_r)), gdiag_r = c_r (P_rr - 1)
+// on it, 0 when removed or outside the matrices.
 __device__ __forceinline__ float mns_grad(
     float dot, i64 row, i64 col, i64 b, i64 n, const float* __restrict__ log_q,
     const i64* __restrict__ ids, float inv_tau, int correct_positive,
-    const float* __restrict__ lse, const float* __restrict__ coef, const float* __restrict__ pm1)
+    const float* __restrict__ mrow, const float* __restrict__ coef, const float* __restrict__ gdiag)
 {
     if (row >= b || col >= n) return 0.0f;
-    if (col == row) return coef[row] * pm1[row];
+    if (col == row) return gdiag[row];
     const float x = mns_logit(dot, row, col, n, log_q, ids, inv_tau, correct_positive);
-    return coef[row] * expf(x - lse[row]);  // expf(-inf) = 0 for removed hits
+    return coef[row] * expf(x - mrow[row]);  // expf(-inf) = 0 for removed hits
 }
 
 struct MnsBwdSmem {
@@ -256,7 +264,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(
     const float* __restrict__ u, const float* __restrict__ v,
     const float* __restrict__ log_q, const i64* __restrict__ ids,
     i64 b, i64 n, i64 k, float inv_tau, int correct_positive,
-    const float* __restrict__ lse, const float* __restrict__ coef, const float* __restrict__ pm1,
+    const float* __restrict__ mrow, const float* __restrict__ coef, const float* __restrict__ gdiag,
     float* __restrict__ d_u)
 {
     __shared__ MnsBwdSmem sm;
@@ -273,7 +281,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j)
                 sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n,
-                                                          log_q, ids, inv_tau, correct_positive, lse, coef, pm1);
+                                                          log_q, ids, inv_tau, correct_positive, mrow, coef, gdiag);
         for (int idx = tid; idx < MNS_BN * MNS_KC; idx += MNS_NT) {
             const int c = idx / MNS_KC, kk = idx % MNS_KC;
             const i64 gc = c0 + c, gk = kc0 + kk;
@@ -303,7 +311,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(
     const float* __restrict__ u, const float* __restrict__ v,
     const float* __restrict__ log_q, const i64* __restrict__ ids,
     i64 b, i64 n, i64 k, float inv_tau, int correct_positive,
-    const float* __restrict__ lse, const float* __restrict__ coef, const float* __restrict__ pm1,
+    const float* __restrict__ mrow, const float* __restrict__ coef, const float* __restrict__ gdiag,
     float* __restrict__ d_v)
 {
     __shared__ MnsBwdSmem sm;
@@ -320,7 +328,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j)
                 sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n,
-                                                          log_q, ids, inv_tau, correct_positive, lse, coef, pm1);
+                                                          log_q, ids, inv_tau, correct_positive, mrow, coef, gdiag);
         for (int idx = tid; idx < MNS_BM * MNS_KC; idx += MNS_NT) {
             const int r = idx / MNS_KC, kk = idx % MNS_KC;
             const i64 gr = r0 + r, gk = kc0 + kk;

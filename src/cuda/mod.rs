@@ -436,8 +436,9 @@ impl CudaBackend {
             .alloc_zeros::<f32>(plan.splits * b)
             .map_err(cuda_err)?;
         let mut wloss = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
+        let mut mrow = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
         let mut coef = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
-        let mut pm1 = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
+        let mut gdiag = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
         let cfg = |grid: (u32, u32)| LaunchConfig {
             grid_dim: (grid.0, grid.1, 1),
             block_dim: (THREADS, 1, 1),
@@ -481,8 +482,9 @@ impl CudaBackend {
             .arg(&mut out.row_loss)
             .arg(&mut out.top1)
             .arg(&mut wloss)
+            .arg(&mut mrow)
             .arg(&mut coef)
-            .arg(&mut pm1);
+            .arg(&mut gdiag);
         // SAFETY: matches mns_rows_f32; row-indexed buffers have B elements,
         // row_weight B (checked), part_* splits·B.
         unsafe { l.launch(cfg((plan.rows_grid, 1))) }.map_err(cuda_err)?;
@@ -497,9 +499,9 @@ impl CudaBackend {
             (4, plan.dv_grid, &mut out.d_v),
         ] {
             let mut l = logit_kernel(f);
-            l.arg(&out.lse).arg(&coef).arg(&pm1).arg(dst);
+            l.arg(&mrow).arg(&coef).arg(&gdiag).arg(dst);
             // SAFETY: matches mns_du_f32 / mns_dv_f32; d_u has B·K elements,
-            // d_v N·K, lse/coef/pm1 B, the inputs as for the forward kernel.
+            // d_v N·K, mrow/coef/gdiag B, the inputs as for the forward kernel.
             unsafe { l.launch(cfg(grid)) }.map_err(cuda_err)?;
         }
         Ok(())

@@ -20,7 +20,9 @@ pub struct Case {
     pub temperature_text: String,
     pub correct_positive: bool,
     /// [`magnitudes`], computed once.
-    pub mags: std::sync::OnceLock<(f64, f64)>,
+    pub mags: std::sync::OnceLock<Mags>,
+    /// [`naive_f32`] in both variants, computed once.
+    pub naive: std::sync::OnceLock<[MnsOutput; 2]>,
 }
 
 impl Case {
@@ -114,6 +116,7 @@ pub fn random_case(seed: u64, b: usize, bp: usize, k: usize) -> Case {
         temperature_text: "0.05".into(),
         correct_positive: true,
         mags: Default::default(),
+        naive: Default::default(),
     }
 }
 
@@ -196,6 +199,7 @@ pub fn load_vectors() -> Vec<(Case, Expected)> {
                 temperature_text: meta["temperature"].clone(),
                 correct_positive: meta["correct_positive"] == "true",
                 mags: Default::default(),
+                naive: Default::default(),
             };
             let exp = Expected {
                 loss: f64s(&st.tensor("loss").unwrap())[0],
@@ -212,85 +216,231 @@ pub fn load_vectors() -> Vec<(Case, Expected)> {
 // The tolerance policy, written once.
 //
 // A fast f32 path differs from the f64 truth mostly through the logits: each
-// s_ij is a K-term f32 dot product scaled by 1/τ, off by about
-// ε·(|s_ij| + √K·|u_i||v_j|/τ) with ε = 2⁻²⁴. A logit error δ changes P_ij by
-// the relative amount δ, hence every output by at most ~δ relative to its
-// own scale. We therefore allow, per tensor,
+// The tolerance policy (FlashAttention's rule): a fused f32 kernel may be at
+// most FACTOR times as far from the f64 reference as a *plain f32
+// materializing implementation* is on the same case ([`naive_f32`]: U·Vᵀ in
+// f32 with sequential sums, libm exp, P, G and both gradient products in
+// f32 — what PyTorch's fp32 eager does, up to its BLAS's summation order),
+// plus a floor for what the naive baseline can be lucky about:
 //
-//     ‖x − ref‖₂ ≤ (REL + SLOPE·ε·S)·‖ref‖₂,     S = the case's logit scale,
+//     ‖x − ref‖₂ ≤ FACTOR·max(‖x_naive − ref‖₂, ‖x_naive′ − ref‖₂, σ) + FLOOR·ε·D + underflow,
 //
-// (REL = 4e-6 covers the f32 rounding of the outputs and of sums over N;
-// SLOPE = 8: a logit goes through up to four roundings of relative size ε
-// — the f32 dot product (one per term when K = 1), the rounded 1/τ, the
-// product with it and the subtraction of log_q; without FMA (the portable
-// path in a default build) each is two — and a probability depends on the
-// difference of two logits; S, a Cauchy–Schwarz bound, over-states typical
-// |s_ij|, so the bound is approached only when one pair of logits dominates)
-// — with ‖ref‖₂ replaced by S·√len for lse and
-// ℓ, which are in logit units —, and for the loss
-// |L − L_ref| ≤ (REL + SLOPE·ε·S)·max(|L_ref|, 1) since each ℓ_i is a
-// difference of two logit-sized numbers. The bar of issue #2 (1e-5 on the
-// realistic vector) is asserted on its own in tests/vectors.rs.
-// ---------------------------------------------------------------------------
+// per tensor (and |L − L_ref| ≤ FACTOR·max|L_naive − L_ref| + FLOOR·ε·max(|L_ref|, 1)
+// for the loss), ε = 2⁻²⁴ (f32's unit roundoff). The baseline is the worse
+// of two variants of the plain algorithm (x_naive: sequential sums, separate
+// multiply and add, divide by τ; x_naive′: reversed sums, FMA, times the f32
+// reciprocal of τ): one realization of rounding is a noisy yardstick when a
+// few large logits dominate a row (one variant alone was 4× luckier than
+// the kernels on `huge_logits`), and the reciprocal's rounding is a
+// systematic error every "logits * (1/τ)" implementation shares (K = 1,
+// where the dot product itself is exact, showed it). σ ([`Mags`]) is the
+// *expected* error of rounding every logit once, computed in f64 from the
+// case: on a small case with a few huge logits both naive variants can be
+// 2–4× luckier than their expectation (the property tests found B = 10,
+// N = 21, K = 3, |s| ~ 10³), and the yardstick is what an f32
+// implementation makes on average, not the luck of one. Why these numbers:
 //
-// For the gradients, whose sums cancel (each row of G sums to zero), ‖ref‖₂
-// is replaced by ‖|G|·|V|/τ‖₂ (resp. ‖|G|ᵀ·|U|/τ‖₂) when larger — the logit
-// error is relative to each term, not to their sum — and 4·ε·√terms of it is
-// added for the f32 summation. A small gradient made of large cancelling
-// terms (found by the property tests: K = 1, B = 2, a factor 40 of
-// cancellation) is only that accurate in any f32 implementation.
+// * FACTOR = 2: the fused kernels make the same kinds of rounding as the
+//   naive one — the same f32 logits, one exp per logit, products summed in
+//   f32 — but sum in blocks (≤ 256 terms) and merge rows in f64, so they are
+//   usually *more* accurate (measured ratios ~0.1–1.3, see tests/vectors.rs
+//   output); 2 leaves room for differing orders of summation and nothing for
+//   a systematic error.
+// * FLOOR = 3: the naive baseline can be exact by luck (K = 1, all logits
+//   equal) while any implementation rounds its outputs (ε/2·‖ref‖) and the
+//   kernels' exp polynomial is within 2 ulp where libm's expf is within 0.5
+//   (≤ 2ε on every probability, hence on every output, relative to D).
+//   D = ‖ref‖₂, or for the gradients ‖|G|·|V|/τ‖₂ (resp. ‖|G|ᵀ·|U|/τ‖₂) when
+//   larger (their terms cancel: every row of G sums to zero, and a rounding
+//   is relative to the terms), and for lse and ℓ, which are in logit units,
+//   max(‖ref‖₂, S·√len) with S the case's logit scale
+//   max|u_i|·max|v_j|/τ + max|log_q_j|.
+// * underflow: an exp below f32's smallest normal (1.2e-38 of its row's
+//   largest term) is flushed to 0, so a gradient whose every term is that
+//   small — a positive ahead by > 87 logits — is 0 in f32 even though f64
+//   holds, say, 1e-130 (found by the property tests). Per element we allow
+//   1e-30·w_max/(B·τ)·max(|u_i|, |v_j|), far above that flush and far below
+//   anything a trainer could see.
 //
-// One absolute floor: an exp below f32's smallest normal (1.2e-38 of its
-// row's largest term) is flushed to 0, so a gradient whose every term is
-// that small — a positive ahead by > 87 logits — is 0 in f32 even though f64
-// holds, say, 1e-130 (found by the property tests). Per element we allow
-// 1e-30·w_max/(B·τ)·max(|u_i|, |v_j|), far above that flush and far below
-// anything a trainer could see.
+// A deliberately degraded kernel fails this (`scripts/mutation_check.sh`):
+// one exp term per row rounded to bf16 is ~10⁴× the naive error. The bar of
+// issue #2 (1e-5 on the realistic vector) is asserted on its own in
+// tests/vectors.rs.
 pub const EPS: f64 = 5.960_464_477_539_063e-8;
-pub const REL: f64 = 4e-6;
-pub const SLOPE: f64 = 8.0;
+pub const FACTOR: f64 = 2.0;
+pub const FLOOR: f64 = 3.0;
 
-/// ‖|G|·|V|/τ‖₂ and ‖|G|ᵀ·|U|/τ‖₂ in f64: the size of the terms of the
-/// gradient sums, which cancel (see the policy above).
-pub fn magnitudes(case: &Case) -> (f64, f64) {
+/// The error a logit computed in f32 can have, ~8ε·S (four roundings of
+/// relative size ε, two without FMA, and a difference of two logits) — for
+/// deciding whether a top-1 disagreement is a near-tie.
+pub fn logit_tolerance(case: &Case) -> f64 {
+    (4e-6 + 8.0 * EPS * case.logit_scale()) * case.logit_scale().max(1.0)
+}
+
+/// The two plain f32 materializing implementations the policy measures
+/// against (see above), computed once per case.
+pub fn naive(case: &Case) -> &[MnsOutput; 2] {
+    case.naive
+        .get_or_init(|| [naive_f32(case, false), naive_f32(case, true)])
+}
+
+/// What a straightforward f32 implementation computes: S = U·Vᵀ/τ − log_q,
+/// hits set to −∞, per row m = max, z = Σ exp(s − m) (libm `expf`),
+/// lse = m + ln z, P = e/z, G = (w/B)(P − δ), ℓ = lse − s_ii, L = Σ w ℓ / B,
+/// dU = G·V/τ and dV = Gᵀ·U/τ, every sum sequential in f32. Two variants
+/// of the same plain algorithm, as two frameworks would write it:
+/// `alt = false` multiplies and adds separately and divides by τ;
+/// `alt = true` runs every sum in the reverse order with fused multiply-adds
+/// and multiplies by the f32 reciprocal of τ (as the kernels do), whose
+/// rounding is a common relative error of all logits.
+pub fn naive_f32(case: &Case, alt: bool) -> MnsOutput {
+    let (b, n, k) = (case.b(), case.n(), case.k);
+    let tau = case.temperature;
+    let inv_tau = 1.0 / tau;
+    let scale = |x: f32| if alt { x * inv_tau } else { x / tau };
+    let madd = |a: f32, b: f32, c: f32| if alt { a.mul_add(b, c) } else { a * b + c };
+    // The t-th index of a sum over 0..len in this variant's order.
+    let at = |t: usize, len: usize| if alt { len - 1 - t } else { t };
+    let mut out = MnsOutput::filled(b, n, k, 0.0);
+    let mut wl = 0.0f32;
+    let mut s = vec![0.0f32; n];
+    for i in 0..b {
+        for (j, sj) in s.iter_mut().enumerate() {
+            if j != i && case.ids.as_ref().is_some_and(|ids| ids[j] == ids[i]) {
+                *sj = f32::NEG_INFINITY;
+                continue;
+            }
+            let mut d = 0.0f32;
+            let (ui, vj) = (&case.u[i * k..(i + 1) * k], &case.v[j * k..(j + 1) * k]);
+            for t in 0..k {
+                let c = at(t, k);
+                d = madd(ui[c], vj[c], d);
+            }
+            let d = scale(d);
+            *sj = if j == i && !case.correct_positive {
+                d
+            } else {
+                d - case.log_q[j]
+            };
+        }
+        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = (0..n).map(|t| (s[at(t, n)] - m).exp()).sum();
+        let lse = m + z.ln();
+        let w = case.row_weight.as_ref().map_or(1.0, |w| w[i]);
+        out.lse[i] = lse;
+        out.row_loss[i] = lse - s[i];
+        out.top1[i] = s[i] >= m;
+        wl += w * out.row_loss[i];
+        for t in 0..n {
+            let j = at(t, n);
+            let p = (s[j] - m).exp() / z;
+            let g = scale(w / b as f32 * (p - if i == j { 1.0 } else { 0.0 }));
+            let (du, vj) = (
+                &mut out.d_u[i * k..(i + 1) * k],
+                &case.v[j * k..(j + 1) * k],
+            );
+            du.iter_mut()
+                .zip(vj)
+                .for_each(|(d, &x)| *d = madd(g, x, *d));
+            let (dv, ui) = (
+                &mut out.d_v[j * k..(j + 1) * k],
+                &case.u[i * k..(i + 1) * k],
+            );
+            dv.iter_mut()
+                .zip(ui)
+                .for_each(|(d, &x)| *d = madd(g, x, *d));
+        }
+    }
+    out.loss = wl / b as f32;
+    out
+}
+
+/// Per-case magnitudes in f64 that the policy needs (see above).
+#[derive(Debug, Clone, Copy)]
+pub struct Mags {
+    /// ‖|G|·|V|/τ‖₂ and ‖|G|ᵀ·|U|/τ‖₂: the size of the gradient sums' terms.
+    pub du_abs: f64,
+    pub dv_abs: f64,
+    /// The expected (RMS) error that rounding each logit once to f32 causes
+    /// in dU, dV and lse: logit s_ij is off by about ε·σ_ij with
+    /// σ_ij = |s_ij| + Σ_c |u_ic v_jc|/τ + |log_q_j|, independently, which
+    /// moves dU_i by Σ_j G_ij·δ_ij·v_j/τ, dV_j by Σ_i G_ij·δ_ij·u_i/τ and
+    /// lse_i by Σ_j P_ij·δ_ij.
+    pub du_noise: f64,
+    pub dv_noise: f64,
+    pub lse_noise: f64,
+    /// Likewise for ℓ_i = lse_i − s_ii (moved by Σ_j (P_ij − δ_ij)·δ_ij) and
+    /// for L = Σ_i w_i ℓ_i / B.
+    pub row_loss_noise: f64,
+    pub loss_noise: f64,
+}
+
+/// [`Mags`] of a case, computed once.
+pub fn magnitudes(case: &Case) -> Mags {
     *case.mags.get_or_init(|| compute_magnitudes(case))
 }
 
-fn compute_magnitudes(case: &Case) -> (f64, f64) {
+fn compute_magnitudes(case: &Case) -> Mags {
     let (b, n, k) = (case.b(), case.n(), case.k);
     let tau = case.temperature as f64;
     let (mut du, mut dv) = (vec![0.0f64; b * k], vec![0.0f64; n * k]);
+    let (mut du2, mut dv2) = (vec![0.0f64; b * k], vec![0.0f64; n * k]);
+    let (mut lse2, mut rl2, mut l2) = (0.0f64, 0.0f64, 0.0f64);
     for i in 0..b {
+        let mut sigma = vec![0.0f64; n];
         let s: Vec<f64> = (0..n)
             .map(|j| {
                 if j != i && case.ids.as_ref().is_some_and(|ids| ids[j] == ids[i]) {
                     return f64::NEG_INFINITY;
                 }
-                let d: f64 = (0..k)
-                    .map(|c| case.u[i * k + c] as f64 * case.v[j * k + c] as f64)
-                    .sum::<f64>()
-                    / tau;
-                if j == i && !case.correct_positive {
+                let (mut d, mut a) = (0.0f64, 0.0f64);
+                for c in 0..k {
+                    let x = case.u[i * k + c] as f64 * case.v[j * k + c] as f64;
+                    d += x;
+                    a += x.abs();
+                }
+                let (d, a) = (d / tau, a / tau);
+                let s = if j == i && !case.correct_positive {
                     d
                 } else {
                     d - case.log_q[j] as f64
-                }
+                };
+                sigma[j] = EPS * (s.abs() + a + (case.log_q[j] as f64).abs());
+                s
             })
             .collect();
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
         let w = case.row_weight.as_ref().map_or(1.0, |w| w[i] as f64) / b as f64;
+        let mut row2 = 0.0f64;
         for j in 0..n {
             let p = (s[j] - m).exp() / z;
+            lse2 += (p * sigma[j]).powi(2);
+            row2 += ((p - if i == j { 1.0 } else { 0.0 }) * sigma[j]).powi(2);
             let g = w * if i == j { 1.0 - p } else { p } / tau;
+            let gn = (g * sigma[j]).powi(2);
             for c in 0..k {
-                du[i * k + c] += g * (case.v[j * k + c] as f64).abs();
-                dv[j * k + c] += g * (case.u[i * k + c] as f64).abs();
+                let (vj, ui) = (case.v[j * k + c] as f64, case.u[i * k + c] as f64);
+                du[i * k + c] += g * vj.abs();
+                dv[j * k + c] += g * ui.abs();
+                du2[i * k + c] += gn * vj * vj;
+                dv2[j * k + c] += gn * ui * ui;
             }
         }
+        rl2 += row2;
+        l2 += w * w * row2;
     }
     let norm = |x: &[f64]| x.iter().map(|a| a * a).sum::<f64>().sqrt();
-    (norm(&du), norm(&dv))
+    let root = |x: &[f64]| x.iter().sum::<f64>().sqrt();
+    Mags {
+        du_abs: norm(&du),
+        dv_abs: norm(&dv),
+        du_noise: root(&du2),
+        dv_noise: root(&dv2),
+        lse_noise: lse2.sqrt(),
+        row_loss_noise: rl2.sqrt(),
+        loss_noise: l2.sqrt(),
+    }
 }
 
 /// The absolute underflow floor per element (see the policy above).
@@ -307,10 +457,6 @@ pub fn underflow_floor(case: &Case) -> f64 {
     1e-30 * w_max / (case.b() as f64 * case.temperature as f64) * norm(&case.u).max(norm(&case.v))
 }
 
-pub fn tolerance(case: &Case) -> f64 {
-    REL + SLOPE * EPS * case.logit_scale()
-}
-
 /// ‖x − ref‖₂ / ‖ref‖₂ (absolute ‖x − ref‖₂ when ref is 0).
 pub fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
@@ -324,61 +470,56 @@ pub fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
     if den > 0.0 { num / den } else { num }
 }
 
-/// Assert one tensor against its reference under the policy; on failure
-/// print the count and the first five offending elements.
+/// Assert one tensor (`d_u`, `d_v`, `lse` or `row_loss`) against its f64
+/// reference under the policy; on failure print the errors and the first
+/// five offending elements.
 pub fn assert_tensor(what: &str, case: &Case, got: &[f32], want: &[f64], cols: usize) {
-    let mags = if what == "d_u" || what == "d_v" {
-        Some(magnitudes(case))
-    } else {
-        None
+    let base = |nv: &MnsOutput| -> Vec<f32> {
+        match what {
+            "d_u" => nv.d_u.clone(),
+            "d_v" => nv.d_v.clone(),
+            "lse" => nv.lse.clone(),
+            "row_loss" => nv.row_loss.clone(),
+            _ => panic!("no naive baseline for {what}"),
+        }
     };
-    assert_tensor_with(what, case, got, want, cols, mags)
-}
-
-/// [`assert_tensor`] with the gradient magnitudes already computed.
-fn assert_tensor_with(
-    what: &str,
-    case: &Case,
-    got: &[f32],
-    want: &[f64],
-    cols: usize,
-    mags: Option<(f64, f64)>,
-) {
     assert_eq!(got.len(), want.len(), "{}: {what} length", case.name);
     let nan = got.iter().filter(|x| !x.is_finite()).count();
-    let tol = tolerance(case);
-    // Relative to ‖ref‖, or absolute below the underflow floor of f32. lse
-    // and ℓ are in logit units: their error is ~ε·S absolute whatever their
-    // size (a near-zero lse is a cancellation inside a dot product).
+    let l2 = |x: &[f32]| -> f64 {
+        x.iter()
+            .zip(want)
+            .map(|(&g, &w)| (g as f64 - w).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let [a, b] = naive(case);
+    let m = magnitudes(case);
+    let noise = match what {
+        "d_u" => m.du_noise,
+        "d_v" => m.dv_noise,
+        "lse" => m.lse_noise,
+        "row_loss" => m.row_loss_noise,
+        _ => 0.0,
+    };
+    let (num, naive_err) = (l2(got), l2(&base(a)).max(l2(&base(b))).max(noise));
     let mut den = want.iter().map(|w| w * w).sum::<f64>().sqrt();
     if what == "lse" || what == "row_loss" {
         den = den.max(case.logit_scale() * (want.len() as f64).sqrt());
     }
-    // The gradients are sums whose terms cancel (every row of G sums to 0):
-    // each term carries the logits' relative error, and f32 summation adds
-    // ~ε·√terms, both relative to Σ|terms| rather than to |Σ terms|.
-    let (abs, terms) = match (what, mags) {
-        ("d_u", Some(m)) => (m.0, case.n()),
-        ("d_v", Some(m)) => (m.1, case.b()),
-        _ => (0.0, 0),
-    };
-    den = den.max(abs);
-    let cond = 4.0 * EPS * (terms as f64).sqrt() * abs;
+    match what {
+        "d_u" => den = den.max(m.du_abs),
+        "d_v" => den = den.max(m.dv_abs),
+        _ => {}
+    }
     let floor = underflow_floor(case) * (want.len() as f64).sqrt();
-    let num = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let err = if den > 0.0 { num / den } else { num };
-    if nan > 0 || num > tol * den + floor + cond {
+    let bound = FACTOR * naive_err + FLOOR * EPS * den + floor;
+    if nan > 0 || num.is_nan() || num > bound {
         let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
         let bad: Vec<String> = got
             .iter()
             .zip(want)
             .enumerate()
-            .filter(|(_, (g, w))| !g.is_finite() || (**g as f64 - **w).abs() > tol * scale)
+            .filter(|(_, (g, w))| !g.is_finite() || (**g as f64 - **w).abs() > 1e-6 * scale)
             .take(5)
             .map(|(i, (g, w))| {
                 format!(
@@ -389,19 +530,55 @@ fn assert_tensor_with(
             })
             .collect();
         panic!(
-            "{}: {what} rel-L2 error {err:.3e} > tolerance {tol:.3e}; {nan} non-finite; first offenders {bad:?}",
-            case.name
+            "{}: {what} error {:.3e} (relative to D) > bound {:.3e} = {FACTOR}·naive f32 {:.3e} + {FLOOR}ε; {nan} non-finite; first offenders {bad:?}",
+            case.name,
+            num / den.max(f64::MIN_POSITIVE),
+            bound / den.max(f64::MIN_POSITIVE),
+            naive_err / den.max(f64::MIN_POSITIVE),
         );
     }
 }
 
+/// The loss against its f64 reference under the policy.
 pub fn assert_loss(case: &Case, got: f32, want: f64) {
-    let tol = tolerance(case) * want.abs().max(1.0);
+    let [a, b] = naive(case);
+    let naive_err = (a.loss as f64 - want)
+        .abs()
+        .max((b.loss as f64 - want).abs())
+        .max(magnitudes(case).loss_noise);
+    let tol = FACTOR * naive_err + FLOOR * EPS * want.abs().max(1.0);
     assert!(
         (got as f64 - want).abs() <= tol,
-        "{}: loss {got} vs {want}: |diff| {:.3e} > {tol:.3e}",
+        "{}: loss {got} vs {want}: |diff| {:.3e} > {tol:.3e} ({FACTOR}·naive f32 {naive_err:.3e} + {FLOOR}ε)",
         case.name,
         (got as f64 - want).abs()
+    );
+}
+
+/// L against the weighted mean `mean` of the same call's (f32) row losses:
+/// L is summed in f64 and rounded once, the mean sums the rounded ℓ_i, so
+/// they differ by at most ε·(|L| + Σ w_i|ℓ_i|/B) (+ the mean's own f64 sum).
+pub fn assert_loss_consistent(case: &Case, got: f32, row_loss: &[f32]) {
+    let w = |i: usize| case.row_weight.as_ref().map_or(1.0, |w| w[i] as f64);
+    let b = row_loss.len() as f64;
+    let mean: f64 = row_loss
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| w(i) * l as f64)
+        .sum::<f64>()
+        / b;
+    let abs: f64 = row_loss
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| w(i) * (l as f64).abs())
+        .sum::<f64>()
+        / b;
+    let tol = 2.0 * EPS * ((got as f64).abs() + abs) + 1e-300;
+    assert!(
+        (got as f64 - mean).abs() <= tol,
+        "{}: loss {got} vs the mean of its row losses {mean}: |diff| {:.3e} > {tol:.3e}",
+        case.name,
+        (got as f64 - mean).abs()
     );
 }
 
@@ -415,9 +592,8 @@ pub fn assert_output(
     lse: &[f64],
 ) {
     assert_loss(case, out.loss, loss);
-    let mags = Some(magnitudes(case));
-    assert_tensor_with("d_u", case, &out.d_u, d_u, case.k, mags);
-    assert_tensor_with("d_v", case, &out.d_v, d_v, case.k, mags);
+    assert_tensor("d_u", case, &out.d_u, d_u, case.k);
+    assert_tensor("d_v", case, &out.d_v, d_v, case.k);
     assert_tensor("lse", case, &out.lse, lse, 1);
 }
 

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
     const float* wp = h[4] ? w.data() : nullptr;
     const float inv_tau = 1.0f / tau;
 
-    std::vector<float> part_m(splits * b), part_s(splits * b), lse(b), row_loss(b), wloss(b), coef(b), pm1(b);
+    std::vector<float> part_m(splits * b), part_s(splits * b), lse(b), row_loss(b), wloss(b), mrow(b), coef(b), gdiag(b);
     std::vector<float> loss(1), d_u(b * k), d_v(n * k);
     std::vector<int> top1(b);
     emu_launch(h[8], h[9], [&] {
@@ -42,14 +42,14 @@ int main(int argc, char** argv) {
     });
     emu_launch(h[10], 1, [&] {
         mns_rows_f32(u.data(), v.data(), lq.data(), wp, b, k, inv_tau, cp, splits, part_m.data(), part_s.data(),
-                     lse.data(), row_loss.data(), top1.data(), wloss.data(), coef.data(), pm1.data());
+                     lse.data(), row_loss.data(), top1.data(), wloss.data(), mrow.data(), coef.data(), gdiag.data());
     });
     emu_launch(1, 1, [&] { mns_loss_f32(wloss.data(), b, loss.data()); });
     emu_launch(h[11], h[12], [&] {
-        mns_du_f32(u.data(), v.data(), lq.data(), idp, b, n, k, inv_tau, cp, lse.data(), coef.data(), pm1.data(), d_u.data());
+        mns_du_f32(u.data(), v.data(), lq.data(), idp, b, n, k, inv_tau, cp, mrow.data(), coef.data(), gdiag.data(), d_u.data());
     });
     emu_launch(h[13], h[14], [&] {
-        mns_dv_f32(u.data(), v.data(), lq.data(), idp, b, n, k, inv_tau, cp, lse.data(), coef.data(), pm1.data(), d_v.data());
+        mns_dv_f32(u.data(), v.data(), lq.data(), idp, b, n, k, inv_tau, cp, mrow.data(), coef.data(), gdiag.data(), d_v.data());
     });
     FILE* out = fopen(argv[2], "wb");
     if (!out) { perror(argv[2]); return 2; }
