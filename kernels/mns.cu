@@ -1,6 +1,6 @@
 // mixneg — the fused Mixed-Negative-Sampling loss on NVIDIA GPUs, f32.
 //
-// Semantics (DESIGN.md §2): s_ij = <u_i, v_j>/tau - log_q[j] (no correction on
+// Semantics (docs/design.md §2): s_ij = <u_i, v_j>/tau - log_q[j] (no correction on
 // j = i unless correct_positive), s_ij = -inf for j != i with ids[j] == ids[i];
 // lse_i = log sum_j exp(s_ij), l_i = lse_i - s_ii, L = (1/B) sum_i w_i l_i;
 // G_ij = (w_i/B)(P_ij - delta_ij); dU = G V / tau, dV = G^T U / tau.
@@ -51,6 +51,59 @@
 #define MNS_NEG_INF (-__int_as_float(0x7f800000))
 
 typedef long long i64;
+
+// The launch ABI: one parameter struct per kernel, passed by value. Mirrored
+// field for field by src/cuda/abi.rs (tests compare sizes and offsets with
+// NVRTC's and g++'s); every struct is free of implicit padding. Pointers
+// are device addresses; null for the absent optional inputs (ids,
+// row_weight).
+struct MnsLogits {
+    const float* u;      // B x K
+    const float* v;      // N x K
+    const float* log_q;  // N
+    const i64* ids;      // N, or null
+    i64 b, n, k;
+    float inv_tau;
+    int pad;  // 0; the diagonal is never formed from these (see mns_rows_f32)
+};
+struct MnsFwdParams {
+    MnsLogits x;
+    i64 cols_per_split;
+    float* part_m;  // splits x B
+    float* part_s;  // splits x B
+};
+struct MnsRowsParams {
+    const float* u;
+    const float* v;
+    const float* log_q;
+    const float* row_weight;  // B, or null
+    const float* part_m;
+    const float* part_s;
+    float* lse;
+    float* row_loss;
+    int* top1;
+    float* wloss;
+    float* mrow;
+    float* coef;
+    float* gdiag;
+    i64 b, k;
+    float inv_tau;
+    int correct_positive;
+    int splits;
+    int pad;
+};
+struct MnsLossParams {
+    const float* wloss;
+    float* loss;
+    i64 b;
+};
+struct MnsGradParams {
+    MnsLogits x;
+    const float* mrow;
+    const float* coef;
+    const float* gdiag;
+    float* out;  // d_u (B x K) or d_v (N x K)
+};
 
 // Half-warp (16-lane) reductions: the 16 threads sharing a row group.
 __device__ __forceinline__ float mns_max16(float x) {
@@ -110,20 +163,24 @@ __device__ __forceinline__ void mns_dot_tile(
 // (accidental hit), outside the candidates, or (fwd only) on the diagonal.
 __device__ __forceinline__ float mns_logit(
     float dot, i64 row, i64 col, i64 n, const float* __restrict__ log_q,
-    const i64* __restrict__ ids, float inv_tau, int correct_positive)
+    const i64* __restrict__ ids, float inv_tau)
 {
     if (col >= n) return MNS_NEG_INF;
     if (col != row && ids != nullptr && ids[col] == ids[row]) return MNS_NEG_INF;
-    if (col == row && !correct_positive) return dot * inv_tau;
     return fmaf(dot, inv_tau, -log_q[col]);
 }
 
-extern "C" __global__ void __launch_bounds__(MNS_NT) mns_fwd_f32(
-    const float* __restrict__ u, const float* __restrict__ v,
-    const float* __restrict__ log_q, const i64* __restrict__ ids,
-    i64 b, i64 n, i64 k, float inv_tau, int correct_positive,
-    i64 cols_per_split, float* __restrict__ part_m, float* __restrict__ part_s)
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_fwd_f32(const MnsFwdParams p)
 {
+    const float* __restrict__ u = p.x.u;
+    const float* __restrict__ v = p.x.v;
+    const float* __restrict__ log_q = p.x.log_q;
+    const i64* __restrict__ ids = p.x.ids;
+    const i64 b = p.x.b, n = p.x.n, k = p.x.k;
+    const float inv_tau = p.x.inv_tau;
+    const i64 cols_per_split = p.cols_per_split;
+    float* __restrict__ part_m = p.part_m;
+    float* __restrict__ part_s = p.part_s;
     __shared__ MnsTileSmem sm;
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const i64 r0 = (i64)blockIdx.x * MNS_BM;
@@ -148,7 +205,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_fwd_f32(
                 // excluded (the diagonal is handled exactly by mns_rows_f32).
                 x[j] = (row >= b || col >= c_end || col == row)
                            ? MNS_NEG_INF
-                           : mns_logit(acc[i][j], row, col, n, log_q, ids, inv_tau, correct_positive);
+                           : mns_logit(acc[i][j], row, col, n, log_q, ids, inv_tau);
                 tmax = fmaxf(tmax, x[j]);
             }
             tmax = mns_max16(tmax);
@@ -175,15 +232,24 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_fwd_f32(
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(
-    const float* __restrict__ u, const float* __restrict__ v,
-    const float* __restrict__ log_q, const float* __restrict__ row_weight,
-    i64 b, i64 k, float inv_tau, int correct_positive, int splits,
-    const float* __restrict__ part_m, const float* __restrict__ part_s,
-    float* __restrict__ lse, float* __restrict__ row_loss, int* __restrict__ top1,
-    float* __restrict__ wloss, float* __restrict__ mrow, float* __restrict__ coef,
-    float* __restrict__ gdiag)
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(const MnsRowsParams p)
 {
+    const float* __restrict__ u = p.u;
+    const float* __restrict__ v = p.v;
+    const float* __restrict__ log_q = p.log_q;
+    const float* __restrict__ row_weight = p.row_weight;
+    const i64 b = p.b, k = p.k;
+    const float inv_tau = p.inv_tau;
+    const int correct_positive = p.correct_positive, splits = p.splits;
+    const float* __restrict__ part_m = p.part_m;
+    const float* __restrict__ part_s = p.part_s;
+    float* __restrict__ lse = p.lse;
+    float* __restrict__ row_loss = p.row_loss;
+    int* __restrict__ top1 = p.top1;
+    float* __restrict__ wloss = p.wloss;
+    float* __restrict__ mrow = p.mrow;
+    float* __restrict__ coef = p.coef;
+    float* __restrict__ gdiag = p.gdiag;
     const int lane = threadIdx.x % 32;
     const i64 row = (i64)blockIdx.x * (MNS_NT / 32) + threadIdx.x / 32;
     if (row >= b) return;  // whole warp
@@ -225,9 +291,11 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(
     gdiag[row] = (float)(-c * so2 / sum);
 }
 
-extern "C" __global__ void __launch_bounds__(MNS_NT) mns_loss_f32(
-    const float* __restrict__ wloss, i64 b, float* __restrict__ loss)
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_loss_f32(const MnsLossParams p)
 {
+    const float* __restrict__ wloss = p.wloss;
+    const i64 b = p.b;
+    float* __restrict__ loss = p.loss;
     __shared__ double part[MNS_NT];
     double acc = 0.0;
     for (i64 i = threadIdx.x; i < b; i += MNS_NT) acc += (double)wloss[i];
@@ -245,12 +313,12 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_loss_f32(
 // on it, 0 when removed or outside the matrices.
 __device__ __forceinline__ float mns_grad(
     float dot, i64 row, i64 col, i64 b, i64 n, const float* __restrict__ log_q,
-    const i64* __restrict__ ids, float inv_tau, int correct_positive,
+    const i64* __restrict__ ids, float inv_tau,
     const float* __restrict__ mrow, const float* __restrict__ coef, const float* __restrict__ gdiag)
 {
     if (row >= b || col >= n) return 0.0f;
     if (col == row) return gdiag[row];
-    const float x = mns_logit(dot, row, col, n, log_q, ids, inv_tau, correct_positive);
+    const float x = mns_logit(dot, row, col, n, log_q, ids, inv_tau);
     return coef[row] * expf(x - mrow[row]);  // expf(-inf) = 0 for removed hits
 }
 
@@ -260,13 +328,18 @@ struct MnsBwdSmem {
     float w[MNS_BM][MNS_KC + 1];   // V (dU) or U (dV) slice, [row or col][component]
 };
 
-extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(
-    const float* __restrict__ u, const float* __restrict__ v,
-    const float* __restrict__ log_q, const i64* __restrict__ ids,
-    i64 b, i64 n, i64 k, float inv_tau, int correct_positive,
-    const float* __restrict__ mrow, const float* __restrict__ coef, const float* __restrict__ gdiag,
-    float* __restrict__ d_u)
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(const MnsGradParams p)
 {
+    const float* __restrict__ u = p.x.u;
+    const float* __restrict__ v = p.x.v;
+    const float* __restrict__ log_q = p.x.log_q;
+    const i64* __restrict__ ids = p.x.ids;
+    const i64 b = p.x.b, n = p.x.n, k = p.x.k;
+    const float inv_tau = p.x.inv_tau;
+    const float* __restrict__ mrow = p.mrow;
+    const float* __restrict__ coef = p.coef;
+    const float* __restrict__ gdiag = p.gdiag;
+    float* __restrict__ d_u = p.out;
     __shared__ MnsBwdSmem sm;
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const i64 r0 = (i64)blockIdx.x * MNS_BM;
@@ -281,7 +354,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j)
                 sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n,
-                                                          log_q, ids, inv_tau, correct_positive, mrow, coef, gdiag);
+                                                          log_q, ids, inv_tau, mrow, coef, gdiag);
         for (int idx = tid; idx < MNS_BN * MNS_KC; idx += MNS_NT) {
             const int c = idx / MNS_KC, kk = idx % MNS_KC;
             const i64 gc = c0 + c, gk = kc0 + kk;
@@ -307,13 +380,18 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(
-    const float* __restrict__ u, const float* __restrict__ v,
-    const float* __restrict__ log_q, const i64* __restrict__ ids,
-    i64 b, i64 n, i64 k, float inv_tau, int correct_positive,
-    const float* __restrict__ mrow, const float* __restrict__ coef, const float* __restrict__ gdiag,
-    float* __restrict__ d_v)
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradParams p)
 {
+    const float* __restrict__ u = p.x.u;
+    const float* __restrict__ v = p.x.v;
+    const float* __restrict__ log_q = p.x.log_q;
+    const i64* __restrict__ ids = p.x.ids;
+    const i64 b = p.x.b, n = p.x.n, k = p.x.k;
+    const float inv_tau = p.x.inv_tau;
+    const float* __restrict__ mrow = p.mrow;
+    const float* __restrict__ coef = p.coef;
+    const float* __restrict__ gdiag = p.gdiag;
+    float* __restrict__ d_v = p.out;
     __shared__ MnsBwdSmem sm;
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const i64 c0 = (i64)blockIdx.x * MNS_BN;
@@ -328,7 +406,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j)
                 sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n,
-                                                          log_q, ids, inv_tau, correct_positive, mrow, coef, gdiag);
+                                                          log_q, ids, inv_tau, mrow, coef, gdiag);
         for (int idx = tid; idx < MNS_BM * MNS_KC; idx += MNS_NT) {
             const int r = idx / MNS_KC, kk = idx % MNS_KC;
             const i64 gr = r0 + r, gk = kc0 + kk;

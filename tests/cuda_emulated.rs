@@ -13,6 +13,7 @@ mod common;
 use common::*;
 use mixneg::MnsOutput;
 use mixneg::cuda::Plan;
+use mixneg::cuda::abi::{self, Buffers};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -54,39 +55,71 @@ fn emulator() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// Run one case on the emulated kernels with the plan for a GPU of `sms`
-/// multiprocessors.
+/// Run one case on the emulated kernels: the launch list of
+/// `mixneg::cuda::abi::launches` for the grid plan of a GPU of `sms`
+/// multiprocessors — exactly what the backend launches — with buffer
+/// numbers for device addresses.
 fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
     let (b, n, k) = (case.b(), case.n(), case.k);
     let plan = Plan::new(b, n, k, sms);
-    let mut buf: Vec<u8> = vec![];
-    let hdr: [i64; 15] = [
-        b as i64,
-        n as i64,
-        k as i64,
-        case.ids.is_some() as i64,
-        case.row_weight.is_some() as i64,
-        case.correct_positive as i64,
-        plan.splits as i64,
-        plan.cols_per_split as i64,
-        plan.fwd_grid.0 as i64,
-        plan.fwd_grid.1 as i64,
-        plan.rows_grid as i64,
-        plan.du_grid.0 as i64,
-        plan.du_grid.1 as i64,
-        plan.dv_grid.0 as i64,
-        plan.dv_grid.1 as i64,
-    ];
-    hdr.iter().for_each(|x| buf.extend(x.to_le_bytes()));
-    buf.extend(case.temperature.to_le_bytes());
-    for x in case.u.iter().chain(&case.v).chain(&case.log_q) {
-        buf.extend(x.to_le_bytes());
-    }
+    // Buffers in this order; a pointer field holds its number + 1.
+    let f32s = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let mut bufs: Vec<(usize, Option<Vec<u8>>)> = vec![];
+    let mut add = |bytes: usize, data: Option<Vec<u8>>| -> u64 {
+        bufs.push((bytes, data));
+        bufs.len() as u64
+    };
+    let mut a = Buffers {
+        u: add(4 * b * k, Some(f32s(&case.u))),
+        v: add(4 * n * k, Some(f32s(&case.v))),
+        log_q: add(4 * n, Some(f32s(&case.log_q))),
+        ..Buffers::default()
+    };
     if let Some(ids) = &case.ids {
-        ids.iter().for_each(|x| buf.extend(x.to_le_bytes()));
+        a.ids = add(
+            8 * n,
+            Some(ids.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        );
     }
     if let Some(w) = &case.row_weight {
-        w.iter().for_each(|x| buf.extend(x.to_le_bytes()));
+        a.row_weight = add(4 * b, Some(f32s(w)));
+    }
+    a.part_m = add(4 * plan.splits * b, None);
+    a.part_s = add(4 * plan.splits * b, None);
+    a.lse = add(4 * b, None);
+    a.row_loss = add(4 * b, None);
+    a.top1 = add(4 * b, None);
+    a.wloss = add(4 * b, None);
+    a.mrow = add(4 * b, None);
+    a.coef = add(4 * b, None);
+    a.gdiag = add(4 * b, None);
+    a.loss = add(4, None);
+    a.d_u = add(4 * b * k, None);
+    a.d_v = add(4 * n * k, None);
+    let launches = abi::launches(
+        &plan,
+        (b, n, k),
+        1.0 / case.temperature,
+        case.correct_positive,
+        &a,
+    );
+    let mut buf: Vec<u8> = vec![];
+    buf.extend((bufs.len() as u64).to_le_bytes());
+    for (bytes, data) in &bufs {
+        buf.extend((*bytes as u64).to_le_bytes());
+        buf.push(data.is_some() as u8);
+        if let Some(d) = data {
+            assert_eq!(d.len(), *bytes);
+            buf.extend(d);
+        }
+    }
+    buf.extend((launches.len() as u64).to_le_bytes());
+    for l in &launches {
+        let p = l.params.bytes();
+        for x in [l.kernel as u32, l.grid.0, l.grid.1, p.len() as u32] {
+            buf.extend(x.to_le_bytes());
+        }
+        buf.extend(p);
     }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let tag = format!(
@@ -103,32 +136,51 @@ fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
     assert!(st.success(), "{}: emulator failed", case.name);
     let raw = std::fs::read(&outp).unwrap();
     let _ = (std::fs::remove_file(&inp), std::fs::remove_file(&outp));
-    let f: Vec<f32> = raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    // Every buffer comes back in order: slice out the outputs.
     let mut at = 0;
-    let mut take = |len: usize| {
-        at += len;
-        f[at - len..at].to_vec()
+    let mut out_bytes = vec![];
+    for (bytes, _) in &bufs {
+        out_bytes.push(&raw[at..at + bytes]);
+        at += bytes;
+    }
+    assert_eq!(at, raw.len(), "emulator output size");
+    let f = |id: u64| -> Vec<f32> {
+        out_bytes[id as usize - 1]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
-    let loss = take(1)[0];
-    let lse = take(b);
-    let row_loss = take(b);
-    let d_u = take(b * k);
-    let d_v = take(n * k);
-    let top1 = raw[4 * at..]
+    let top1 = out_bytes[a.top1 as usize - 1]
         .chunks_exact(4)
         .map(|c| i32::from_le_bytes(c.try_into().unwrap()) != 0)
         .collect();
     MnsOutput {
-        loss,
-        d_u,
-        d_v,
-        lse,
-        row_loss,
+        loss: f(a.loss)[0],
+        d_u: f(a.d_u),
+        d_v: f(a.d_v),
+        lse: f(a.lse),
+        row_loss: f(a.row_loss),
         top1,
     }
+}
+
+/// The emulator's C++ compiler lays the parameter structs of `mns.cu` out
+/// exactly as `src/cuda/abi.rs` does (size and every field offset).
+#[test]
+fn parameter_structs_have_the_host_layout() {
+    let Some(exe) = emulator() else { return };
+    let out = Command::new(exe).arg("--layout").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut want = vec![];
+    for (name, size, fields) in abi::layout() {
+        want.push(format!("{name} {size}"));
+        for (f, off) in fields {
+            want.push(format!("{name}.{f} {off}"));
+        }
+    }
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(got, want, "g++ layout (left) vs src/cuda/abi.rs (right)");
 }
 
 fn check(exe: &Path, case: &Case, sms: usize) {

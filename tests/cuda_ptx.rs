@@ -9,15 +9,24 @@
 mod common;
 use mixneg::cuda;
 
+/// Whether NVRTC can be used; otherwise prints `skipping: …` (or fails
+/// under `REQUIRE_NVRTC=1`).
+fn nvrtc() -> bool {
+    if cuda::nvrtc_available() {
+        return true;
+    }
+    let msg = "libnvrtc.so.13 not found (install nvidia-cuda-nvrtc and set LD_LIBRARY_PATH)";
+    assert!(
+        std::env::var("REQUIRE_NVRTC").as_deref() != Ok("1"),
+        "REQUIRE_NVRTC=1 but {msg}"
+    );
+    common::skip(msg);
+    false
+}
+
 #[test]
 fn kernels_compile_without_spills() {
-    if !cuda::nvrtc_available() {
-        let msg = "libnvrtc.so.13 not found (install nvidia-cuda-nvrtc and set LD_LIBRARY_PATH)";
-        assert!(
-            std::env::var("REQUIRE_NVRTC").as_deref() != Ok("1"),
-            "REQUIRE_NVRTC=1 but {msg}"
-        );
-        common::skip(msg);
+    if !nvrtc() {
         return;
     }
     for arch in ["sm_80", "sm_90"] {
@@ -77,8 +86,7 @@ fn kernels_compile_without_spills() {
 /// `source()` and carries the compiler log in its message.
 #[test]
 fn a_compile_error_keeps_its_source_and_log() {
-    if !cuda::nvrtc_available() {
-        common::skip("libnvrtc.so.13 not found");
+    if !nvrtc() {
         return;
     }
     let e = cuda::compile_source("this is not CUDA;", "sm_80", false).unwrap_err();
@@ -86,4 +94,71 @@ fn a_compile_error_keeps_its_source_and_log() {
     assert!(std::error::Error::source(&e).is_some(), "{e:?}");
     assert!(e.to_string().contains("NVRTC compile for sm_80"), "{e}");
     assert!(e.to_string().contains("error"), "no compiler log in: {e}");
+}
+
+/// NVRTC lays the parameter structs of `mns.cu` out exactly as
+/// `src/cuda/abi.rs` does. Read off the PTX NVRTC generates: each kernel's
+/// `.param .b8 <kernel>_param_0[SIZE]` must have the Rust struct's size,
+/// every `ld.param` must start at a field's offset, and every field but the
+/// explicit padding must be read by some load.
+#[test]
+fn parameter_structs_have_the_host_layout() {
+    if !nvrtc() {
+        return;
+    }
+    let layout = cuda::abi::layout();
+    let structs = [
+        ("mns_fwd_f32", "MnsFwdParams"),
+        ("mns_rows_f32", "MnsRowsParams"),
+        ("mns_loss_f32", "MnsLossParams"),
+        ("mns_du_f32", "MnsGradParams"),
+        ("mns_dv_f32", "MnsGradParams"),
+    ];
+    for arch in ["sm_80", "sm_90"] {
+        let ptx = cuda::compile(arch, false).unwrap().ptx;
+        assert!(!ptx.is_empty(), "{arch}: NVRTC gave no PTX");
+        for (kernel, name) in structs {
+            let (_, size, fields) = layout.iter().find(|l| l.0 == name).unwrap();
+            let param = format!("{kernel}_param_0");
+            let decl = format!(".b8 {param}[{size}]");
+            assert!(
+                ptx.contains(&decl),
+                "{arch}: {kernel}: no `{decl}` in the PTX"
+            );
+            // (offset, bytes) of every load from the parameter.
+            let loads: Vec<(usize, usize)> = ptx
+                .lines()
+                .filter(|l| l.contains("ld.param") && l.contains(&format!("[{param}")))
+                .map(|l| {
+                    let at = l.split(&format!("[{param}")).nth(1).unwrap();
+                    let off = at.strip_prefix('+').map_or(0, |x| {
+                        x.split(']').next().unwrap().parse::<usize>().unwrap()
+                    });
+                    let width = if l.contains(".v4.") {
+                        4
+                    } else if l.contains(".v2.") {
+                        2
+                    } else {
+                        1
+                    };
+                    let bytes = if l.contains("64") { 8 } else { 4 };
+                    (off, width * bytes)
+                })
+                .collect();
+            assert!(!loads.is_empty(), "{arch}: {kernel} reads no parameter");
+            for &(off, _) in &loads {
+                assert!(
+                    fields.iter().any(|&(_, o)| o == off),
+                    "{arch}: {kernel} loads offset {off}, which is no field of {name}"
+                );
+            }
+            let unused = |f: &str| f.ends_with("pad");
+            for &(f, o) in fields.iter().filter(|(f, _)| !unused(f)) {
+                assert!(
+                    loads.iter().any(|&(off, n)| off <= o && o < off + n),
+                    "{arch}: {kernel} never reads {name}.{f} at offset {o}"
+                );
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! no GPU. [`is_available`] probes without panicking (cudarc panics if
 //! `libcuda` is missing and a context is created anyway).
 //!
-//! Two entry points compute the same thing (DESIGN.md §2):
+//! Two entry points compute the same thing (docs/design.md §2):
 //!
 //! * the [`Backend`] trait — host slices in, host results out, with the full
 //!   validation of [`MnsInput::validate`];
@@ -19,10 +19,17 @@
 //! row and column split) → `mns_rows_f32` (lse, ℓ, top-1, per-row
 //! coefficients) → `mns_loss_f32` (the loss) → `mns_du_f32` and `mns_dv_f32`
 //! (the gradients, recomputing logit tiles). See the header of `mns.cu`.
+//! Each kernel takes one parameter struct; [`abi`] mirrors them and builds
+//! the launch list from the grid [`Plan`], and the CPU emulator of the
+//! tests runs the same list.
+
+#[doc(hidden)]
+pub mod abi;
 
 use crate::{Backend, ErrorSource, MnsError, MnsInput, MnsOutput};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
 use std::ffi::{CString, c_char};
@@ -83,6 +90,8 @@ pub struct Compiled {
     pub log: String,
     /// The CUBIN image for `arch`.
     pub cubin: Vec<u8>,
+    /// The PTX NVRTC generated on the way (empty where it gives none).
+    pub ptx: String,
 }
 
 /// Compile the kernels for `arch` (e.g. `sm_90`) to a CUBIN with NVRTC;
@@ -151,12 +160,27 @@ pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compile
                 Ok(buf)
             }
         });
+    let ptx = match &cubin {
+        // SAFETY: `prog` compiled successfully and is not yet destroyed.
+        Ok(_) => unsafe { nvrtc::get_ptx(prog) }
+            .map(|raw| {
+                let bytes: Vec<u8> = raw
+                    .iter()
+                    .take_while(|&&c| c != 0)
+                    .map(|&c| c as u8)
+                    .collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
     // SAFETY: created above, not yet destroyed, not used afterwards.
     let _ = unsafe { nvrtc::destroy_program(prog) };
     Ok(Compiled {
         arch: arch.to_string(),
         log,
         cubin: cubin?,
+        ptx,
     })
 }
 
@@ -408,101 +432,88 @@ impl CudaBackend {
                 });
             }
         }
-        self.launch(stream, input, b, n, k, out)
+        self.launch(stream, input, (b, n, k), out)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         stream: &Arc<CudaStream>,
         x: &DeviceInput<'_>,
-        b: usize,
-        n: usize,
-        k: usize,
+        (b, n, k): (usize, usize, usize),
         out: &mut DeviceOutput,
     ) -> Result<(), MnsError> {
         let plan = self.plan(b, n, k);
-        let (bi, ni, ki) = (b as i64, n as i64, k as i64);
-        let inv_tau = 1.0f32 / x.temperature;
-        let cp = x.correct_positive as i32;
-        let splits = plan.splits as i32;
-        let cps = plan.cols_per_split as i64;
-        // A null device pointer for the absent optional inputs.
-        let null = 0u64;
-        let mut part_m = stream
-            .alloc_zeros::<f32>(plan.splits * b)
-            .map_err(cuda_err)?;
-        let mut part_s = stream
-            .alloc_zeros::<f32>(plan.splits * b)
-            .map_err(cuda_err)?;
-        let mut wloss = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
-        let mut mrow = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
-        let mut coef = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
-        let mut gdiag = stream.alloc_zeros::<f32>(b).map_err(cuda_err)?;
-        let cfg = |grid: (u32, u32)| LaunchConfig {
-            grid_dim: (grid.0, grid.1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
+        let part_m = stream.alloc_zeros::<f32>(plan.splits * b)?;
+        let part_s = stream.alloc_zeros::<f32>(plan.splits * b)?;
+        let [wloss, mrow, coef, gdiag] = [(); 4].map(|()| stream.alloc_zeros::<f32>(b));
+        let (wloss, mrow, coef, gdiag) = (wloss?, mrow?, coef?, gdiag?);
+        // Device addresses for the parameter structs. Each guard keeps
+        // cudarc's cross-stream ordering for its buffer; all live until the
+        // five launches are enqueued.
+        let (u, _gu) = x.u.device_ptr(stream);
+        let (v, _gv) = x.v.device_ptr(stream);
+        let (log_q, _gq) = x.log_q.device_ptr(stream);
+        let ids = x.ids.map(|s| s.device_ptr(stream));
+        let row_weight = x.row_weight.map(|s| s.device_ptr(stream));
+        let (part_m, _g1) = part_m.device_ptr(stream);
+        let (part_s, _g2) = part_s.device_ptr(stream);
+        let (wloss, _g3) = wloss.device_ptr(stream);
+        let (mrow, _g4) = mrow.device_ptr(stream);
+        let (coef, _g5) = coef.device_ptr(stream);
+        let (gdiag, _g6) = gdiag.device_ptr(stream);
+        let (lse, _g7) = out.lse.device_ptr_mut(stream);
+        let (row_loss, _g8) = out.row_loss.device_ptr_mut(stream);
+        let (top1, _g9) = out.top1.device_ptr_mut(stream);
+        let (loss, _g10) = out.loss.device_ptr_mut(stream);
+        let (d_u, _g11) = out.d_u.device_ptr_mut(stream);
+        let (d_v, _g12) = out.d_v.device_ptr_mut(stream);
+        let a = abi::Buffers {
+            u,
+            v,
+            log_q,
+            ids: ids.as_ref().map_or(0, |(p, _)| *p),
+            row_weight: row_weight.as_ref().map_or(0, |(p, _)| *p),
+            part_m,
+            part_s,
+            lse,
+            row_loss,
+            top1,
+            wloss,
+            mrow,
+            coef,
+            gdiag,
+            loss,
+            d_u,
+            d_v,
         };
-
-        // The arguments every logit-tile kernel (fwd, du, dv) starts with:
-        // u, v, log_q, ids (or null), B, N, K, 1/τ, correct_positive.
-        let logit_kernel = |f: usize| {
-            let mut l = stream.launch_builder(&self.funcs[f]);
-            l.arg(x.u).arg(x.v).arg(x.log_q);
-            match x.ids {
-                Some(ids) => l.arg(ids),
-                None => l.arg(&null),
+        for l in abi::launches(
+            &plan,
+            (b, n, k),
+            1.0 / x.temperature,
+            x.correct_positive,
+            &a,
+        ) {
+            let mut lb = stream.launch_builder(&self.funcs[l.kernel]);
+            match &l.params {
+                abi::Params::Fwd(p) => lb.arg(p),
+                abi::Params::Rows(p) => lb.arg(p),
+                abi::Params::Loss(p) => lb.arg(p),
+                abi::Params::Grad(p) => lb.arg(p),
             };
-            l.arg(&bi).arg(&ni).arg(&ki).arg(&inv_tau).arg(&cp);
-            l
-        };
-
-        let mut l = logit_kernel(0);
-        l.arg(&cps).arg(&mut part_m).arg(&mut part_s);
-        // SAFETY: the argument list matches mns_fwd_f32's signature in order
-        // and type; every buffer has the length the kernel indexes (checked in
-        // mns_loss_device: u B·K, v N·K, log_q and ids N; part_* splits·B).
-        unsafe { l.launch(cfg(plan.fwd_grid)) }.map_err(cuda_err)?;
-
-        let mut l = stream.launch_builder(&self.funcs[1]);
-        l.arg(x.u).arg(x.v).arg(x.log_q);
-        match x.row_weight {
-            Some(w) => l.arg(w),
-            None => l.arg(&null),
-        };
-        l.arg(&bi)
-            .arg(&ki)
-            .arg(&inv_tau)
-            .arg(&cp)
-            .arg(&splits)
-            .arg(&part_m)
-            .arg(&part_s);
-        l.arg(&mut out.lse)
-            .arg(&mut out.row_loss)
-            .arg(&mut out.top1)
-            .arg(&mut wloss)
-            .arg(&mut mrow)
-            .arg(&mut coef)
-            .arg(&mut gdiag);
-        // SAFETY: matches mns_rows_f32; row-indexed buffers have B elements,
-        // row_weight B (checked), part_* splits·B.
-        unsafe { l.launch(cfg((plan.rows_grid, 1))) }.map_err(cuda_err)?;
-
-        let mut l = stream.launch_builder(&self.funcs[2]);
-        l.arg(&wloss).arg(&bi).arg(&mut out.loss);
-        // SAFETY: matches mns_loss_f32; wloss has B elements, loss 1.
-        unsafe { l.launch(cfg((1, 1))) }.map_err(cuda_err)?;
-
-        for (f, grid, dst) in [
-            (3, plan.du_grid, &mut out.d_u),
-            (4, plan.dv_grid, &mut out.d_v),
-        ] {
-            let mut l = logit_kernel(f);
-            l.arg(&mrow).arg(&coef).arg(&gdiag).arg(dst);
-            // SAFETY: matches mns_du_f32 / mns_dv_f32; d_u has B·K elements,
-            // d_v N·K, mrow/coef/gdiag B, the inputs as for the forward kernel.
-            unsafe { l.launch(cfg(grid)) }.map_err(cuda_err)?;
+            let cfg = LaunchConfig {
+                grid_dim: (l.grid.0, l.grid.1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: each kernel takes exactly one parameter struct, the
+            // one `abi::launches` pairs with it (its layout is the `.cu`
+            // struct's, tested); every address in it is a live buffer of
+            // this context with the length the kernel indexes (u B·K, v N·K,
+            // log_q and ids N, row_weight B — checked in mns_loss_device —
+            // part_* splits·B, the per-row buffers B, d_u B·K, d_v N·K, loss
+            // 1), or null for an absent optional input, which the kernels
+            // test before reading.
+            unsafe { lb.launch(cfg) }?;
         }
         Ok(())
     }

@@ -1,64 +1,127 @@
-// Runs kernels/mns.cu on the CPU emulator in the same launch sequence as
-// src/cuda/mod.rs. Usage: mns_emu IN OUT, where IN holds (little-endian)
-//   i64 b, n, k, has_ids, has_w, correct_positive, splits, cols_per_split,
-//       fwd_gx, fwd_gy, rows_g, du_gx, du_gy, dv_gx, dv_gy; f32 tau;
-//   f32 u[b*k], v[n*k], log_q[n]; i64 ids[n] if has_ids; f32 w[b] if has_w
-// and OUT receives f32 loss, lse[b], row_loss[b], d_u[b*k], d_v[n*k], i32 top1[b].
+// Runs kernels/mns.cu on the CPU emulator, driven by the launch list that
+// src/cuda/abi.rs builds for the backend (tests/cuda_emulated.rs writes it).
+//
+//   mns_emu IN OUT     run: IN holds (little-endian)
+//                        u64 nbuf, then per buffer: u64 bytes, u8 has_data,
+//                        [bytes of data]  (zero-filled when has_data = 0);
+//                        u64 nlaunch, then per launch: u32 kernel, u32 grid_x,
+//                        u32 grid_y, u32 param_bytes, [param struct bytes]
+//                      with every pointer field holding a buffer number + 1
+//                      (0: null). OUT receives every buffer's bytes in order.
+//   mns_emu --layout   print "Struct size" and "Struct.field offset" lines of
+//                      the parameter structs, as this compiler lays them out.
 #include "emu.hpp"
 #include "../../kernels/mns.cu"
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
-template <class T> static std::vector<T> take(FILE* f, size_t n) {
-    std::vector<T> x(n);
-    if (n && fread(x.data(), sizeof(T), n, f) != n) { fprintf(stderr, "short input\n"); exit(2); }
+static void die(const char* why) { fprintf(stderr, "mns_emu: %s\n", why); exit(2); }
+
+template <class T> static T take(FILE* f) {
+    T x;
+    if (fread(&x, sizeof(T), 1, f) != 1) die("short input");
     return x;
 }
 
+static std::vector<std::vector<unsigned long long>> bufs;  // 8-byte aligned storage
+
+// A pointer field read from the file holds a buffer number + 1.
+template <class P> static void fix(P*& ptr) {
+    const unsigned long long id = (unsigned long long)(uintptr_t)ptr;
+    if (id == 0) { ptr = nullptr; return; }
+    if (id > bufs.size()) die("pointer to an unknown buffer");
+    ptr = (P*)bufs[id - 1].data();
+}
+static void fix(MnsLogits& x) { fix(x.u); fix(x.v); fix(x.log_q); fix(x.ids); }
+
+template <class T> static T params(FILE* f, unsigned bytes) {
+    if (bytes != sizeof(T)) die("parameter struct size differs from this build's");
+    T p;
+    if (fread(&p, sizeof(T), 1, f) != 1) die("short input");
+    return p;
+}
+
+#define FIELD(S, f) printf(#S "." #f " %zu\n", offsetof(S, f))
+static int layout() {
+    printf("MnsFwdParams %zu\n", sizeof(MnsFwdParams));
+    FIELD(MnsFwdParams, x.u); FIELD(MnsFwdParams, x.v); FIELD(MnsFwdParams, x.log_q);
+    FIELD(MnsFwdParams, x.ids); FIELD(MnsFwdParams, x.b); FIELD(MnsFwdParams, x.n);
+    FIELD(MnsFwdParams, x.k); FIELD(MnsFwdParams, x.inv_tau); FIELD(MnsFwdParams, x.pad);
+    FIELD(MnsFwdParams, cols_per_split); FIELD(MnsFwdParams, part_m); FIELD(MnsFwdParams, part_s);
+    printf("MnsRowsParams %zu\n", sizeof(MnsRowsParams));
+    FIELD(MnsRowsParams, u); FIELD(MnsRowsParams, v); FIELD(MnsRowsParams, log_q);
+    FIELD(MnsRowsParams, row_weight); FIELD(MnsRowsParams, part_m); FIELD(MnsRowsParams, part_s);
+    FIELD(MnsRowsParams, lse); FIELD(MnsRowsParams, row_loss); FIELD(MnsRowsParams, top1);
+    FIELD(MnsRowsParams, wloss); FIELD(MnsRowsParams, mrow); FIELD(MnsRowsParams, coef);
+    FIELD(MnsRowsParams, gdiag); FIELD(MnsRowsParams, b); FIELD(MnsRowsParams, k);
+    FIELD(MnsRowsParams, inv_tau); FIELD(MnsRowsParams, correct_positive);
+    FIELD(MnsRowsParams, splits); FIELD(MnsRowsParams, pad);
+    printf("MnsLossParams %zu\n", sizeof(MnsLossParams));
+    FIELD(MnsLossParams, wloss); FIELD(MnsLossParams, loss); FIELD(MnsLossParams, b);
+    printf("MnsGradParams %zu\n", sizeof(MnsGradParams));
+    FIELD(MnsGradParams, x.u); FIELD(MnsGradParams, x.v); FIELD(MnsGradParams, x.log_q);
+    FIELD(MnsGradParams, x.ids); FIELD(MnsGradParams, x.b); FIELD(MnsGradParams, x.n);
+    FIELD(MnsGradParams, x.k); FIELD(MnsGradParams, x.inv_tau); FIELD(MnsGradParams, x.pad);
+    FIELD(MnsGradParams, mrow); FIELD(MnsGradParams, coef); FIELD(MnsGradParams, gdiag);
+    FIELD(MnsGradParams, out);
+    return 0;
+}
+
 int main(int argc, char** argv) {
-    if (argc != 3) { fprintf(stderr, "usage: mns_emu IN OUT\n"); return 2; }
+    if (argc == 2 && strcmp(argv[1], "--layout") == 0) return layout();
+    if (argc != 3) die("usage: mns_emu IN OUT | mns_emu --layout");
     FILE* in = fopen(argv[1], "rb");
     if (!in) { perror(argv[1]); return 2; }
-    auto h = take<long long>(in, 15);
-    const long long b = h[0], n = h[1], k = h[2];
-    const int cp = (int)h[5], splits = (int)h[6];
-    const long long cps = h[7];
-    const float tau = take<float>(in, 1)[0];
-    auto u = take<float>(in, b * k);
-    auto v = take<float>(in, n * k);
-    auto lq = take<float>(in, n);
-    std::vector<long long> ids = h[3] ? take<long long>(in, n) : std::vector<long long>();
-    std::vector<float> w = h[4] ? take<float>(in, b) : std::vector<float>();
+    const auto nbuf = take<unsigned long long>(in);
+    std::vector<size_t> sizes;
+    for (unsigned long long i = 0; i < nbuf; ++i) {
+        const auto bytes = take<unsigned long long>(in);
+        const auto has = take<unsigned char>(in);
+        bufs.emplace_back((bytes + 7) / 8, 0ull);
+        sizes.push_back(bytes);
+        if (has && bytes && fread(bufs.back().data(), 1, bytes, in) != bytes) die("short input");
+    }
+    const auto nlaunch = take<unsigned long long>(in);
+    for (unsigned long long l = 0; l < nlaunch; ++l) {
+        const auto kernel = take<unsigned>(in), gx = take<unsigned>(in), gy = take<unsigned>(in);
+        const auto bytes = take<unsigned>(in);
+        switch (kernel) {
+        case 0: {
+            auto p = params<MnsFwdParams>(in, bytes);
+            fix(p.x); fix(p.part_m); fix(p.part_s);
+            emu_launch(gx, gy, [&] { mns_fwd_f32(p); });
+            break;
+        }
+        case 1: {
+            auto p = params<MnsRowsParams>(in, bytes);
+            fix(p.u); fix(p.v); fix(p.log_q); fix(p.row_weight); fix(p.part_m); fix(p.part_s);
+            fix(p.lse); fix(p.row_loss); fix(p.top1); fix(p.wloss); fix(p.mrow); fix(p.coef); fix(p.gdiag);
+            emu_launch(gx, gy, [&] { mns_rows_f32(p); });
+            break;
+        }
+        case 2: {
+            auto p = params<MnsLossParams>(in, bytes);
+            fix(p.wloss); fix(p.loss);
+            emu_launch(gx, gy, [&] { mns_loss_f32(p); });
+            break;
+        }
+        case 3:
+        case 4: {
+            auto p = params<MnsGradParams>(in, bytes);
+            fix(p.x); fix(p.mrow); fix(p.coef); fix(p.gdiag); fix(p.out);
+            if (kernel == 3) emu_launch(gx, gy, [&] { mns_du_f32(p); });
+            else emu_launch(gx, gy, [&] { mns_dv_f32(p); });
+            break;
+        }
+        default: die("unknown kernel");
+        }
+    }
     fclose(in);
-    const long long* idp = h[3] ? ids.data() : nullptr;
-    const float* wp = h[4] ? w.data() : nullptr;
-    const float inv_tau = 1.0f / tau;
-
-    std::vector<float> part_m(splits * b), part_s(splits * b), lse(b), row_loss(b), wloss(b), mrow(b), coef(b), gdiag(b);
-    std::vector<float> loss(1), d_u(b * k), d_v(n * k);
-    std::vector<int> top1(b);
-    emu_launch(h[8], h[9], [&] {
-        mns_fwd_f32(u.data(), v.data(), lq.data(), idp, b, n, k, inv_tau, cp, cps, part_m.data(), part_s.data());
-    });
-    emu_launch(h[10], 1, [&] {
-        mns_rows_f32(u.data(), v.data(), lq.data(), wp, b, k, inv_tau, cp, splits, part_m.data(), part_s.data(),
-                     lse.data(), row_loss.data(), top1.data(), wloss.data(), mrow.data(), coef.data(), gdiag.data());
-    });
-    emu_launch(1, 1, [&] { mns_loss_f32(wloss.data(), b, loss.data()); });
-    emu_launch(h[11], h[12], [&] {
-        mns_du_f32(u.data(), v.data(), lq.data(), idp, b, n, k, inv_tau, cp, mrow.data(), coef.data(), gdiag.data(), d_u.data());
-    });
-    emu_launch(h[13], h[14], [&] {
-        mns_dv_f32(u.data(), v.data(), lq.data(), idp, b, n, k, inv_tau, cp, mrow.data(), coef.data(), gdiag.data(), d_v.data());
-    });
     FILE* out = fopen(argv[2], "wb");
     if (!out) { perror(argv[2]); return 2; }
-    fwrite(loss.data(), 4, 1, out);
-    fwrite(lse.data(), 4, b, out);
-    fwrite(row_loss.data(), 4, b, out);
-    fwrite(d_u.data(), 4, b * k, out);
-    fwrite(d_v.data(), 4, n * k, out);
-    fwrite(top1.data(), 4, b, out);
+    for (size_t i = 0; i < bufs.size(); ++i) fwrite(bufs[i].data(), 1, sizes[i], out);
     fclose(out);
     return 0;
 }

@@ -1,0 +1,446 @@
+//! The kernels' ABI, written once: one `#[repr(C)]` parameter struct per
+//! launch, mirroring the structs declared at the top of `kernels/mns.cu`
+//! (FlashAttention's `Flash_fwd_params` habit), and the launch sequence of
+//! one call as a pure function of the grid [`Plan`] and the buffers'
+//! addresses. The backend launches exactly what [`launches`] returns; the
+//! CPU emulator of the kernels (`tests/cuda_emu/`) runs the same list, with
+//! buffer numbers in place of device addresses. `tests/cuda_ptx.rs` and
+//! `tests/cuda_emulated.rs` check that [`layout`] agrees with what NVRTC (read
+//! off its PTX) and the C++ compiler make of the `.cu` structs (size and
+//! every field offset).
+//!
+//! Every struct is laid out without implicit padding (8-byte fields first,
+//! 4-byte fields in pairs), so that [`Params::bytes`] — the fields'
+//! little-endian bytes in order — is the struct's exact memory image.
+
+use super::Plan;
+
+/// What every logit-tile kernel reads (`MnsLogits`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Logits {
+    /// B×K queries.
+    pub u: u64,
+    /// N×K candidates.
+    pub v: u64,
+    /// N log Q.
+    pub log_q: u64,
+    /// N item ids, or 0 (null): no accidental-hit removal.
+    pub ids: u64,
+    /// B.
+    pub b: i64,
+    /// N.
+    pub n: i64,
+    /// K.
+    pub k: i64,
+    /// 1/τ in f32.
+    pub inv_tau: f32,
+    /// Explicit padding (0): the logit kernels never form the diagonal,
+    /// which `mns_rows_f32` computes (with or without its correction).
+    pub pad: i32,
+}
+
+/// `mns_fwd_f32` (`MnsFwdParams`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FwdParams {
+    /// The logits.
+    pub x: Logits,
+    /// Columns per split, a multiple of 64.
+    pub cols_per_split: i64,
+    /// splits × B partial maxima (out).
+    pub part_m: u64,
+    /// splits × B partial sums (out).
+    pub part_s: u64,
+}
+
+/// `mns_rows_f32` (`MnsRowsParams`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RowsParams {
+    /// B×K queries.
+    pub u: u64,
+    /// N×K candidates.
+    pub v: u64,
+    /// N log Q.
+    pub log_q: u64,
+    /// B row weights, or 0 (null): all 1.
+    pub row_weight: u64,
+    /// splits × B partial maxima (in).
+    pub part_m: u64,
+    /// splits × B partial sums (in).
+    pub part_s: u64,
+    /// B lse (out).
+    pub lse: u64,
+    /// B ℓ (out).
+    pub row_loss: u64,
+    /// B top-1 flags, i32 (out).
+    pub top1: u64,
+    /// B w·ℓ (out).
+    pub wloss: u64,
+    /// B row maxima m_i (out).
+    pub mrow: u64,
+    /// B coefficients w_i/(B·τ·Σ_i) (out).
+    pub coef: u64,
+    /// B diagonal terms G_ii/τ (out).
+    pub gdiag: u64,
+    /// B.
+    pub b: i64,
+    /// K.
+    pub k: i64,
+    /// 1/τ in f32.
+    pub inv_tau: f32,
+    /// 1: subtract log_q on the diagonal too.
+    pub correct_positive: i32,
+    /// Column splits of the forward kernel.
+    pub splits: i32,
+    /// Explicit padding to a multiple of 8 bytes (0).
+    pub pad: i32,
+}
+
+/// `mns_loss_f32` (`MnsLossParams`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossParams {
+    /// B w·ℓ (in).
+    pub wloss: u64,
+    /// The loss, one f32 (out).
+    pub loss: u64,
+    /// B.
+    pub b: i64,
+}
+
+/// `mns_du_f32` and `mns_dv_f32` (`MnsGradParams`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GradParams {
+    /// The logits.
+    pub x: Logits,
+    /// B row maxima (in).
+    pub mrow: u64,
+    /// B coefficients (in).
+    pub coef: u64,
+    /// B diagonal terms (in).
+    pub gdiag: u64,
+    /// dU (B×K) or dV (N×K) (out).
+    pub out: u64,
+}
+
+// SAFETY: each is `#[repr(C)]` of plain integers and floats (device
+// addresses as u64), with no padding and no Rust-only invariant, and its
+// layout is the `.cu` struct's (tested: `layout` against NVRTC and g++), so
+// the kernel reads exactly the bytes cudarc copies into its parameter space.
+unsafe impl cudarc::driver::DeviceRepr for FwdParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for RowsParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for LossParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for GradParams {}
+
+/// The parameters of one launch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Params {
+    /// `mns_fwd_f32`.
+    Fwd(FwdParams),
+    /// `mns_rows_f32`.
+    Rows(RowsParams),
+    /// `mns_loss_f32`.
+    Loss(LossParams),
+    /// `mns_du_f32` or `mns_dv_f32`.
+    Grad(GradParams),
+}
+
+fn logit_bytes(x: &Logits, out: &mut Vec<u8>) {
+    for a in [x.u, x.v, x.log_q, x.ids] {
+        out.extend(a.to_le_bytes());
+    }
+    for a in [x.b, x.n, x.k] {
+        out.extend(a.to_le_bytes());
+    }
+    out.extend(x.inv_tau.to_le_bytes());
+    out.extend(x.pad.to_le_bytes());
+}
+
+impl Params {
+    /// The struct's memory image: its fields' little-endian bytes in order
+    /// (there is no padding; a test checks the length against `size_of`).
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut o = vec![];
+        match self {
+            Params::Fwd(p) => {
+                logit_bytes(&p.x, &mut o);
+                o.extend(p.cols_per_split.to_le_bytes());
+                o.extend(p.part_m.to_le_bytes());
+                o.extend(p.part_s.to_le_bytes());
+            }
+            Params::Rows(p) => {
+                for a in [
+                    p.u,
+                    p.v,
+                    p.log_q,
+                    p.row_weight,
+                    p.part_m,
+                    p.part_s,
+                    p.lse,
+                    p.row_loss,
+                    p.top1,
+                    p.wloss,
+                    p.mrow,
+                    p.coef,
+                    p.gdiag,
+                ] {
+                    o.extend(a.to_le_bytes());
+                }
+                o.extend(p.b.to_le_bytes());
+                o.extend(p.k.to_le_bytes());
+                o.extend(p.inv_tau.to_le_bytes());
+                for a in [p.correct_positive, p.splits, p.pad] {
+                    o.extend(a.to_le_bytes());
+                }
+            }
+            Params::Loss(p) => {
+                o.extend(p.wloss.to_le_bytes());
+                o.extend(p.loss.to_le_bytes());
+                o.extend(p.b.to_le_bytes());
+            }
+            Params::Grad(p) => {
+                logit_bytes(&p.x, &mut o);
+                for a in [p.mrow, p.coef, p.gdiag, p.out] {
+                    o.extend(a.to_le_bytes());
+                }
+            }
+        }
+        o
+    }
+}
+
+/// One kernel launch: the kernel (an index into [`super::KERNELS`]), its
+/// grid of 256-thread blocks and its parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Launch {
+    /// Index into [`super::KERNELS`].
+    pub kernel: usize,
+    /// Grid (x, y).
+    pub grid: (u32, u32),
+    /// The kernel's parameter struct.
+    pub params: Params,
+}
+
+/// The address of every buffer of one call (device pointers on a GPU;
+/// buffer numbers in the emulator). 0 is null.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Buffers {
+    pub u: u64,
+    pub v: u64,
+    pub log_q: u64,
+    /// 0 without ids.
+    pub ids: u64,
+    /// 0 without row weights.
+    pub row_weight: u64,
+    pub part_m: u64,
+    pub part_s: u64,
+    pub lse: u64,
+    pub row_loss: u64,
+    pub top1: u64,
+    pub wloss: u64,
+    pub mrow: u64,
+    pub coef: u64,
+    pub gdiag: u64,
+    pub loss: u64,
+    pub d_u: u64,
+    pub d_v: u64,
+}
+
+/// The launch sequence of one call on a B×N×K problem: forward, row merge,
+/// loss, dU, dV, on one stream in this order.
+pub fn launches(
+    plan: &Plan,
+    (b, n, k): (usize, usize, usize),
+    inv_tau: f32,
+    correct_positive: bool,
+    a: &Buffers,
+) -> [Launch; 5] {
+    let x = Logits {
+        u: a.u,
+        v: a.v,
+        log_q: a.log_q,
+        ids: a.ids,
+        b: b as i64,
+        n: n as i64,
+        k: k as i64,
+        inv_tau,
+        pad: 0,
+    };
+    let grad = |out: u64| GradParams {
+        x,
+        mrow: a.mrow,
+        coef: a.coef,
+        gdiag: a.gdiag,
+        out,
+    };
+    [
+        Launch {
+            kernel: 0,
+            grid: plan.fwd_grid,
+            params: Params::Fwd(FwdParams {
+                x,
+                cols_per_split: plan.cols_per_split as i64,
+                part_m: a.part_m,
+                part_s: a.part_s,
+            }),
+        },
+        Launch {
+            kernel: 1,
+            grid: (plan.rows_grid, 1),
+            params: Params::Rows(RowsParams {
+                u: a.u,
+                v: a.v,
+                log_q: a.log_q,
+                row_weight: a.row_weight,
+                part_m: a.part_m,
+                part_s: a.part_s,
+                lse: a.lse,
+                row_loss: a.row_loss,
+                top1: a.top1,
+                wloss: a.wloss,
+                mrow: a.mrow,
+                coef: a.coef,
+                gdiag: a.gdiag,
+                b: b as i64,
+                k: k as i64,
+                inv_tau,
+                correct_positive: correct_positive as i32,
+                splits: plan.splits as i32,
+                pad: 0,
+            }),
+        },
+        Launch {
+            kernel: 2,
+            grid: (1, 1),
+            params: Params::Loss(LossParams {
+                wloss: a.wloss,
+                loss: a.loss,
+                b: b as i64,
+            }),
+        },
+        Launch {
+            kernel: 3,
+            grid: plan.du_grid,
+            params: Params::Grad(grad(a.d_u)),
+        },
+        Launch {
+            kernel: 4,
+            grid: plan.dv_grid,
+            params: Params::Grad(grad(a.d_v)),
+        },
+    ]
+}
+
+/// One struct of [`layout`]: its C name, its size and (field, offset) pairs.
+pub type StructLayout = (&'static str, usize, Vec<(&'static str, usize)>);
+
+/// The Rust side of the ABI: (C struct name, size, [(field, offset)]), the
+/// names as in `kernels/mns.cu` (nested `MnsLogits` fields as `x.u`, …).
+pub fn layout() -> Vec<StructLayout> {
+    use std::mem::{offset_of, size_of};
+    let x = |base: usize| -> Vec<(&'static str, usize)> {
+        vec![
+            ("x.u", base + offset_of!(Logits, u)),
+            ("x.v", base + offset_of!(Logits, v)),
+            ("x.log_q", base + offset_of!(Logits, log_q)),
+            ("x.ids", base + offset_of!(Logits, ids)),
+            ("x.b", base + offset_of!(Logits, b)),
+            ("x.n", base + offset_of!(Logits, n)),
+            ("x.k", base + offset_of!(Logits, k)),
+            ("x.inv_tau", base + offset_of!(Logits, inv_tau)),
+            ("x.pad", base + offset_of!(Logits, pad)),
+        ]
+    };
+    let mut fwd = x(offset_of!(FwdParams, x));
+    fwd.extend([
+        ("cols_per_split", offset_of!(FwdParams, cols_per_split)),
+        ("part_m", offset_of!(FwdParams, part_m)),
+        ("part_s", offset_of!(FwdParams, part_s)),
+    ]);
+    let mut grad = x(offset_of!(GradParams, x));
+    grad.extend([
+        ("mrow", offset_of!(GradParams, mrow)),
+        ("coef", offset_of!(GradParams, coef)),
+        ("gdiag", offset_of!(GradParams, gdiag)),
+        ("out", offset_of!(GradParams, out)),
+    ]);
+    vec![
+        ("MnsFwdParams", size_of::<FwdParams>(), fwd),
+        (
+            "MnsRowsParams",
+            size_of::<RowsParams>(),
+            vec![
+                ("u", offset_of!(RowsParams, u)),
+                ("v", offset_of!(RowsParams, v)),
+                ("log_q", offset_of!(RowsParams, log_q)),
+                ("row_weight", offset_of!(RowsParams, row_weight)),
+                ("part_m", offset_of!(RowsParams, part_m)),
+                ("part_s", offset_of!(RowsParams, part_s)),
+                ("lse", offset_of!(RowsParams, lse)),
+                ("row_loss", offset_of!(RowsParams, row_loss)),
+                ("top1", offset_of!(RowsParams, top1)),
+                ("wloss", offset_of!(RowsParams, wloss)),
+                ("mrow", offset_of!(RowsParams, mrow)),
+                ("coef", offset_of!(RowsParams, coef)),
+                ("gdiag", offset_of!(RowsParams, gdiag)),
+                ("b", offset_of!(RowsParams, b)),
+                ("k", offset_of!(RowsParams, k)),
+                ("inv_tau", offset_of!(RowsParams, inv_tau)),
+                ("correct_positive", offset_of!(RowsParams, correct_positive)),
+                ("splits", offset_of!(RowsParams, splits)),
+                ("pad", offset_of!(RowsParams, pad)),
+            ],
+        ),
+        (
+            "MnsLossParams",
+            size_of::<LossParams>(),
+            vec![
+                ("wloss", offset_of!(LossParams, wloss)),
+                ("loss", offset_of!(LossParams, loss)),
+                ("b", offset_of!(LossParams, b)),
+            ],
+        ),
+        ("MnsGradParams", size_of::<GradParams>(), grad),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte images have the structs' sizes: no implicit padding.
+    #[test]
+    fn byte_images_are_the_whole_structs() {
+        let a = Buffers::default();
+        let plan = Plan::new(100, 300, 70, 4);
+        for l in launches(&plan, (100, 300, 70), 0.5, true, &a) {
+            let size = match l.params {
+                Params::Fwd(_) => std::mem::size_of::<FwdParams>(),
+                Params::Rows(_) => std::mem::size_of::<RowsParams>(),
+                Params::Loss(_) => std::mem::size_of::<LossParams>(),
+                Params::Grad(_) => std::mem::size_of::<GradParams>(),
+            };
+            assert_eq!(l.params.bytes().len(), size, "{l:?}");
+        }
+        // And the layout lists every field once, in increasing order, with
+        // no gap (each field 8 bytes, or 4 for the f32/i32 ones).
+        for (name, size, fields) in layout() {
+            let mut end = 0;
+            for (f, off) in &fields {
+                assert_eq!(*off, end, "{name}.{f}");
+                let four = f.ends_with("inv_tau")
+                    || f.ends_with("correct_positive")
+                    || f.ends_with("splits")
+                    || f.ends_with("pad");
+                end += if four { 4 } else { 8 };
+            }
+            assert_eq!(end, size, "{name}");
+        }
+    }
+}
