@@ -198,6 +198,16 @@ pub fn train_on(
     let mut rng = data::Rng::new(cfg.seed ^ 0xBA7C);
     let mut reports = vec![];
     let steps_per_epoch = data.train.len() / cfg.batch;
+    if steps_per_epoch == 0 {
+        return Err(format!(
+            "the training stream has {} interactions, fewer than one batch of B = {}: \
+             no step could run (lower --batch to at most {})",
+            data.train.len(),
+            cfg.batch,
+            data.train.len()
+        )
+        .into());
+    }
     let mut step = 0u64;
     let mut csv = match &cfg.metrics {
         Some(p) => {

@@ -19,6 +19,13 @@ use mixneg_train::Error;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// CPU kernel for `--backend cpu`: auto, portable, avx2_fma or avx512
+    /// (default: $MIXNEG_CPU_KERNEL, else auto = the best this CPU runs).
+    #[arg(long, global = true)]
+    cpu_kernel: Option<String>,
+    /// Worker threads of the CPU backend (default: rayon's, one per core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -52,14 +59,14 @@ enum Cmd {
     /// f64 reference on a slice of it.
     Demo {
         /// Queries per batch, B.
-        #[arg(long, default_value_t = 4096)]
-        b: usize,
+        #[arg(long, visible_alias = "b", default_value_t = 4096)]
+        batch: usize,
         /// Uniformly sampled negatives, B′.
         #[arg(long, default_value_t = 4096)]
         b_prime: usize,
         /// Embedding dimension, K.
-        #[arg(long, default_value_t = 64)]
-        k: usize,
+        #[arg(long, visible_alias = "k", default_value_t = 64)]
+        dim: usize,
         /// Timed repetitions (the median is reported).
         #[arg(long, default_value_t = 10)]
         reps: usize,
@@ -97,14 +104,14 @@ enum Cmd {
     #[cfg(feature = "cuda")]
     GpuBench {
         /// Queries per batch, B.
-        #[arg(long, default_value_t = 16384)]
-        b: usize,
+        #[arg(long, visible_alias = "b", default_value_t = 16384)]
+        batch: usize,
         /// Uniformly sampled negatives, B′.
         #[arg(long, default_value_t = 16384)]
         b_prime: usize,
         /// Embedding dimension, K.
-        #[arg(long, default_value_t = 128)]
-        k: usize,
+        #[arg(long, visible_alias = "k", default_value_t = 128)]
+        dim: usize,
         /// Timed repetitions (the median is reported).
         #[arg(long, default_value_t = 20)]
         reps: usize,
@@ -121,8 +128,38 @@ enum BackendArg {
     Cuda,
 }
 
+/// The flags of `train` that `experiment` sets itself for each of its
+/// configurations; passing one is an error rather than silently ignored.
+const EXPERIMENT_SETS: [&str; 6] = ["b_prime", "negatives", "q_mode", "seed", "quiet", "metrics"];
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    if let Some(("experiment", sub)) = matches.subcommand() {
+        let given: Vec<String> = EXPERIMENT_SETS
+            .iter()
+            .filter(|id| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !given.is_empty() {
+            eprintln!(
+                "mixneg: error: `experiment` sets {} itself for each configuration and seed; remove {}",
+                EXPERIMENT_SETS
+                    .map(|id| format!("--{}", id.replace('_', "-")))
+                    .join(", "),
+                given.join(" ")
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let cpu = CpuChoice {
+        kernel: cli.cpu_kernel.clone(),
+        threads: cli.threads,
+    };
     let r = match cli.cmd {
         Cmd::Loss {
             input,
@@ -130,24 +167,31 @@ fn main() -> ExitCode {
             backend,
             temperature,
             no_correct_positive,
-        } => loss(&input, &output, backend, temperature, no_correct_positive),
+        } => loss(
+            &cpu,
+            &input,
+            &output,
+            backend,
+            temperature,
+            no_correct_positive,
+        ),
         Cmd::Demo {
-            b,
+            batch,
             b_prime,
-            k,
+            dim,
             reps,
             no_check,
             backend,
-        } => demo(b, b_prime, k, reps, !no_check, backend),
+        } => demo(&cpu, batch, b_prime, dim, reps, !no_check, backend),
         #[cfg(feature = "cuda")]
         Cmd::GpuBench {
-            b,
+            batch,
             b_prime,
-            k,
+            dim,
             reps,
-        } => gpu_bench(b, b_prime, k, reps),
-        Cmd::Train { cfg, backend } => train(&cfg, backend),
-        Cmd::Experiment { cfg, seeds, out } => experiment(&cfg, seeds, &out),
+        } => gpu_bench(batch, b_prime, dim, reps),
+        Cmd::Train { cfg, backend } => train(&cpu, &cfg, backend),
+        Cmd::Experiment { cfg, seeds, out } => experiment(&cpu, &cfg, seeds, &out),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,10 +202,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn backend(which: BackendArg) -> Result<Box<dyn Backend>, Error> {
+/// `--cpu-kernel` and `--threads`.
+struct CpuChoice {
+    kernel: Option<String>,
+    threads: Option<usize>,
+}
+
+impl CpuChoice {
+    /// The CPU backend these flags ask for (the kernel from
+    /// $MIXNEG_CPU_KERNEL when `--cpu-kernel` is absent).
+    fn backend(&self) -> Result<CpuBackend, Error> {
+        let be = match self.kernel.as_deref() {
+            None => CpuBackend::from_env()?,
+            Some("auto") => CpuBackend::new(),
+            Some(name) => {
+                let k = mixneg::Kernel::from_name(name)
+                    .ok_or_else(|| mixneg::MnsError::KernelUnavailable(name.to_string()))?;
+                CpuBackend::with_kernel(k)?
+            }
+        };
+        Ok(match self.threads {
+            Some(0) => return Err("--threads must be at least 1".into()),
+            Some(t) => be.with_threads(t)?,
+            None => be,
+        })
+    }
+}
+
+fn backend(cpu: &CpuChoice, which: BackendArg) -> Result<Box<dyn Backend>, Error> {
     Ok(match which {
         BackendArg::Reference => Box::new(ReferenceBackend),
-        BackendArg::Cpu => Box::new(CpuBackend::from_env()?),
+        BackendArg::Cpu => Box::new(cpu.backend()?),
         #[cfg(feature = "cuda")]
         BackendArg::Cuda => Box::new(mixneg::CudaBackend::new(0)?),
         #[cfg(not(feature = "cuda"))]
@@ -172,6 +243,7 @@ fn backend(which: BackendArg) -> Result<Box<dyn Backend>, Error> {
 }
 
 fn loss(
+    cpu: &CpuChoice,
     input: &Path,
     output: &Path,
     which: BackendArg,
@@ -185,7 +257,7 @@ fn loss(
     let correct_positive = !no_correct_positive && file.correct_positive.unwrap_or(true);
     let (b, n, k) = (file.b, file.n, file.k);
     let x = file.input(temperature, correct_positive);
-    let out = backend(which)?.mns_loss(&x)?;
+    let out = backend(cpu, which)?.mns_loss(&x)?;
 
     let result = mixneg_train::io::LossResult::new(&out, (b, n, k), temperature, correct_positive);
     std::fs::write(output, result.to_bytes()?).map_err(|e| Error::io(output, e))?;
@@ -193,6 +265,7 @@ fn loss(
 }
 
 fn demo(
+    cpu_choice: &CpuChoice,
     b: usize,
     bp: usize,
     k: usize,
@@ -204,10 +277,15 @@ fn demo(
     let data = Synthetic::new(b, bp, k, 1);
     let input = data.input();
 
-    let cpu = backend(which)?;
+    let cpu = backend(cpu_choice, which)?;
     let threads = match which {
         BackendArg::Cuda => "the GPU".to_string(),
-        _ => format!("{} threads", rayon::current_num_threads()),
+        _ => format!(
+            "{} threads",
+            cpu_choice
+                .threads
+                .unwrap_or_else(rayon::current_num_threads)
+        ),
     };
     println!(
         "mixneg demo: B = {b}, B' = {bp}, N = {n}, K = {k}; {} on {threads}",
@@ -339,8 +417,8 @@ fn print_report(r: &mixneg_train::EpochReport) {
     );
 }
 
-fn train(cfg: &mixneg_train::TrainConfig, which: BackendArg) -> Result<(), Error> {
-    let be = backend(which)?;
+fn train(cpu: &CpuChoice, cfg: &mixneg_train::TrainConfig, which: BackendArg) -> Result<(), Error> {
+    let be = backend(cpu, which)?;
     let t = Instant::now();
     println!(
         "mixneg train: {} negatives, B = {}, B' = {}, Q {:?}, loss on {}",
@@ -391,7 +469,12 @@ fn train(cfg: &mixneg_train::TrainConfig, which: BackendArg) -> Result<(), Error
     Ok(())
 }
 
-fn experiment(base: &mixneg_train::TrainConfig, seeds: u64, out: &Path) -> Result<(), Error> {
+fn experiment(
+    cpu: &CpuChoice,
+    base: &mixneg_train::TrainConfig,
+    seeds: u64,
+    out: &Path,
+) -> Result<(), Error> {
     use mixneg_train::Negatives;
     use mixneg_train::freq::QMode;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -436,7 +519,7 @@ fn experiment(base: &mixneg_train::TrainConfig, seeds: u64, out: &Path) -> Resul
             QMode::None,
         ),
     ];
-    let be = CpuBackend::from_env()?;
+    let be = cpu.backend()?;
     let mut csv = String::from(
         "config,seed,recall10,recall50,recall100,head100,tail100,fresh100,intrusion10,intrusion100,loss,examples_per_s,loss_share\n",
     );
@@ -451,6 +534,12 @@ fn experiment(base: &mixneg_train::TrainConfig, seeds: u64, out: &Path) -> Resul
             cfg.seed = seed;
             cfg.quiet = true;
             cfg.metrics = Some(out.join(format!("run-{}-seed{seed}.csv", slug(name))));
+            // One checkpoint directory per configuration and seed: each run
+            // resumes its own (a shared one belongs to the first run only).
+            cfg.checkpoint = base
+                .checkpoint
+                .as_ref()
+                .map(|d| d.join(format!("{}-seed{seed}", slug(name))));
             let t = Instant::now();
             let (_, reps) = mixneg_train::train(&cfg, &be)?;
             let r = reps.last().expect("epochs");

@@ -182,3 +182,158 @@ fn demo_runs_and_checks() {
     assert!(st.status.success(), "{text}");
     assert!(text.contains("vs f64 reference"), "{text}");
 }
+
+/// The same flag names across subcommands (`--batch`, `--b-prime`, `--dim`;
+/// the old `--b`/`--k` stay as aliases) and the CPU kernel and thread count
+/// as flags.
+#[test]
+fn demo_takes_the_train_flag_names_and_cpu_flags() {
+    let st = mixneg()
+        .args([
+            "demo",
+            "--batch",
+            "16",
+            "--b-prime",
+            "20",
+            "--dim",
+            "5",
+            "--reps",
+            "1",
+            "--cpu-kernel",
+            "portable",
+            "--threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success(), "{text}");
+    assert!(text.contains("cpu/portable on 1 threads"), "{text}");
+    for bad in [vec!["--cpu-kernel", "sse9"], vec!["--threads", "0"]] {
+        let st = mixneg()
+            .args([
+                "demo",
+                "--batch",
+                "4",
+                "--b-prime",
+                "4",
+                "--dim",
+                "2",
+                "--reps",
+                "1",
+            ])
+            .args(&bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(
+            !st.status.success() && err.contains("error"),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+/// `experiment` refuses the flags it sets itself instead of ignoring them.
+#[test]
+fn experiment_refuses_the_flags_it_sets() {
+    for flag in [["--b-prime", "7"], ["--seed", "3"], ["--q-mode", "none"]] {
+        let st = mixneg()
+            .args(["experiment", "--epochs", "1"])
+            .args(flag)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(!st.status.success(), "{flag:?} accepted");
+        assert!(
+            err.contains("sets") && err.contains(flag[0]),
+            "{flag:?}: {err}"
+        );
+    }
+}
+
+/// A log smaller than one batch is an error that says so, not 0 steps and
+/// a loss of 0.
+#[test]
+fn train_on_a_log_smaller_than_a_batch_fails_clearly() {
+    let dir = std::env::temp_dir().join(format!("mixneg-tiny-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("tiny.csv");
+    let mut text = String::from("user,item\n");
+    for u in 0..20 {
+        for i in 0..4 {
+            text += &format!("u{u},i{}\n", (u + i) % 30);
+        }
+    }
+    std::fs::write(&log, text).unwrap();
+    let st = mixneg()
+        .args(["train", "--quiet", "--epochs", "1", "--logs"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success(), "{err}");
+    assert!(err.contains("fewer than one batch of B = 256"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `experiment --checkpoint DIR` gives each configuration and seed its own
+/// checkpoint (it used to share one, so the second configuration refused
+/// the first one's), and a rerun resumes every run from its own.
+#[test]
+fn experiment_with_a_checkpoint_runs_every_configuration() {
+    let dir = std::env::temp_dir().join(format!("mixneg-exp-{}", std::process::id()));
+    let (ck, out) = (dir.join("ck"), dir.join("out"));
+    let run = || {
+        mixneg()
+            .args([
+                "experiment",
+                "--users",
+                "300",
+                "--items",
+                "600",
+                "--train-per-user",
+                "6",
+                "--epochs",
+                "1",
+                "--seeds",
+                "1",
+                "--batch",
+                "32",
+                "--dim",
+                "8",
+                "--emb",
+                "8",
+                "--hidden",
+                "0",
+                "--buckets",
+                "4096",
+                "--verify-every",
+                "0",
+                "--checkpoint-every",
+                "5",
+                "--checkpoint",
+            ])
+            .arg(&ck)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let st = run();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(st.status.success(), "{err}");
+    let runs = std::fs::read_dir(&ck).unwrap().count();
+    assert_eq!(runs, 7, "one checkpoint directory per configuration");
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    let st = run();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("table.md")).unwrap(),
+        table
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
