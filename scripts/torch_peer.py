@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch peer of mixneg's fused MNS loss, on the GPU (or CPU with --device cpu).
 
-Same semantics as DESIGN.md §2, materializing the B×N logits (eager
+Same semantics as docs/design.md §2, materializing the B×N logits (eager
 F.cross_entropy, and torch.compile if it works), timed with CUDA events, with
 peak device memory. The data is mixneg's `synthetic::Synthetic` regenerated
 bit for bit (SplitMix64 of each index), so `--check` can compare the loss with

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 /// infinity when the bound holds.
 pub const MAGNITUDE_LIMIT: f64 = 1e30;
 
-/// Borrowed input of one fused MNS loss call (DESIGN.md §2).
+/// Borrowed input of one fused MNS loss call (docs/design.md §2).
 ///
 /// * `u`: B×K query embeddings, row-major.
 /// * `v`: N×K candidates, row-major, N = B + B′; row i < B is the positive of
@@ -292,7 +292,7 @@ impl Problem<'_> {
         self.row_weight.map_or(1.0, |w| w[i])
     }
 
-    /// Useful flops of one forward+backward call: 6·B·N·K (DESIGN.md §3).
+    /// Useful flops of one forward+backward call: 6·B·N·K (docs/design.md §3).
     pub fn flops(&self) -> f64 {
         6.0 * self.b as f64 * self.n as f64 * self.k as f64
     }

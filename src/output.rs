@@ -2,7 +2,7 @@
 
 use crate::error::MnsError;
 
-/// Everything one fused call returns (DESIGN.md §2).
+/// Everything one fused call returns (docs/design.md §2).
 ///
 /// `T` is `f32` for the fast backends; the reference can also return `f64`.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,7 @@
 //! The reference backend: the specification every fast path is tested against.
 //!
 //! It materializes the B×N logits and accumulates everything in f64, in safe
-//! scalar code, straight from the formulas of DESIGN.md §2:
+//! scalar code, straight from the formulas of docs/design.md §2:
 //!
 //! * s_ij = ⟨u_i, v_j⟩/τ − log_q\[j\] (no correction on j = i unless
 //!   `correct_positive`), s_ij = −∞ for removed accidental hits;

@@ -1,5 +1,6 @@
-//! Every fast path against the f64 reference, on the awkward-shape sweep of
-//! STYLE.md and on inputs that exercise the numerics.
+//! Every fast path against the f64 reference, on a sweep of awkward shapes
+//! (B = 1, K = 1, K and N not multiples of any tile, B′ = 0) and on inputs
+//! that exercise the numerics.
 
 mod common;
 use common::*;
@@ -75,7 +76,7 @@ fn logits_row_max_other(case: &Case, i: usize) -> f64 {
 
 #[test]
 fn shape_sweep() {
-    // STYLE.md's awkward sizes. Full product of B and B′ at a few K, and the
+    // Awkward sizes: full product of B and B′ at a few K, and the
     // full K list at a few (B, B′): 6·5·3 + 11·4 = 134 shapes × 9 paths.
     // K = 17, 40, 65 pad to 32, 48, 80 for AVX-512 (a lone 16-lane K tile
     // after the 32-wide ones), K = 9, 65 to 16, 72 for the 8-lane kernels.

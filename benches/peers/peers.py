@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The MNS loss of DESIGN.md §2 in NumPy, JAX and PyTorch, materializing the
+"""The MNS loss of docs/design.md §2 in NumPy, JAX and PyTorch, materializing the
 B×N logits as those libraries do, on mixneg's synthetic data (regenerated bit
 for bit, see src/synthetic.rs): τ = 0.05, logQ correction on every column,
 accidental hits removed, forward + backward (dL/dU, dL/dV).

@@ -16,7 +16,7 @@
 //! functions undoes collisions (a collision only shortens gaps). An
 //! exact-count mode serves tests and small corpora.
 //!
-//! Q* (DESIGN.md §1) for a batch of B stream positives and B′ uniform draws
+//! Q* (docs/design.md §1) for a batch of B stream positives and B′ uniform draws
 //! from a corpus of |C| items: `None` (no correction), `Unigram`
 //! (Q = p̂), or the MNS mixture Q*_j = (B·p̂_j + B′/|C|)/(B + B′).
 
