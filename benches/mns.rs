@@ -17,6 +17,9 @@
 //! Run: `cargo bench --bench mns` (filter e.g. `-- 4096x8192x64`).
 //! `MIXNEG_BENCH_SHAPES=small` runs the two smallest shapes only.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mixneg::synthetic::Synthetic;
 use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, ReferenceBackend};
@@ -84,6 +87,37 @@ fn check_three_mm() {
     }
 }
 
+/// Checks the output of a fused backend's call before it is timed: rows
+/// i < bs of lse, ℓ and dU depend only on u_i and all candidates, so they
+/// must equal the f64 reference of the slice problem (the first bs queries,
+/// every candidate; its dU carries 1/bs where the full call's carries 1/B),
+/// under the test suite's tolerance policy; L and dV must be finite.
+fn check_output(name: &str, d: &Synthetic, out: &MnsOutput) {
+    let (b, k) = (d.u.len() / d.k, d.k);
+    let bs = b.min(64);
+    let case = common::Case {
+        name: format!("bench check {name} {b}x{}x{k} (first {bs} rows)", d.v.len() / k),
+        u: d.u[..bs * k].to_vec(),
+        v: d.v.clone(),
+        log_q: d.log_q.clone(),
+        ids: Some(d.ids.clone()),
+        row_weight: None,
+        k,
+        temperature: 0.05,
+        temperature_text: "0.05".into(),
+        correct_positive: true,
+        mags: Default::default(),
+        naive: Default::default(),
+    };
+    let want = mixneg::reference::mns_loss_f64(&case.input()).unwrap();
+    let scale = b as f32 / bs as f32;
+    let d_u: Vec<f32> = out.d_u[..bs * k].iter().map(|x| x * scale).collect();
+    common::assert_tensor("lse", &case, &out.lse[..bs], &want.lse, 1);
+    common::assert_tensor("row_loss", &case, &out.row_loss[..bs], &want.row_loss, 1);
+    common::assert_tensor("d_u", &case, &d_u, &want.d_u, k);
+    assert!(out.loss.is_finite() && out.d_v.iter().all(|x| x.is_finite()), "{name}: non-finite output");
+}
+
 fn bench(c: &mut Criterion) {
     check_three_mm();
     let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(ReferenceBackend)];
@@ -118,7 +152,11 @@ fn bench(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("{name}/mns/{shape}"));
             g.throughput(Throughput::Elements(flops));
             g.sample_size(10);
-            let mut out = MnsOutput::filled(b, n, k, 0.0);
+            let mut out = MnsOutput::filled(b, n, k, f32::NAN);
+            be.mns_loss_into(&input, &mut out).unwrap();
+            if be.name() != "reference" {
+                check_output(be.name(), &d, &out);
+            }
             g.bench_function("fwd_bwd", |bench| {
                 bench.iter(|| be.mns_loss_into(black_box(&input), &mut out).unwrap())
             });
