@@ -25,14 +25,22 @@
 
 #[doc(hidden)]
 pub mod abi;
+mod compile;
+mod plan;
+
+use compile::cubin_for;
+#[doc(hidden)]
+pub use compile::{Compiled, compile, compile_source};
+pub use compile::{is_available, nvrtc_available};
+#[doc(hidden)]
+pub use plan::Plan;
 
 use crate::{Backend, ErrorSource, MnsError, MnsInput, MnsOutput};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
     PushKernelArg,
 };
-use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
-use std::ffi::{CString, c_char};
+use cudarc::nvrtc::Ptx;
 use std::sync::Arc;
 
 /// The `cudarc` this backend is built on (the device entry point takes its
@@ -55,194 +63,6 @@ pub const KERNELS: [&str; 5] = [
 const TILE: usize = 64;
 /// Threads per block of every kernel.
 const THREADS: u32 = 256;
-
-/// Whether `libnvrtc.so.13` can be loaded (no panic).
-pub fn nvrtc_available() -> bool {
-    // SAFETY: cudarc's probe only attempts to dlopen the library by name.
-    unsafe { nvrtc_sys::is_culib_present() }
-}
-
-/// `Ok(())` when a CUDA device can be used; otherwise why not. Checks the
-/// driver library, the NVRTC library and the device count in that order,
-/// never creating a context (and so never panicking) when one is missing.
-pub fn is_available() -> Result<(), String> {
-    // SAFETY: cudarc's probe only attempts to dlopen the library by name.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err("no CUDA driver library (libcuda.so) on this machine".into());
-    }
-    if !nvrtc_available() {
-        return Err("no NVRTC 13 library (libnvrtc.so.13) found".into());
-    }
-    match CudaContext::device_count() {
-        Ok(0) => Err("the CUDA driver reports no device".into()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("CUDA driver: {e}")),
-    }
-}
-
-/// The result of compiling [`SOURCE`] for one architecture.
-#[doc(hidden)]
-#[derive(Debug, Clone)]
-pub struct Compiled {
-    /// The target, e.g. `sm_90`.
-    pub arch: String,
-    /// NVRTC's program log (with `ptxas info` lines when `verbose`).
-    pub log: String,
-    /// The CUBIN image for `arch`.
-    pub cubin: Vec<u8>,
-    /// The PTX NVRTC generated on the way (empty where it gives none).
-    pub ptx: String,
-}
-
-/// Compile the kernels for `arch` (e.g. `sm_90`) to a CUBIN with NVRTC;
-/// `verbose` adds `--ptxas-options=-v` so the log reports registers, shared
-/// memory, stack and spills per kernel. Needs only `libnvrtc`, no GPU.
-#[doc(hidden)]
-pub fn compile(arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
-    compile_source(SOURCE, arch, verbose)
-}
-
-/// [`compile`] for any source text (the layout test appends static
-/// assertions to [`SOURCE`]).
-#[doc(hidden)]
-pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
-    if !nvrtc_available() {
-        return Err(MnsError::CudaUnavailable(
-            "NVRTC 13 (libnvrtc.so.13) not found".into(),
-        ));
-    }
-    let err = |what: &str, e: nvrtc::NvrtcError| MnsError::Cuda {
-        context: format!("NVRTC {what}"),
-        source: ErrorSource::new(e),
-    };
-    let src = CString::new(source).map_err(|e| MnsError::Cuda {
-        context: "kernel source".into(),
-        source: ErrorSource::new(e),
-    })?;
-    let prog = nvrtc::create_program(&src, Some(c"mns.cu")).map_err(|e| err("create", e))?;
-    let mut opts = vec![
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
-    ];
-    if verbose {
-        opts.push("--ptxas-options=-v".into());
-    }
-    // SAFETY: `prog` was created above and is destroyed only at the end.
-    let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
-    // SAFETY: as above; the log exists whether or not compilation succeeded.
-    let log = unsafe { nvrtc::get_program_log(prog) }
-        .map(|raw| {
-            let bytes: Vec<u8> = raw
-                .iter()
-                .take_while(|&&c| c != 0)
-                .map(|&c| c as u8)
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-        .unwrap_or_default();
-    let cubin = compiled
-        .map_err(|e| MnsError::Cuda {
-            context: format!("NVRTC compile for {arch} (log:\n{log})"),
-            source: ErrorSource::new(e),
-        })
-        .and_then(|()| {
-            let mut size = 0usize;
-            // SAFETY: `prog` compiled successfully for a real sm_XY target, so a
-            // CUBIN of `size` bytes exists; the buffer has exactly that size.
-            unsafe {
-                nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
-                    .result()
-                    .map_err(|e| err("cubin size", e))?;
-                let mut buf = vec![0u8; size];
-                nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char)
-                    .result()
-                    .map_err(|e| err("cubin", e))?;
-                Ok(buf)
-            }
-        });
-    let ptx = match &cubin {
-        // SAFETY: `prog` compiled successfully and is not yet destroyed.
-        Ok(_) => unsafe { nvrtc::get_ptx(prog) }
-            .map(|raw| {
-                let bytes: Vec<u8> = raw
-                    .iter()
-                    .take_while(|&&c| c != 0)
-                    .map(|&c| c as u8)
-                    .collect();
-                String::from_utf8_lossy(&bytes).into_owned()
-            })
-            .unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    // SAFETY: created above, not yet destroyed, not used afterwards.
-    let _ = unsafe { nvrtc::destroy_program(prog) };
-    Ok(Compiled {
-        arch: arch.to_string(),
-        log,
-        cubin: cubin?,
-        ptx,
-    })
-}
-
-/// The CUBIN for `arch`, compiled once per process and architecture (NVRTC
-/// takes ~0.5 s for the five kernels); each backend loads it into its own
-/// context.
-fn cubin_for(arch: &str) -> Result<Vec<u8>, MnsError> {
-    static CACHE: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, c)) = cache.iter().find(|(a, _)| a == arch) {
-        return Ok(c.clone());
-    }
-    let c = compile(arch, false)?.cubin;
-    cache.push((arch.to_string(), c.clone()));
-    Ok(c)
-}
-
-/// Grid sizes of one call (a test hook: the emulator tests drive the same
-/// plan); a pure function of the shape and the device's
-/// multiprocessor count, shared by the launches and by the tests that run
-/// the kernels on the CPU.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
-    /// Column splits of the forward kernel.
-    pub splits: usize,
-    /// Columns per split, a multiple of 64.
-    pub cols_per_split: usize,
-    /// `mns_fwd_f32` grid: (⌈B/64⌉, splits).
-    pub fwd_grid: (u32, u32),
-    /// `mns_rows_f32` grid: ⌈B/8⌉ blocks (one warp per row).
-    pub rows_grid: u32,
-    /// `mns_du_f32` grid: (⌈B/64⌉, ⌈K/64⌉).
-    pub du_grid: (u32, u32),
-    /// `mns_dv_f32` grid: (⌈N/64⌉, ⌈K/64⌉).
-    pub dv_grid: (u32, u32),
-}
-
-impl Plan {
-    /// The plan for a B×N×K problem on a device with `sms` multiprocessors:
-    /// enough column splits that the forward grid has ≥ 2 blocks per SM.
-    pub fn new(b: usize, n: usize, k: usize, sms: usize) -> Plan {
-        let row_blocks = b.div_ceil(TILE);
-        let col_tiles = n.div_ceil(TILE);
-        let splits = (2 * sms.max(1))
-            .div_ceil(row_blocks)
-            .clamp(1, col_tiles.max(1));
-        let tiles_per_split = col_tiles.div_ceil(splits);
-        let splits = col_tiles.div_ceil(tiles_per_split);
-        let k_slices = k.div_ceil(TILE) as u32;
-        Plan {
-            splits,
-            cols_per_split: tiles_per_split * TILE,
-            fwd_grid: (row_blocks as u32, splits as u32),
-            rows_grid: b.div_ceil(8) as u32,
-            du_grid: (row_blocks as u32, k_slices),
-            dv_grid: (col_tiles as u32, k_slices),
-        }
-    }
-}
 
 /// Device-resident input of [`CudaBackend::mns_loss_device`]; the same
 /// meaning as [`MnsInput`].

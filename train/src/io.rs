@@ -181,8 +181,8 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
 }
 
 impl LossFile {
-    /// The file's bytes: `u` [B,K], `v` [N,K], `log_q` [N] as F32, `ids` [N]
-    /// as I64 and `row_weight` [B] when present, and the metadata keys
+    /// The file's bytes: `u` \[B,K\], `v` \[N,K\], `log_q` \[N\] as F32, `ids` \[N\]
+    /// as I64 and `row_weight` \[B\] when present, and the metadata keys
     /// `temperature` and `correct_positive` when set. [`LossFile::parse`]
     /// reads it back to the same value.
     pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
@@ -214,8 +214,8 @@ impl LossFile {
     }
 }
 
-/// The output of `mixneg loss`: `loss` [1], `d_u` [B,K], `d_v` [N,K], `lse`
-/// [B] and `row_loss` [B] as F32, with the τ and diagonal convention used
+/// The output of `mixneg loss`: `loss` \[1\], `d_u` \[B,K\], `d_v` \[N,K\], `lse`
+/// \[B\] and `row_loss` \[B\] as F32, with the τ and diagonal convention used
 /// as metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossResult {
