@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin mixneg 2>&1 | tail -n 1
-/usr/bin/time -v ./target/release/mixneg demo --b "${B:-65536}" --b-prime "${BP:-262144}" --k "${K:-128}" --reps 1 --no-check 2>&1 |
+/usr/bin/time -v ./target/release/mixneg demo --batch "${B:-65536}" --b-prime "${BP:-262144}" --dim "${K:-128}" --reps 1 --no-check 2>&1 |
     grep -E "mixneg demo|loss|Maximum resident|Elapsed"

@@ -28,7 +28,7 @@ RES=${OUT:-/tmp}/gpu_times.txt
 : > "$RES"
 for shape in "16384 16384 128" "8192 65536 64" "4096 4096 64"; do
     set -- $shape
-    ./gpu_bundle/mixneg gpu-bench --b "$1" --b-prime "$2" --k "$3" --reps 20 | tee -a "$RES"
+    ./gpu_bundle/mixneg gpu-bench --batch "$1" --b-prime "$2" --dim "$3" --reps 20 | tee -a "$RES"
     timeout 240 python3 scripts/torch_peer.py "$1" "$2" "$3" --reps 10 2>&1 | tee -a "$RES"
 done
 

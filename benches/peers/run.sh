@@ -46,7 +46,7 @@ measure() {
 }
 
 echo "== agreement on a small case (B = 256, B' = 768, K = 32): every loss must match mixneg's to 1e-4"
-ref=$(./target/release/mixneg demo --b 256 --b-prime 768 --k 32 --reps 1 --no-check | awk '/loss/ {print $2}')
+ref=$(./target/release/mixneg demo --batch 256 --b-prime 768 --dim 32 --reps 1 --no-check | awk '/loss/ {print $2}')
 echo "mixneg: loss $ref"
 for impl in $IMPLS; do
     line=$("$PY" $HERE/peers.py "$impl" 256 768 32 --reps 1)
@@ -58,7 +58,7 @@ done
 
 SHAPES=${PEERS_SHAPES:-"1024,1024,64 4096,4096,64 4096,4096,128 16384,16384,64"}
 ROUNDS=${PEERS_ROUNDS:-3}
-echo "== kernel: $(./target/release/mixneg demo --b 16 --b-prime 16 --k 8 --reps 1 --no-check | grep -o 'cpu/[a-z0-9_]*' | head -n 1)"
+echo "== kernel: $(./target/release/mixneg demo --batch 16 --b-prime 16 --dim 8 --reps 1 --no-check | grep -o 'cpu/[a-z0-9_]*' | head -n 1)"
 CSV=$HERE/results.csv
 echo "b,b_prime,k,round,impl,median_ms,gflops,peak_rss_mib" > "$CSV"
 for shape in $SHAPES; do
@@ -66,7 +66,7 @@ for shape in $SHAPES; do
     n=$((b + bp)); flops=$((6 * b * n * k))
     reps=$(( b >= 16384 ? 3 : 10 ))
     for round in $(seq "$ROUNDS"); do
-        r=$(measure ./target/release/mixneg demo --b "$b" --b-prime "$bp" --k "$k" --reps "$reps" --no-check) || continue
+        r=$(measure ./target/release/mixneg demo --batch "$b" --b-prime "$bp" --dim "$k" --reps "$reps" --no-check) || continue
         ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
         echo "$b,$bp,$k,$round,mixneg,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
         for impl in $IMPLS numpy.products jax.products; do
