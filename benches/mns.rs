@@ -96,7 +96,10 @@ fn check_output(name: &str, d: &Synthetic, out: &MnsOutput) {
     let (b, k) = (d.u.len() / d.k, d.k);
     let bs = b.min(64);
     let case = common::Case {
-        name: format!("bench check {name} {b}x{}x{k} (first {bs} rows)", d.v.len() / k),
+        name: format!(
+            "bench check {name} {b}x{}x{k} (first {bs} rows)",
+            d.v.len() / k
+        ),
         u: d.u[..bs * k].to_vec(),
         v: d.v.clone(),
         log_q: d.log_q.clone(),
@@ -115,7 +118,10 @@ fn check_output(name: &str, d: &Synthetic, out: &MnsOutput) {
     common::assert_tensor("lse", &case, &out.lse[..bs], &want.lse, 1);
     common::assert_tensor("row_loss", &case, &out.row_loss[..bs], &want.row_loss, 1);
     common::assert_tensor("d_u", &case, &d_u, &want.d_u, k);
-    assert!(out.loss.is_finite() && out.d_v.iter().all(|x| x.is_finite()), "{name}: non-finite output");
+    assert!(
+        out.loss.is_finite() && out.d_v.iter().all(|x| x.is_finite()),
+        "{name}: non-finite output"
+    );
 }
 
 fn bench(c: &mut Criterion) {
