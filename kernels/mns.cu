@@ -66,6 +66,15 @@ struct MnsLogits {
     float inv_tau;
     int pad;  // 0; the diagonal is never formed from these (see mns_rows_f32)
 };
+// The logit kernels' locals from a MnsLogits (restrict-qualified pointers).
+#define MNS_UNPACK_LOGITS(X)                        \
+    const float* __restrict__ u = (X).u;           \
+    const float* __restrict__ v = (X).v;           \
+    const float* __restrict__ log_q = (X).log_q;   \
+    const i64* __restrict__ ids = (X).ids;         \
+    const i64 b = (X).b, n = (X).n, k = (X).k;     \
+    const float inv_tau = (X).inv_tau
+
 struct MnsFwdParams {
     MnsLogits x;
     i64 cols_per_split;
@@ -172,12 +181,7 @@ __device__ __forceinline__ float mns_logit(
 
 extern "C" __global__ void __launch_bounds__(MNS_NT) mns_fwd_f32(const MnsFwdParams p)
 {
-    const float* __restrict__ u = p.x.u;
-    const float* __restrict__ v = p.x.v;
-    const float* __restrict__ log_q = p.x.log_q;
-    const i64* __restrict__ ids = p.x.ids;
-    const i64 b = p.x.b, n = p.x.n, k = p.x.k;
-    const float inv_tau = p.x.inv_tau;
+    MNS_UNPACK_LOGITS(p.x);
     const i64 cols_per_split = p.cols_per_split;
     float* __restrict__ part_m = p.part_m;
     float* __restrict__ part_s = p.part_s;
@@ -330,12 +334,7 @@ struct MnsBwdSmem {
 
 extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(const MnsGradParams p)
 {
-    const float* __restrict__ u = p.x.u;
-    const float* __restrict__ v = p.x.v;
-    const float* __restrict__ log_q = p.x.log_q;
-    const i64* __restrict__ ids = p.x.ids;
-    const i64 b = p.x.b, n = p.x.n, k = p.x.k;
-    const float inv_tau = p.x.inv_tau;
+    MNS_UNPACK_LOGITS(p.x);
     const float* __restrict__ mrow = p.mrow;
     const float* __restrict__ coef = p.coef;
     const float* __restrict__ gdiag = p.gdiag;
@@ -382,12 +381,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(const MnsGradPar
 
 extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradParams p)
 {
-    const float* __restrict__ u = p.x.u;
-    const float* __restrict__ v = p.x.v;
-    const float* __restrict__ log_q = p.x.log_q;
-    const i64* __restrict__ ids = p.x.ids;
-    const i64 b = p.x.b, n = p.x.n, k = p.x.k;
-    const float inv_tau = p.x.inv_tau;
+    MNS_UNPACK_LOGITS(p.x);
     const float* __restrict__ mrow = p.mrow;
     const float* __restrict__ coef = p.coef;
     const float* __restrict__ gdiag = p.gdiag;

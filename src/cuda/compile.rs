@@ -81,14 +81,7 @@ pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compile
     let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
     // SAFETY: as above; the log exists whether or not compilation succeeded.
     let log = unsafe { nvrtc::get_program_log(prog) }
-        .map(|raw| {
-            let bytes: Vec<u8> = raw
-                .iter()
-                .take_while(|&&c| c != 0)
-                .map(|&c| c as u8)
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
+        .map(|raw| c_text(&raw))
         .unwrap_or_default();
     let cubin = compiled
         .map_err(|e| MnsError::Cuda {
@@ -113,14 +106,7 @@ pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compile
     let ptx = match &cubin {
         // SAFETY: `prog` compiled successfully and is not yet destroyed.
         Ok(_) => unsafe { nvrtc::get_ptx(prog) }
-            .map(|raw| {
-                let bytes: Vec<u8> = raw
-                    .iter()
-                    .take_while(|&&c| c != 0)
-                    .map(|&c| c as u8)
-                    .collect();
-                String::from_utf8_lossy(&bytes).into_owned()
-            })
+            .map(|raw| c_text(&raw))
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
@@ -148,4 +134,14 @@ pub(super) fn cubin_for(arch: &str) -> Result<Vec<u8>, MnsError> {
     let c = compile(arch, false)?.cubin;
     cache.push((arch.to_string(), c.clone()));
     Ok(c)
+}
+
+/// NVRTC's NUL-terminated text (a log, PTX) as a `String`.
+fn c_text(raw: &[c_char]) -> String {
+    let bytes: Vec<u8> = raw
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
