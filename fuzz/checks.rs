@@ -66,7 +66,7 @@ pub fn api(data: &[u8]) {
         match (&want, &got) {
             (Err(a), Err(c)) => assert_eq!(format!("{a}"), format!("{c}")),
             (Ok(_), Ok(o)) => {
-                assert!(o.loss.is_finite(), "silent non-finite loss");
+                assert!(o.loss.is_finite() && o.d_temperature.is_finite(), "silent non-finite loss or dL/dτ");
                 for t in [&o.d_u, &o.d_v, &o.lse, &o.row_loss] {
                     assert!(t.iter().all(|x| x.is_finite()), "silent non-finite output");
                 }
@@ -89,7 +89,7 @@ pub fn loss_file(data: &[u8]) {
         assert_eq!(format!("{again:?}"), format!("{f:?}"), "input round trip");
         let (t, cp) = (f.temperature.unwrap_or(1.0), f.correct_positive.unwrap_or(true));
         if let Ok(o) = CpuBackend::new().mns_loss(&f.input(t, cp)) {
-            assert!(o.loss.is_finite());
+            assert!(o.loss.is_finite() && o.d_temperature.is_finite());
             let r = LossResult::new(&o, (f.b, f.n, f.k), t, cp);
             let bytes = r.to_bytes().expect("a result can be written");
             let back = LossResult::parse(&bytes).expect("a written result can be read");

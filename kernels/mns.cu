@@ -30,6 +30,7 @@
 //   mns_du_f32    grid (ceil(B/64), ceil(K/64)): block owns a 64-row x 64-
 //                 component tile of dU in registers and sweeps all columns:
 //                 logit tile -> G tile (shared) -> dU += G V_tile.
+//   mns_dtau_f32  one block: dL/dtau = -<U, dU>/tau (f64 tree).
 //   mns_dv_f32    grid (ceil(N/64), ceil(K/64)): block owns a 64-candidate x
 //                 64-component tile of dV and sweeps all rows:
 //                 logit tile -> G tile (shared) -> dV += G^T U_tile.
@@ -105,6 +106,13 @@ struct MnsLossParams {
     const float* wloss;
     float* loss;
     i64 b;
+};
+struct MnsDtauParams {
+    const float* u;      // B x K
+    const float* d_u;    // B x K, from mns_du_f32
+    float* d_temperature;  // 1
+    i64 len;             // B * K
+    double inv_tau;      // 1/tau in f64
 };
 struct MnsGradParams {
     MnsLogits x;
@@ -424,4 +432,20 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradPar
             if (col < n && c < k) d_v[col * k + c] = acc[i][j];
         }
     }
+}
+
+// dL/dtau = -<U, dU>/tau, one block after mns_du_f32: f64 partial sums per
+// thread, then the same fixed-order tree as mns_loss_f32.
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dtau_f32(const MnsDtauParams p)
+{
+    __shared__ double part[MNS_NT];
+    double acc = 0.0;
+    for (i64 x = threadIdx.x; x < p.len; x += MNS_NT) acc += (double)p.u[x] * (double)p.d_u[x];
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int h = MNS_NT / 2; h >= 1; h >>= 1) {
+        if ((int)threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) p.d_temperature[0] = (float)(-part[0] * p.inv_tau);
 }

@@ -177,6 +177,8 @@ impl<'a> MnsInput<'a> {
         // embeddings that keep the gradient itself finite (found by the
         // fuzzer: w = 7e24, τ = 2e-18, |u| = 2e-18 gave NaN in d_u).
         let coef_bound = max_w / (b as f64 * tau);
+        // |∂L/∂τ| = |Σ_ij G_ij ⟨u_i, v_j⟩|/τ² ≤ 2·w_max·max|u|·max|v|/τ².
+        let dtau_bound = 2.0 * max_w * max_u * max_v / (tau * tau);
         for (what, bound) in [
             ("a dot product", dot_bound),
             ("a sum over candidates", sum_bound),
@@ -184,6 +186,7 @@ impl<'a> MnsInput<'a> {
             ("a row's gradient coefficient w/(B·τ)", coef_bound),
             ("a gradient element", grad_bound),
             ("the weighted loss", loss_bound),
+            ("the temperature gradient", dtau_bound),
         ] {
             if bound.is_nan() || bound > MAGNITUDE_LIMIT {
                 return Err(MnsError::Magnitude {

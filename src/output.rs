@@ -19,6 +19,10 @@ pub struct MnsOutput<T = f32> {
     pub row_loss: Vec<T>,
     /// In-batch top-1 hit: s_ii ≥ s_ij for every kept j, length B.
     pub top1: Vec<bool>,
+    /// ∂L/∂τ = Σ_ij G_ij·∂s_ij/∂τ = −⟨U, ∂L/∂U⟩/τ (every logit's dot-product
+    /// part is divided by τ; log_q does not depend on it), formed from dU
+    /// with no extra pass over the candidates.
+    pub d_temperature: T,
 }
 
 impl<T: Copy> MnsOutput<T> {
@@ -31,6 +35,7 @@ impl<T: Copy> MnsOutput<T> {
             lse: vec![fill; b],
             row_loss: vec![fill; b],
             top1: vec![false; b],
+            d_temperature: fill,
         }
     }
 

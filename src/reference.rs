@@ -40,6 +40,7 @@ impl Backend for ReferenceBackend {
         narrow(&mut out.lse, &r.lse);
         narrow(&mut out.row_loss, &r.row_loss);
         out.top1.copy_from_slice(&r.top1);
+        out.d_temperature = r.d_temperature as f32;
         Ok(())
     }
 }
@@ -135,5 +136,10 @@ pub fn mns_loss_f64(input: &MnsInput<'_>) -> Result<MnsOutput<f64>, MnsError> {
             }
         }
     }
+    // ∂L/∂τ = −⟨U, ∂L/∂U⟩/τ.
+    out.d_temperature = -(0..b * k)
+        .map(|x| u[x / k][x % k] * out.d_u[x])
+        .sum::<f64>()
+        / tau;
     Ok(out)
 }

@@ -96,10 +96,11 @@ fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
     a.loss = add(4, None);
     a.d_u = add(4 * b * k, None);
     a.d_v = add(4 * n * k, None);
+    a.d_temperature = add(4, None);
     let launches = abi::launches(
         &plan,
         (b, n, k),
-        1.0 / case.temperature,
+        case.temperature,
         case.correct_positive,
         &a,
     );
@@ -161,6 +162,7 @@ fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
         lse: f(a.lse),
         row_loss: f(a.row_loss),
         top1,
+        d_temperature: f(a.d_temperature)[0],
     }
 }
 

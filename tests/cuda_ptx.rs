@@ -113,6 +113,7 @@ fn parameter_structs_have_the_host_layout() {
         ("mns_loss_f32", "MnsLossParams"),
         ("mns_du_f32", "MnsGradParams"),
         ("mns_dv_f32", "MnsGradParams"),
+        ("mns_dtau_f32", "MnsDtauParams"),
     ];
     for arch in ["sm_80", "sm_90"] {
         let ptx = cuda::compile(arch, false).unwrap().ptx;

@@ -251,6 +251,24 @@ fn logits_that_could_overflow_f32() {
     for be in backends() {
         assert!(be.mns_loss(&x).is_err(), "{}", be.name());
     }
+    // ∂L/∂τ = −⟨U, dU⟩/τ can reach 2·w·|u||v|/τ² when nothing else is large:
+    // |u| = |v| = 1e-10, τ = 1e-25 (logits ~1e5, dU ~1e15, dτ ~1e30).
+    let (u, v, lq) = ([1e-10f32, -1e-10], [1e-10f32, 2e-11, 3e-11], [0.0f32; 3]);
+    let x = MnsInput::new(&u, &v, &lq, 1).temperature(1e-25);
+    let e = x.validate().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MnsError::Magnitude {
+                what: "the temperature gradient",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    for be in backends() {
+        assert!(be.mns_loss(&x).is_err(), "{}", be.name());
+    }
     // Tiny τ can do the same to moderate embeddings.
     let g = good();
     let e = MnsInput::new(&g.u, &g.v, &g.lq, 2)

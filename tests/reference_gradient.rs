@@ -19,7 +19,7 @@ fn check(
     t: f32,
     cp: bool,
 ) {
-    let input = |u: &'_ [f32], v: &'_ [f32]| -> mixneg::MnsOutput<f64> {
+    let at = |u: &'_ [f32], v: &'_ [f32], t: f32| -> mixneg::MnsOutput<f64> {
         let mut x = MnsInput::new(u, v, lq, k)
             .temperature(t)
             .correct_positive(cp);
@@ -31,6 +31,7 @@ fn check(
         }
         reference::mns_loss_f64(&x).unwrap()
     };
+    let input = |u: &'_ [f32], v: &'_ [f32]| at(u, v, t);
     let mk = |u: &[f32], v: &[f32]| -> f64 { input(u, v).loss };
     let g = input(u, v);
     let scale = g
@@ -66,6 +67,17 @@ fn check(
             "dV[{idx}]: analytic {an}, numeric {num}"
         );
     }
+    // ∂L/∂τ: the same central difference in τ, with a relative step of 1e-3:
+    // the truncation error is (1e-3)²/6 times τ³·|∂³L/∂τ³|, which for logits
+    // of order one is a few 1e-7 of |∂L/∂τ|: 1e-5 relative.
+    let (tp, tm) = (t * (1.0 + 1e-3), t * (1.0 - 1e-3));
+    let num = (at(u, v, tp).loss - at(u, v, tm).loss) / (tp as f64 - tm as f64);
+    let an = g.d_temperature;
+    assert!(
+        (num - an).abs() <= 1e-5 * an.abs(),
+        "dL/dτ: analytic {an}, numeric {num}"
+    );
+    assert!(an != 0.0, "a degenerate case: dL/dτ = 0");
 }
 
 #[test]

@@ -251,6 +251,7 @@ impl CpuBackend {
             .zip(dv.par_chunks(kp))
             .for_each(|(d, s)| d.copy_from_slice(&s[..k]));
         out.loss = rows.loss();
+        out.d_temperature = d_temperature(p, &out.d_u);
         scratch.dv = dv;
         packed.recycle_into(&mut scratch);
         self.scratch.put(scratch);
@@ -307,4 +308,16 @@ impl Backend for CpuBackend {
             Ok(())
         })
     }
+}
+
+/// ∂L/∂τ = −⟨U, ∂L/∂U⟩/τ: per-row dot products in f64 (in parallel), summed
+/// in row order (deterministic).
+fn d_temperature(p: &Problem<'_>, d_u: &[f32]) -> f32 {
+    let k = p.k;
+    let rows: Vec<f64> =
+        p.u.par_chunks(k)
+            .zip(d_u.par_chunks(k))
+            .map(|(u, g)| u.iter().zip(g).map(|(&a, &b)| a as f64 * b as f64).sum())
+            .collect();
+    (-rows.iter().sum::<f64>() / p.temperature as f64) as f32
 }

@@ -110,6 +110,22 @@ pub struct LossParams {
     pub b: i64,
 }
 
+/// `mns_dtau_f32` (`MnsDtauParams`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DtauParams {
+    /// B×K queries.
+    pub u: u64,
+    /// B×K ∂L/∂U (in).
+    pub d_u: u64,
+    /// ∂L/∂τ, one f32 (out).
+    pub d_temperature: u64,
+    /// B·K.
+    pub len: i64,
+    /// 1/τ in f64.
+    pub inv_tau: f64,
+}
+
 /// `mns_du_f32` and `mns_dv_f32` (`MnsGradParams`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -137,6 +153,8 @@ unsafe impl cudarc::driver::DeviceRepr for RowsParams {}
 unsafe impl cudarc::driver::DeviceRepr for LossParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for GradParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for DtauParams {}
 
 /// The parameters of one launch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -149,6 +167,8 @@ pub enum Params {
     Loss(LossParams),
     /// `mns_du_f32` or `mns_dv_f32`.
     Grad(GradParams),
+    /// `mns_dtau_f32`.
+    Dtau(DtauParams),
 }
 
 fn logit_bytes(x: &Logits, out: &mut Vec<u8>) {
@@ -210,6 +230,13 @@ impl Params {
                     o.extend(a.to_le_bytes());
                 }
             }
+            Params::Dtau(p) => {
+                for a in [p.u, p.d_u, p.d_temperature] {
+                    o.extend(a.to_le_bytes());
+                }
+                o.extend(p.len.to_le_bytes());
+                o.extend(p.inv_tau.to_le_bytes());
+            }
         }
         o
     }
@@ -250,17 +277,19 @@ pub struct Buffers {
     pub loss: u64,
     pub d_u: u64,
     pub d_v: u64,
+    pub d_temperature: u64,
 }
 
-/// The launch sequence of one call on a B×N×K problem: forward, row merge,
-/// loss, dU, dV, on one stream in this order.
+/// The launch sequence of one call on a B×N×K problem at temperature τ:
+/// forward, row merge, loss, dU, dV, ∂L/∂τ, on one stream in this order.
 pub fn launches(
     plan: &Plan,
     (b, n, k): (usize, usize, usize),
-    inv_tau: f32,
+    temperature: f32,
     correct_positive: bool,
     a: &Buffers,
-) -> [Launch; 5] {
+) -> [Launch; 6] {
+    let inv_tau = 1.0 / temperature;
     let x = Logits {
         u: a.u,
         v: a.v,
@@ -333,6 +362,17 @@ pub fn launches(
             kernel: 4,
             grid: plan.dv_grid,
             params: Params::Grad(grad(a.d_v)),
+        },
+        Launch {
+            kernel: 5,
+            grid: (1, 1),
+            params: Params::Dtau(DtauParams {
+                u: a.u,
+                d_u: a.d_u,
+                d_temperature: a.d_temperature,
+                len: (b * k) as i64,
+                inv_tau: 1.0 / temperature as f64,
+            }),
         },
     ]
 }
@@ -407,6 +447,17 @@ pub fn layout() -> Vec<StructLayout> {
             ],
         ),
         ("MnsGradParams", size_of::<GradParams>(), grad),
+        (
+            "MnsDtauParams",
+            size_of::<DtauParams>(),
+            vec![
+                ("u", offset_of!(DtauParams, u)),
+                ("d_u", offset_of!(DtauParams, d_u)),
+                ("d_temperature", offset_of!(DtauParams, d_temperature)),
+                ("len", offset_of!(DtauParams, len)),
+                ("inv_tau", offset_of!(DtauParams, inv_tau)),
+            ],
+        ),
     ]
 }
 
@@ -419,12 +470,13 @@ mod tests {
     fn byte_images_are_the_whole_structs() {
         let a = Buffers::default();
         let plan = Plan::new(100, 300, 70, 4);
-        for l in launches(&plan, (100, 300, 70), 0.5, true, &a) {
+        for l in launches(&plan, (100, 300, 70), 2.0, true, &a) {
             let size = match l.params {
                 Params::Fwd(_) => std::mem::size_of::<FwdParams>(),
                 Params::Rows(_) => std::mem::size_of::<RowsParams>(),
                 Params::Loss(_) => std::mem::size_of::<LossParams>(),
                 Params::Grad(_) => std::mem::size_of::<GradParams>(),
+                Params::Dtau(_) => std::mem::size_of::<DtauParams>(),
             };
             assert_eq!(l.params.bytes().len(), size, "{l:?}");
         }
@@ -434,7 +486,7 @@ mod tests {
             let mut end = 0;
             for (f, off) in &fields {
                 assert_eq!(*off, end, "{name}.{f}");
-                let four = f.ends_with("inv_tau")
+                let four = (f.ends_with("inv_tau") && name != "MnsDtauParams")
                     || f.ends_with("correct_positive")
                     || f.ends_with("splits")
                     || f.ends_with("pad");

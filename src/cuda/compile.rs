@@ -121,7 +121,7 @@ pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compile
 }
 
 /// The CUBIN for `arch`, compiled once per process and architecture (NVRTC
-/// takes ~0.5 s for the five kernels); each backend loads it into its own
+/// takes ~0.5 s for the kernels); each backend loads it into its own
 /// context.
 pub(super) fn cubin_for(arch: &str) -> Result<Vec<u8>, MnsError> {
     static CACHE: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());

@@ -51,12 +51,13 @@ pub use cudarc;
 pub const SOURCE: &str = include_str!("../../kernels/mns.cu");
 
 /// Every kernel in [`SOURCE`], in launch order.
-pub const KERNELS: [&str; 5] = [
+pub const KERNELS: [&str; 6] = [
     "mns_fwd_f32",
     "mns_rows_f32",
     "mns_loss_f32",
     "mns_du_f32",
     "mns_dv_f32",
+    "mns_dtau_f32",
 ];
 
 /// Rows / columns of a logit tile and the dU/dV component slice (`mns.cu`).
@@ -101,6 +102,8 @@ pub struct DeviceOutput {
     pub row_loss: CudaSlice<f32>,
     /// B flags, 1 where s_ii is the row maximum.
     pub top1: CudaSlice<i32>,
+    /// ∂L/∂τ, one element.
+    pub d_temperature: CudaSlice<f32>,
 }
 
 impl DeviceOutput {
@@ -113,6 +116,7 @@ impl DeviceOutput {
             lse: stream.alloc_zeros(b).map_err(cuda_err)?,
             row_loss: stream.alloc_zeros(b).map_err(cuda_err)?,
             top1: stream.alloc_zeros(b).map_err(cuda_err)?,
+            d_temperature: stream.alloc_zeros(1).map_err(cuda_err)?,
         })
     }
 }
@@ -242,6 +246,7 @@ impl CudaBackend {
             ("lse", out.lse.len(), b),
             ("row_loss", out.row_loss.len(), b),
             ("top1", out.top1.len(), b),
+            ("d_temperature", out.d_temperature.len(), 1),
         ];
         for (name, got, expected) in outs {
             if got != expected {
@@ -269,7 +274,7 @@ impl CudaBackend {
         let (wloss, mrow, coef, gdiag) = (wloss?, mrow?, coef?, gdiag?);
         // Device addresses for the parameter structs. Each guard keeps
         // cudarc's cross-stream ordering for its buffer; all live until the
-        // five launches are enqueued.
+        // six launches are enqueued.
         let (u, _gu) = x.u.device_ptr(stream);
         let (v, _gv) = x.v.device_ptr(stream);
         let (log_q, _gq) = x.log_q.device_ptr(stream);
@@ -287,6 +292,7 @@ impl CudaBackend {
         let (loss, _g10) = out.loss.device_ptr_mut(stream);
         let (d_u, _g11) = out.d_u.device_ptr_mut(stream);
         let (d_v, _g12) = out.d_v.device_ptr_mut(stream);
+        let (d_temperature, _g13) = out.d_temperature.device_ptr_mut(stream);
         let a = abi::Buffers {
             u,
             v,
@@ -305,6 +311,7 @@ impl CudaBackend {
             loss,
             d_u,
             d_v,
+            d_temperature,
         };
         for l in abi::launches(
             &plan,
@@ -319,6 +326,7 @@ impl CudaBackend {
                 abi::Params::Rows(p) => lb.arg(p),
                 abi::Params::Loss(p) => lb.arg(p),
                 abi::Params::Grad(p) => lb.arg(p),
+                abi::Params::Dtau(p) => lb.arg(p),
             };
             let cfg = LaunchConfig {
                 grid_dim: (l.grid.0, l.grid.1, 1),
@@ -330,7 +338,7 @@ impl CudaBackend {
             // struct's, tested); every address in it is a live buffer of
             // this context with the length the kernel indexes (u B·K, v N·K,
             // log_q and ids N, row_weight B — checked in mns_loss_device —
-            // part_* splits·B, the per-row buffers B, d_u B·K, d_v N·K, loss
+            // part_* splits·B, the per-row buffers B, d_u B·K, d_v N·K, loss and d_temperature
             // 1), or null for an absent optional input, which the kernels
             // test before reading.
             unsafe { lb.launch(cfg) }?;
@@ -381,8 +389,10 @@ impl Backend for CudaBackend {
         let lse = s.clone_dtoh(&d.lse).map_err(cuda_err)?;
         let row_loss = s.clone_dtoh(&d.row_loss).map_err(cuda_err)?;
         let top1 = s.clone_dtoh(&d.top1).map_err(cuda_err)?;
+        let d_temperature = s.clone_dtoh(&d.d_temperature).map_err(cuda_err)?;
         s.synchronize().map_err(cuda_err)?;
         out.loss = loss[0];
+        out.d_temperature = d_temperature[0];
         out.d_u.copy_from_slice(&d_u);
         out.d_v.copy_from_slice(&d_v);
         out.lse.copy_from_slice(&lse);

@@ -360,6 +360,12 @@ pub fn naive_f32(case: &Case, alt: bool) -> MnsOutput {
         }
     }
     out.loss = wl / b as f32;
+    // ∂L/∂τ = −⟨U, dU⟩/τ, summed in f32 like the rest.
+    let mut dot = 0.0f32;
+    for x in 0..b * k {
+        dot = madd(case.u[at(x, b * k)], out.d_u[at(x, b * k)], dot);
+    }
+    out.d_temperature = -scale(dot);
     out
 }
 
@@ -385,6 +391,11 @@ pub struct Mags {
     /// for L = Σ_i w_i ℓ_i / B.
     pub row_loss_noise: f64,
     pub loss_noise: f64,
+    /// Likewise for ∂L/∂τ = −(1/τ)Σ_ij G_ij·d_ij (d_ij = ⟨u_i, v_j⟩/τ):
+    /// moved by −(1/τ)Σ_i (w_i/B)Σ_l δP_il·d_il; and Σ_ij |G_ij·d_ij|/τ, the
+    /// size of its terms.
+    pub dtau_noise: f64,
+    pub dtau_abs: f64,
 }
 
 /// [`Mags`] of a case, computed once.
@@ -398,8 +409,10 @@ fn compute_magnitudes(case: &Case) -> Mags {
     let (mut du, mut dv) = (vec![0.0f64; b * k], vec![0.0f64; n * k]);
     let (mut du2, mut dv2) = (vec![0.0f64; b * k], vec![0.0f64; n * k]);
     let (mut lse2, mut rl2, mut l2) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut dtau2, mut dtau_abs) = (0.0f64, 0.0f64);
     for i in 0..b {
         let mut sigma = vec![0.0f64; n];
+        let mut dots = vec![0.0f64; n];
         let s: Vec<f64> = (0..n)
             .map(|j| {
                 if j != i && case.ids.as_ref().is_some_and(|ids| ids[j] == ids[i]) {
@@ -412,6 +425,7 @@ fn compute_magnitudes(case: &Case) -> Mags {
                     p2 += d * d;
                 }
                 let d = d / tau;
+                dots[j] = d;
                 let s = if j == i && !case.correct_positive {
                     d
                 } else {
@@ -446,6 +460,12 @@ fn compute_magnitudes(case: &Case) -> Mags {
                 .for_each(|(a, &x)| *a += pj * x as f64);
         }
         let wt2 = (w / tau).powi(2);
+        let dbar: f64 = p
+            .iter()
+            .zip(&dots)
+            .filter(|(p, _)| **p > 0.0)
+            .map(|(p, d)| p * d)
+            .sum();
         let mut row2 = 0.0f64;
         for j in 0..n {
             let (pj, sj) = (p[j], sigma[j]);
@@ -454,6 +474,10 @@ fn compute_magnitudes(case: &Case) -> Mags {
             let g = w * if i == j { 1.0 - pj } else { pj } / tau;
             let own = (pj * sj).powi(2);
             let dvn = wt2 * pj * pj * ((sj * (1.0 - pj)).powi(2) + (s2 - own).max(0.0));
+            if pj > 0.0 || i == j {
+                dtau2 += wt2 * own * (dots[j] - dbar).powi(2);
+                dtau_abs += g.abs() * dots[j].abs();
+            }
             for c in 0..k {
                 let (vj, ui) = (case.v[j * k + c] as f64, case.u[i * k + c] as f64);
                 du[i * k + c] += g * vj.abs();
@@ -475,6 +499,8 @@ fn compute_magnitudes(case: &Case) -> Mags {
         lse_noise: lse2.sqrt(),
         row_loss_noise: rl2.sqrt(),
         loss_noise: l2.sqrt(),
+        dtau_noise: dtau2.sqrt() / tau,
+        dtau_abs: dtau_abs / tau,
     }
 }
 
@@ -590,6 +616,35 @@ pub fn assert_loss(case: &Case, got: f32, want: f64) {
     );
 }
 
+/// ∂L/∂τ against −⟨U, dU_ref⟩/τ in f64 (an identity, so it holds for the
+/// PyTorch vectors' dU too) under the policy: D = Σ_ij |G_ij·d_ij|/τ, σ from
+/// [`Mags`].
+pub fn assert_d_temperature(case: &Case, got: f32, d_u: &[f64]) {
+    let tau = case.temperature as f64;
+    let want = -case
+        .u
+        .iter()
+        .zip(d_u)
+        .map(|(&a, &g)| a as f64 * g)
+        .sum::<f64>()
+        / tau;
+    let m = magnitudes(case);
+    let [a, b] = naive(case);
+    let naive_err = (a.d_temperature as f64 - want)
+        .abs()
+        .max((b.d_temperature as f64 - want).abs())
+        .max(m.dtau_noise);
+    let floor = underflow_floor(case) * (case.u.len() as f64).sqrt() * case.logit_scale();
+    let tol = FACTOR * naive_err + FLOOR * EPS * m.dtau_abs.max(want.abs()) + floor;
+    assert!(
+        got.is_finite() && (got as f64 - want).abs() <= tol,
+        "{}: d_temperature {got} vs {want}: |diff| {:.3e} > {tol:.3e} ({FACTOR}·naive f32 {naive_err:.3e} + {FLOOR}ε·{:.3e})",
+        case.name,
+        (got as f64 - want).abs(),
+        m.dtau_abs
+    );
+}
+
 /// L against the weighted mean `mean` of the same call's (f32) row losses:
 /// L is summed in f64 and rounded once, the mean sums the rounded ℓ_i, so
 /// they differ by at most ε·(|L| + Σ w_i|ℓ_i|/B) (+ the mean's own f64 sum),
@@ -631,6 +686,7 @@ pub fn assert_output(
     lse: &[f64],
 ) {
     assert_loss(case, out.loss, loss);
+    assert_d_temperature(case, out.d_temperature, d_u);
     assert_tensor("d_u", case, &out.d_u, d_u, case.k);
     assert_tensor("d_v", case, &out.d_v, d_v, case.k);
     assert_tensor("lse", case, &out.lse, lse, 1);

@@ -66,6 +66,9 @@ static int layout() {
     FIELD(MnsGradParams, x.k); FIELD(MnsGradParams, x.inv_tau); FIELD(MnsGradParams, x.pad);
     FIELD(MnsGradParams, mrow); FIELD(MnsGradParams, coef); FIELD(MnsGradParams, gdiag);
     FIELD(MnsGradParams, out);
+    printf("MnsDtauParams %zu\n", sizeof(MnsDtauParams));
+    FIELD(MnsDtauParams, u); FIELD(MnsDtauParams, d_u); FIELD(MnsDtauParams, d_temperature);
+    FIELD(MnsDtauParams, len); FIELD(MnsDtauParams, inv_tau);
     return 0;
 }
 
@@ -113,6 +116,12 @@ int main(int argc, char** argv) {
             fix(p.x); fix(p.mrow); fix(p.coef); fix(p.gdiag); fix(p.out);
             if (kernel == 3) emu_launch(gx, gy, [&] { mns_du_f32(p); });
             else emu_launch(gx, gy, [&] { mns_dv_f32(p); });
+            break;
+        }
+        case 5: {
+            auto p = params<MnsDtauParams>(in, bytes);
+            fix(p.u); fix(p.d_u); fix(p.d_temperature);
+            emu_launch(gx, gy, [&] { mns_dtau_f32(p); });
             break;
         }
         default: die("unknown kernel");

@@ -215,7 +215,7 @@ impl LossFile {
 }
 
 /// The output of `mixneg loss`: `loss` \[1\], `d_u` \[B,K\], `d_v` \[N,K\], `lse`
-/// \[B\] and `row_loss` \[B\] as F32, with the τ and diagonal convention used
+/// \[B\], `row_loss` \[B\] and `d_temperature` \[1\] as F32, with the τ and diagonal convention used
 /// as metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossResult {
@@ -229,6 +229,8 @@ pub struct LossResult {
     pub lse: Vec<f32>,
     /// ℓ per row.
     pub row_loss: Vec<f32>,
+    /// ∂L/∂τ.
+    pub d_temperature: f32,
     /// B.
     pub b: usize,
     /// N.
@@ -255,6 +257,7 @@ impl LossResult {
             d_v: out.d_v.clone(),
             lse: out.lse.clone(),
             row_loss: out.row_loss.clone(),
+            d_temperature: out.d_temperature,
             b,
             n,
             k,
@@ -272,6 +275,12 @@ impl LossResult {
             ("d_v", Dtype::F32, vec![n, k], f32_bytes(&self.d_v)),
             ("lse", Dtype::F32, vec![b], f32_bytes(&self.lse)),
             ("row_loss", Dtype::F32, vec![b], f32_bytes(&self.row_loss)),
+            (
+                "d_temperature",
+                Dtype::F32,
+                vec![1],
+                f32_bytes(&[self.d_temperature]),
+            ),
         ];
         let meta = HashMap::from([
             ("temperature".to_string(), self.temperature.to_string()),
@@ -293,9 +302,10 @@ impl LossResult {
         let (d_v, vs) = read_f32(&st, "d_v", 2)?;
         let (lse, es) = read_f32(&st, "lse", 1)?;
         let (row_loss, rs) = read_f32(&st, "row_loss", 1)?;
-        if ls != [1] || us[1] != vs[1] || es != [us[0]] || rs != [us[0]] {
+        let (d_temperature, ts) = read_f32(&st, "d_temperature", 1)?;
+        if ls != [1] || ts != [1] || us[1] != vs[1] || es != [us[0]] || rs != [us[0]] {
             return Err(format!(
-                "inconsistent shapes: loss {ls:?}, d_u {us:?}, d_v {vs:?}, lse {es:?}, row_loss {rs:?}"
+                "inconsistent shapes: loss {ls:?}, d_u {us:?}, d_v {vs:?}, lse {es:?}, row_loss {rs:?}, d_temperature {ts:?}"
             )
             .into());
         }
@@ -318,6 +328,7 @@ impl LossResult {
             d_v,
             lse,
             row_loss,
+            d_temperature: d_temperature[0],
             b: us[0],
             n: vs[0],
             k: us[1],
