@@ -109,6 +109,7 @@ fn check_output(name: &str, d: &Synthetic, out: &MnsOutput) {
         temperature: 0.05,
         temperature_text: "0.05".into(),
         correct_positive: true,
+        positive_offset: 0,
         mags: Default::default(),
         naive: Default::default(),
     };

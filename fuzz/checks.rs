@@ -47,6 +47,10 @@ pub fn api(data: &[u8]) {
     if flags & 4 != 0 {
         x = x.ids(&ids);
     }
+    if flags & 0x10 != 0 {
+        // A positive offset, now and then one past the last valid (N − B + 1).
+        x = x.positive_offset(rest.first().map_or(0, |&o| o as usize % (n - b + 2)));
+    }
     let want = ReferenceBackend.mns_loss(&x);
     // One backend per kernel for the whole fuzzing run: it keeps its scratch
     // from input to input (other shapes, other padding), and must give the

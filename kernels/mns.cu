@@ -64,6 +64,7 @@ struct MnsLogits {
     const float* log_q;  // N
     const i64* ids;      // N, or null
     i64 b, n, k;
+    i64 offset;          // row r's positive is column r + offset
     float inv_tau;
     int pad;  // 0; the diagonal is never formed from these (see mns_rows_f32)
 };
@@ -74,6 +75,7 @@ struct MnsLogits {
     const float* __restrict__ log_q = (X).log_q;   \
     const i64* __restrict__ ids = (X).ids;         \
     const i64 b = (X).b, n = (X).n, k = (X).k;     \
+    const i64 offset = (X).offset;                 \
     const float inv_tau = (X).inv_tau
 
 struct MnsFwdParams {
@@ -97,6 +99,7 @@ struct MnsRowsParams {
     float* coef;
     float* gdiag;
     i64 b, k;
+    i64 offset;
     float inv_tau;
     int correct_positive;
     int splits;
@@ -176,14 +179,15 @@ __device__ __forceinline__ void mns_dot_tile(
     }
 }
 
-// The corrected logit s_rc from the raw dot product; -inf when removed
-// (accidental hit), outside the candidates, or (fwd only) on the diagonal.
+// The corrected logit s_rc from the raw dot product, for a column col that is
+// not the row's positive pos = row + offset; -inf when removed (an accidental
+// hit: ids[col] == ids[pos]) or outside the candidates.
 __device__ __forceinline__ float mns_logit(
-    float dot, i64 row, i64 col, i64 n, const float* __restrict__ log_q,
+    float dot, i64 pos, i64 col, i64 n, const float* __restrict__ log_q,
     const i64* __restrict__ ids, float inv_tau)
 {
     if (col >= n) return MNS_NEG_INF;
-    if (col != row && ids != nullptr && ids[col] == ids[row]) return MNS_NEG_INF;
+    if (ids != nullptr && ids[col] == ids[pos]) return MNS_NEG_INF;
     return fmaf(dot, inv_tau, -log_q[col]);
 }
 
@@ -215,9 +219,9 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_fwd_f32(const MnsFwdPar
                 const i64 col = c0 + tx + 16 * j;
                 // Columns of the next split, rows past B and the diagonal are
                 // excluded (the diagonal is handled exactly by mns_rows_f32).
-                x[j] = (row >= b || col >= c_end || col == row)
+                x[j] = (row >= b || col >= c_end || col == row + offset)
                            ? MNS_NEG_INF
-                           : mns_logit(acc[i][j], row, col, n, log_q, ids, inv_tau);
+                           : mns_logit(acc[i][j], row + offset, col, n, log_q, ids, inv_tau);
                 tmax = fmaxf(tmax, x[j]);
             }
             tmax = mns_max16(tmax);
@@ -250,7 +254,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(const MnsRowsP
     const float* __restrict__ v = p.v;
     const float* __restrict__ log_q = p.log_q;
     const float* __restrict__ row_weight = p.row_weight;
-    const i64 b = p.b, k = p.k;
+    const i64 b = p.b, k = p.k, offset = p.offset;
     const float inv_tau = p.inv_tau;
     const int correct_positive = p.correct_positive, splits = p.splits;
     const float* __restrict__ part_m = p.part_m;
@@ -266,10 +270,11 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(const MnsRowsP
     const i64 row = (i64)blockIdx.x * (MNS_NT / 32) + threadIdx.x / 32;
     if (row >= b) return;  // whole warp
     float d = 0.0f;
-    for (i64 c = lane; c < k; c += 32) d = fmaf(u[row * k + c], v[row * k + c], d);
+    const i64 pos = row + offset;  // the row's positive
+    for (i64 c = lane; c < k; c += 32) d = fmaf(u[row * k + c], v[pos * k + c], d);
     d = mns_sum32(d);
     if (lane != 0) return;
-    const float s_ii_f = correct_positive ? fmaf(d, inv_tau, -log_q[row]) : d * inv_tau;
+    const float s_ii_f = correct_positive ? fmaf(d, inv_tau, -log_q[pos]) : d * inv_tau;
     // Ordered merge of the split partials (f64: B scalars, cheap).
     const double neg_inf = (double)MNS_NEG_INF;
     double m_off = neg_inf;
@@ -324,13 +329,13 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_loss_f32(const MnsLossP
 // row's largest logit, coef_r = w_r/(B tau sum_r)), gdiag_r = c_r (P_rr - 1)
 // on it, 0 when removed or outside the matrices.
 __device__ __forceinline__ float mns_grad(
-    float dot, i64 row, i64 col, i64 b, i64 n, const float* __restrict__ log_q,
+    float dot, i64 row, i64 col, i64 b, i64 n, i64 offset, const float* __restrict__ log_q,
     const i64* __restrict__ ids, float inv_tau,
     const float* __restrict__ mrow, const float* __restrict__ coef, const float* __restrict__ gdiag)
 {
     if (row >= b || col >= n) return 0.0f;
-    if (col == row) return gdiag[row];
-    const float x = mns_logit(dot, row, col, n, log_q, ids, inv_tau);
+    if (col == row + offset) return gdiag[row];
+    const float x = mns_logit(dot, row + offset, col, n, log_q, ids, inv_tau);
     return coef[row] * expf(x - mrow[row]);  // expf(-inf) = 0 for removed hits
 }
 
@@ -360,7 +365,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(const MnsGradPar
         mns_dot_tile(sm.t, dot, u, b, r0, v, n, c0, k, tid, ty, tx);
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j)
-                sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n,
+                sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n, offset,
                                                           log_q, ids, inv_tau, mrow, coef, gdiag);
         for (int idx = tid; idx < MNS_BN * MNS_KC; idx += MNS_NT) {
             const int c = idx / MNS_KC, kk = idx % MNS_KC;
@@ -407,7 +412,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradPar
         mns_dot_tile(sm.t, dot, u, b, r0, v, n, c0, k, tid, ty, tx);
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j)
-                sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n,
+                sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n, offset,
                                                           log_q, ids, inv_tau, mrow, coef, gdiag);
         for (int idx = tid; idx < MNS_BM * MNS_KC; idx += MNS_NT) {
             const int r = idx / MNS_KC, kk = idx % MNS_KC;

@@ -35,6 +35,20 @@ pub enum MnsError {
         /// Number of candidates.
         n: usize,
     },
+    /// A positive offset o with o > N − B: some query's positive i + o would
+    /// lie past the last candidate.
+    #[error(
+        "positive_offset = {offset} is out of range: with B = {b} queries and N = {n} candidates it must be at most N - B = {}",
+        n - b
+    )]
+    PositiveOffset {
+        /// The offset o.
+        offset: usize,
+        /// Number of queries.
+        b: usize,
+        /// Number of candidates.
+        n: usize,
+    },
     /// A slice of the wrong length.
     #[error("{name} has length {got}, expected {expected}")]
     Length {

@@ -15,16 +15,19 @@ pub const MAGNITUDE_LIMIT: f64 = 1e30;
 /// Borrowed input of one fused MNS loss call (docs/design.md §2).
 ///
 /// * `u`: B×K query embeddings, row-major.
-/// * `v`: N×K candidates, row-major, N = B + B′; row i < B is the positive of
-///   query i, rows B..N are the uniformly sampled negatives.
+/// * `v`: N×K candidates, row-major, N = B + B′; row i + o is the positive of
+///   query i (o = `positive_offset`, default 0: rows 0..B are the positives
+///   and B..N the uniformly sampled negatives), so that a process's queries
+///   can be scored against candidates gathered from several processes.
 /// * `log_q`: N values log Q*_j (the sampling log-probability of candidate j).
-/// * `ids` (optional): N item ids; for row i every column j ≠ i with
-///   `ids[j] == ids[i]` is removed (an *accidental hit*).
+/// * `ids` (optional): N item ids; for row i every column j ≠ i + o with
+///   `ids[j] == ids[i + o]` is removed (an *accidental hit*).
 /// * `row_weight` (optional): B weights w_i ≥ 0 (default 1).
 /// * `temperature` τ > 0 (default 1) and `correct_positive` (default true).
 ///
-/// The logits are s_ij = ⟨u_i, v_j⟩/τ − log_q\[j\], where the diagonal term
-/// − log_q\[i\] is dropped when `correct_positive` is false.
+/// The logits are s_ij = ⟨u_i, v_j⟩/τ − log_q\[j\], where the positive's term
+/// − log_q\[i + o\] is dropped when `correct_positive` is false. Below, "the
+/// diagonal" s_ii means the positive's logit s_i,i+o.
 ///
 /// Nothing here is checked until a backend is called; the backend validates
 /// once and returns an [`MnsError`] naming the offending numbers.
@@ -48,6 +51,8 @@ pub struct MnsInput<'a> {
     /// Subtract log_q on the diagonal too (Yi et al. 2019, TFRS); `false`
     /// reproduces eq. (5) of the MNS paper literally.
     pub correct_positive: bool,
+    /// o: query i's positive is candidate i + o (0 ≤ o ≤ N − B).
+    pub positive_offset: usize,
 }
 
 impl<'a> MnsInput<'a> {
@@ -63,6 +68,7 @@ impl<'a> MnsInput<'a> {
             row_weight: None,
             temperature: 1.0,
             correct_positive: true,
+            positive_offset: 0,
         }
     }
 
@@ -84,6 +90,13 @@ impl<'a> MnsInput<'a> {
     #[must_use]
     pub fn temperature(mut self, t: f32) -> Self {
         self.temperature = t;
+        self
+    }
+
+    /// Query i's positive is candidate i + `o` (0 ≤ o ≤ N − B; default 0).
+    #[must_use]
+    pub fn positive_offset(mut self, o: usize) -> Self {
+        self.positive_offset = o;
         self
     }
 
@@ -117,6 +130,13 @@ impl<'a> MnsInput<'a> {
         }
         if n < b {
             return Err(MnsError::TooFewCandidates { b, n });
+        }
+        if self.positive_offset > n - b {
+            return Err(MnsError::PositiveOffset {
+                offset: self.positive_offset,
+                b,
+                n,
+            });
         }
         Ok((b, n, k))
     }
@@ -211,6 +231,7 @@ impl<'a> MnsInput<'a> {
             k,
             temperature: t,
             correct_positive: self.correct_positive,
+            positive_offset: self.positive_offset,
         })
     }
 }
@@ -286,6 +307,8 @@ pub struct Problem<'a> {
     pub temperature: f32,
     /// Whether the diagonal logit is corrected by log_q too.
     pub correct_positive: bool,
+    /// o: row i's positive is column i + o (o ≤ N − B).
+    pub positive_offset: usize,
 }
 
 impl Problem<'_> {
@@ -303,7 +326,8 @@ impl Problem<'_> {
     /// Accidental-hit groups: `(group_of_row, columns_of_group)` where
     /// `columns_of_group[g]` lists, in increasing order, every column whose id
     /// is the id of the rows in group g. O(N) memory whatever the duplication.
-    /// Row i's removed columns are `columns_of_group[group_of_row[i]]` minus i.
+    /// Row i's removed columns are `columns_of_group[group_of_row[i]]` minus
+    /// its positive i + o (the group is that of ids\[i + o\]).
     /// Groups holding only one column are dropped (`usize::MAX`).
     pub fn hit_groups(&self) -> Option<(Vec<usize>, Vec<Vec<usize>>)> {
         let ids = self.ids?;
@@ -318,7 +342,10 @@ impl Problem<'_> {
             }
         }
         let row_group = (0..self.b)
-            .map(|i| group_of_id.get(&ids[i]).copied().unwrap_or(usize::MAX))
+            .map(|i| {
+                let id = ids[i + self.positive_offset];
+                group_of_id.get(&id).copied().unwrap_or(usize::MAX)
+            })
             .collect();
         Some((row_group, groups))
     }

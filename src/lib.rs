@@ -6,14 +6,15 @@
 //! items drawn uniformly from the corpus, corrected by the log of each
 //! candidate's sampling probability Q*_j = (B·p_j + B′/|C|)/(B + B′).
 //!
-//! For U (B×K), V (N×K, N = B + B′, row i < B the positive of query i),
-//! log_q (N), temperature τ and optional row weights w and item ids:
+//! For U (B×K), V (N×K, N = B + B′, row i + o the positive of query i, the
+//! positive offset o = 0 unless set), log_q (N), temperature τ and optional
+//! row weights w and item ids, with ī = i + o:
 //!
-//! * s_ij = ⟨u_i, v_j⟩/τ − log_q\[j\]  (the diagonal keeps − log_q\[i\] only
-//!   when `correct_positive`), s_ij = −∞ for j ≠ i with ids\[j\] = ids\[i\];
-//! * ℓ_i = lse_i − s_ii, lse_i = log Σ_j exp(s_ij);  L = (1/B) Σ_i w_i ℓ_i;
-//! * G_ij = ∂L/∂s_ij = (w_i/B)(P_ij − δ_ij), P_ij = exp(s_ij − lse_i);
-//! * ∂L/∂U = G·V/τ, ∂L/∂V = Gᵀ·U/τ.
+//! * s_ij = ⟨u_i, v_j⟩/τ − log_q\[j\]  (the positive keeps − log_q\[ī\] only
+//!   when `correct_positive`), s_ij = −∞ for j ≠ ī with ids\[j\] = ids\[ī\];
+//! * ℓ_i = lse_i − s_iī, lse_i = log Σ_j exp(s_ij);  L = (1/B) Σ_i w_i ℓ_i;
+//! * G_ij = ∂L/∂s_ij = (w_i/B)(P_ij − δ_jī), P_ij = exp(s_ij − lse_i);
+//! * ∂L/∂U = G·V/τ, ∂L/∂V = Gᵀ·U/τ, ∂L/∂τ = −⟨U, ∂L/∂U⟩/τ.
 //!
 //! Every backend implements [`Backend`]: the materializing f64
 //! [`ReferenceBackend`] (the specification), and the fused

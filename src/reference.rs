@@ -81,16 +81,19 @@ pub fn mns_loss_f64(input: &MnsInput<'_>) -> Result<MnsOutput<f64>, MnsError> {
 
     let mut out = MnsOutput::filled(b, n, k, 0.0f64);
     let mut g = vec![vec![0.0f64; n]; b];
-    for i in 0..b {
+    let o = p.positive_offset;
+    for r in 0..b {
+        // Row r's positive is column i = r + o; below, "i" is that column.
+        let i = r + o;
         let s: Vec<f64> = (0..n)
             .map(|j| {
                 let removed = j != i && p.ids.is_some_and(|ids| ids[j] == ids[i]);
                 if removed {
                     f64::NEG_INFINITY
                 } else if j == i && !p.correct_positive {
-                    dot(&u[i], &v[j]) / tau
+                    dot(&u[r], &v[j]) / tau
                 } else {
-                    dot(&u[i], &v[j]) / tau - p.log_q[j] as f64
+                    dot(&u[r], &v[j]) / tau - p.log_q[j] as f64
                 }
             })
             .collect();
@@ -114,10 +117,10 @@ pub fn mns_loss_f64(input: &MnsInput<'_>) -> Result<MnsOutput<f64>, MnsError> {
         } else {
             lse - s[i]
         };
-        let w = p.weight(i) as f64;
-        out.lse[i] = lse;
-        out.row_loss[i] = loss;
-        out.top1[i] = s[i] >= m;
+        let w = p.weight(r) as f64;
+        out.lse[r] = lse;
+        out.row_loss[r] = loss;
+        out.top1[r] = s[i] >= m;
         out.loss += w * loss / b as f64;
         for j in 0..n {
             let pm = if i == j {
@@ -125,7 +128,7 @@ pub fn mns_loss_f64(input: &MnsInput<'_>) -> Result<MnsOutput<f64>, MnsError> {
             } else {
                 p_off[j]
             };
-            g[i][j] = w / b as f64 * pm;
+            g[r][j] = w / b as f64 * pm;
         }
     }
     for i in 0..b {

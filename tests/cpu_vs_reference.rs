@@ -59,10 +59,10 @@ fn check_case(case: &Case) {
 
 /// max over kept j ≠ i of s_ij, in f64 (for judging top-1 near-ties).
 fn logits_row_max_other(case: &Case, i: usize) -> f64 {
-    let k = case.k;
+    let (k, pos) = (case.k, i + case.positive_offset);
     let u = &case.u[i * k..(i + 1) * k];
     (0..case.n())
-        .filter(|&j| j != i && case.ids.as_ref().is_none_or(|ids| ids[j] != ids[i]))
+        .filter(|&j| j != pos && case.ids.as_ref().is_none_or(|ids| ids[j] != ids[pos]))
         .map(|j| {
             let d: f64 = u
                 .iter()
@@ -72,6 +72,34 @@ fn logits_row_max_other(case: &Case, i: usize) -> f64 {
             d / case.temperature as f64 - case.log_q[j] as f64
         })
         .fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// The positive of query i is candidate i + o: offsets at both ends and in
+/// between, on shapes with tails, with and without duplicate ids (removed
+/// relative to the positive's id), both diagonal conventions and weights.
+#[test]
+fn positive_offset_sweep() {
+    for (b, bp, k) in [
+        (1, 1, 1),
+        (3, 7, 5),
+        (17, 203, 9),
+        (64, 64, 64),
+        (113, 1000, 17),
+    ] {
+        for o in [0, 1, bp / 3, bp - 1, bp] {
+            for (cp, dup) in [(true, false), (false, true), (true, true)] {
+                let mut c = random_case(9, b, bp, k);
+                c.positive_offset = o;
+                c.correct_positive = cp;
+                if dup {
+                    c.ids = Some((0..b + bp).map(|j| (j % 4) as i64).collect());
+                    c.row_weight = Some((0..b).map(|i| (i % 3) as f32).collect());
+                }
+                c.name = format!("offset {o} of {bp} (B={b}, K={k}, cp={cp}, dup={dup})");
+                check_case(&c);
+            }
+        }
+    }
 }
 
 #[test]

@@ -97,13 +97,12 @@ fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
     a.d_u = add(4 * b * k, None);
     a.d_v = add(4 * n * k, None);
     a.d_temperature = add(4, None);
-    let launches = abi::launches(
-        &plan,
-        (b, n, k),
-        case.temperature,
-        case.correct_positive,
-        &a,
-    );
+    let opt = abi::Options {
+        temperature: case.temperature,
+        correct_positive: case.correct_positive,
+        positive_offset: case.positive_offset,
+    };
+    let launches = abi::launches(&plan, (b, n, k), opt, &a);
     let mut buf: Vec<u8> = vec![];
     buf.extend((bufs.len() as u64).to_le_bytes());
     for (bytes, data) in &bufs {
@@ -224,6 +223,26 @@ fn emulated_kernels_match_the_reference_on_awkward_shapes() {
         (70, 30, 130, 2),
     ] {
         check(exe, &random_case(21, b, bp, k), sms);
+    }
+}
+
+/// The positive of query i is candidate i + o: offsets at both ends and in
+/// between, with duplicate ids (hits are removed relative to the positive's
+/// id) and both diagonal conventions.
+#[test]
+fn emulated_kernels_take_a_positive_offset() {
+    let Some(exe) = emulator() else { return };
+    for (b, bp, k, sms) in [(1, 7, 3, 1), (17, 203, 9, 132), (65, 130, 65, 8)] {
+        for o in [0, 1, bp / 2, bp] {
+            for cp in [true, false] {
+                let mut c = random_case(5, b, bp, k);
+                c.positive_offset = o;
+                c.correct_positive = cp;
+                c.ids = Some((0..b + bp).map(|j| (j % 5) as i64).collect());
+                c.name = format!("offset {o} of {bp}, cp={cp} (B={b}, K={k})");
+                check(exe, &c, sms);
+            }
+        }
     }
 }
 

@@ -126,12 +126,34 @@ fn parameter_structs_have_the_host_layout() {
                 ptx.contains(&decl),
                 "{arch}: {kernel}: no `{decl}` in the PTX"
             );
-            // (offset, bytes) of every load from the parameter.
-            let loads: Vec<(usize, usize)> = ptx
+            // This kernel's body: from its `.entry` to the next one.
+            let start = ptx
+                .find(&format!(".entry {kernel}("))
+                .unwrap_or_else(|| panic!("{arch}: no .entry {kernel} in the PTX"));
+            let body = &ptx[start..];
+            let body = &body[..body[1..].find(".entry ").map_or(body.len(), |e| e + 1)];
+            // Registers that hold the parameter's address (`mov.b64 %rdN,
+            // <param>;`, then `ld.param [%rdN+OFF]`), and the parameter itself.
+            let mut bases = vec![param.clone()];
+            for l in body
                 .lines()
-                .filter(|l| l.contains("ld.param") && l.contains(&format!("[{param}")))
-                .map(|l| {
-                    let at = l.split(&format!("[{param}")).nth(1).unwrap();
+                .filter(|l| l.contains("mov.b64") && l.contains(&param))
+            {
+                let reg = l.split_whitespace().nth(1).unwrap().trim_end_matches(',');
+                bases.push(reg.to_string());
+            }
+            // (offset, bytes) of every load from the parameter.
+            let loads: Vec<(usize, usize)> = body
+                .lines()
+                .filter(|l| l.contains("ld.param"))
+                .filter_map(|l| {
+                    let at = bases
+                        .iter()
+                        .find_map(|b| l.split(&format!("[{b}")).nth(1))?;
+                    // `[%rd1` must not match `[%rd12`: the next char ends the name.
+                    if !(at.starts_with('+') || at.starts_with(']')) {
+                        return None;
+                    }
                     let off = at.strip_prefix('+').map_or(0, |x| {
                         x.split(']').next().unwrap().parse::<usize>().unwrap()
                     });
@@ -143,7 +165,7 @@ fn parameter_structs_have_the_host_layout() {
                         1
                     };
                     let bytes = if l.contains("64") { 8 } else { 4 };
-                    (off, width * bytes)
+                    Some((off, width * bytes))
                 })
                 .collect();
             assert!(!loads.is_empty(), "{arch}: {kernel} reads no parameter");

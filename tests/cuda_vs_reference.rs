@@ -76,6 +76,21 @@ fn shape_sweep() {
     check(be, &random_case(3, 512, 1536, 64));
 }
 
+/// Positive offsets at both ends and in between, with duplicate ids.
+#[test]
+fn positive_offsets() {
+    let Some(be) = gpu() else { return };
+    for (b, bp, k) in [(1, 7, 3), (17, 203, 9), (300, 1100, 65)] {
+        for o in [0, 1, bp / 2, bp] {
+            let mut c = random_case(5, b, bp, k);
+            c.positive_offset = o;
+            c.ids = Some((0..b + bp).map(|j| (j % 5) as i64).collect());
+            c.name = format!("offset {o} of {bp} (B={b}, K={k})");
+            check(be, &c);
+        }
+    }
+}
+
 #[test]
 fn every_vector() {
     let Some(be) = gpu() else { return };
@@ -129,6 +144,7 @@ fn device_entry_point_matches_host_entry_point() {
         dim: c.k,
         temperature: c.temperature,
         correct_positive: true,
+        positive_offset: c.positive_offset,
     };
     let mut out = DeviceOutput::zeros(&s, c.b(), c.n(), c.k).unwrap();
     be.mns_loss_device(&s, &x, &mut out).unwrap();

@@ -202,6 +202,24 @@ fn non_finite_values() {
 }
 
 #[test]
+fn positive_offset_out_of_range() {
+    // N − B = 1 here: o = 1 is the last valid offset, o = 2 is refused.
+    let g = good();
+    let (b, n) = (g.u.len() / 2, g.v.len() / 2);
+    assert_eq!(n - b, 1, "the fixture has one negative");
+    assert!(
+        MnsInput::new(&g.u, &g.v, &g.lq, 2)
+            .positive_offset(1)
+            .validate()
+            .is_ok()
+    );
+    expect(
+        MnsInput::new(&g.u, &g.v, &g.lq, 2).positive_offset(2),
+        MnsError::PositiveOffset { offset: 2, b, n },
+    );
+}
+
+#[test]
 fn negative_weight() {
     let g = good();
     expect(

@@ -17,9 +17,12 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop_oneof![Just(1usize), Just(3), Just(8), Just(17), 1usize..70],
         (any::<u64>(), prop_oneof![Just(0.01f32), Just(0.05), Just(0.3), Just(1.0), Just(7.0)]),
         (any::<bool>(), 0usize..4, any::<bool>(), prop_oneof![Just(0.1f32), Just(1.0), Just(10.0)]),
+        prop_oneof![Just(0.0f64), Just(1.0), 0.0f64..1.0],
     )
-        .prop_map(|(b, bp, k, (seed, tau), (cp, dup, weights, scale))| {
+        .prop_map(|(b, bp, k, (seed, tau), (cp, dup, weights, scale), at)| {
             let mut c = random_case(seed, b, bp, k);
+            // The positive offset anywhere in 0..=B′ (both ends included).
+            c.positive_offset = (at * bp as f64).round() as usize;
             c.temperature = tau;
             c.correct_positive = cp;
             c.u.iter_mut().for_each(|x| *x *= scale);
@@ -33,7 +36,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             if weights {
                 c.row_weight = Some((0..b).map(|i| if i % 3 == 0 { 0.0 } else { (i % 5) as f32 * 0.7 }).collect());
             }
-            c.name = format!("prop(B={b}, B'={bp}, K={k}, tau={tau}, cp={cp}, dup={dup}, w={weights}, scale={scale}, seed={seed})");
+            c.name = format!("prop(B={b}, B'={bp}, K={k}, o={}, tau={tau}, cp={cp}, dup={dup}, w={weights}, scale={scale}, seed={seed})", c.positive_offset);
             c
         })
 }

@@ -40,6 +40,8 @@ pub(crate) struct Shared<'a> {
     pub nlq: &'a [f32],
     /// Subtract log_q on the diagonal too.
     pub correct_positive: bool,
+    /// o: row i's positive is column i + o.
+    pub offset: usize,
     /// Accidental-hit groups (see `Problem::hit_groups`).
     pub hits: Option<(&'a [usize], &'a [Vec<usize>])>,
 }
@@ -157,6 +159,7 @@ impl Packed {
             vt: &self.vt,
             nlq: &self.nlq,
             correct_positive: p.correct_positive,
+            offset: p.positive_offset,
             hits: hits.as_ref().map(|(r, g)| (r.as_slice(), g.as_slice())),
         }
     }

@@ -7,7 +7,8 @@
 //!    rows × two vectors of columns (AVX2: 6 × 16 in 12 ymm accumulators;
 //!    AVX-512: 12 × 32, two panels, in 24 zmm), broadcast from U, two
 //!    vector loads from the panels per step of K;
-//! 2. per row: the diagonal (if column i is in the part) is recorded and
+//! 2. per row: the diagonal (the positive's column i + o, if it is in the
+//!    part) is recorded and
 //!    taken out, accidental hits are set to −∞, then m_p = max of the part's
 //!    row and e_ij = exp(s_ij − m_p) *in place* (one exp per logit), with the
 //!    part's sum Σ_p (blocked: [`JC`] terms from zero, then into the total).
@@ -48,11 +49,13 @@ pub(crate) unsafe fn phase_a<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
         let i = i0 + rr;
         let row = &mut part.strip[rr * ld..rr * ld + w];
         part.diag[rr] = None;
-        if (part.j0..part.j1).contains(&i) {
-            let local = i - part.j0;
+        // Row i's positive, column i + o.
+        let pos = i + sh.offset;
+        if (part.j0..part.j1).contains(&pos) {
+            let local = pos - part.j0;
             if !sh.correct_positive {
-                // Uncorrected diagonal: ⟨u_i, v_i⟩/τ without − log_q[i].
-                let (u, v) = (&sh.up[i * kp..][..sh.k], &sh.v[i * sh.k..][..sh.k]);
+                // Uncorrected positive: ⟨u_i, v_{i+o}⟩/τ without − log_q[i + o].
+                let (u, v) = (&sh.up[i * kp..][..sh.k], &sh.v[pos * sh.k..][..sh.k]);
                 row[local] =
                     u.iter().zip(v).fold(0.0f32, |s, (&x, &y)| x.mul_add(y, s)) * sh.inv_tau;
             }

@@ -50,7 +50,7 @@ impl Rows {
             let s_ii = parts
                 .iter()
                 .find_map(|q| q.diag[rr])
-                .expect("column i < B lies in some part") as f64;
+                .expect("column i + o < N lies in some part") as f64;
             let m_off = parts
                 .iter()
                 .fold(f64::NEG_INFINITY, |m, q| m.max(q.max[rr] as f64));
@@ -87,10 +87,10 @@ impl Rows {
         }
     }
 
-    /// **Combine** for rows i0..i0+r, after phase B: dU_i = (G_ii/τ)·v_i +
+    /// **Combine** for rows i0..i0+r, after phase B: dU_i = (G_ii/τ)·v_{i+o} +
     /// Σ_p c_p,i·(part p's share), the shares added in part order; and the
-    /// diagonal's dV term (G_ii/τ)·u_i into row i of the dV accumulator
-    /// (stride `kp`, owned by the part holding column i).
+    /// diagonal's dV term (G_ii/τ)·u_i into row i + o of the dV accumulator
+    /// (stride `kp`, owned by the part holding column i + o).
     pub fn combine(
         &self,
         p: &Problem<'_>,
@@ -100,12 +100,12 @@ impl Rows {
         kp: usize,
         out: &mut MnsOutput,
     ) {
-        let k = p.k;
+        let (k, o) = (p.k, p.positive_offset);
         for (rr, &gd) in self.gdiag[..r].iter().enumerate() {
             let i = i0 + rr;
             let du = &mut out.d_u[i * k..(i + 1) * k];
             du.iter_mut()
-                .zip(&p.v[i * k..(i + 1) * k])
+                .zip(&p.v[(i + o) * k..(i + o + 1) * k])
                 .for_each(|(x, &v)| *x = gd * v);
             for q in parts.iter() {
                 let cq = q.coef[rr];
@@ -116,11 +116,12 @@ impl Rows {
         }
         for (rr, &gd) in self.gdiag[..r].iter().enumerate() {
             let i = i0 + rr;
+            let pos = i + o;
             let q = parts
                 .iter_mut()
-                .find(|q| (q.j0..q.j1).contains(&i))
-                .expect("i < N");
-            let row = &mut q.dv[(i - q.j0) * kp..(i - q.j0) * kp + k];
+                .find(|q| (q.j0..q.j1).contains(&pos))
+                .expect("i + o < N");
+            let row = &mut q.dv[(pos - q.j0) * kp..(pos - q.j0) * kp + k];
             row.iter_mut()
                 .zip(&p.u[i * k..(i + 1) * k])
                 .for_each(|(x, &u)| *x += gd * u);

@@ -33,6 +33,8 @@ pub struct Logits {
     pub n: i64,
     /// K.
     pub k: i64,
+    /// o: row r's positive is column r + o.
+    pub offset: i64,
     /// 1/τ in f32.
     pub inv_tau: f32,
     /// Explicit padding (0): the logit kernels never form the diagonal,
@@ -88,6 +90,8 @@ pub struct RowsParams {
     pub b: i64,
     /// K.
     pub k: i64,
+    /// o: row r's positive is column r + o.
+    pub offset: i64,
     /// 1/τ in f32.
     pub inv_tau: f32,
     /// 1: subtract log_q on the diagonal too.
@@ -175,7 +179,7 @@ fn logit_bytes(x: &Logits, out: &mut Vec<u8>) {
     for a in [x.u, x.v, x.log_q, x.ids] {
         out.extend(a.to_le_bytes());
     }
-    for a in [x.b, x.n, x.k] {
+    for a in [x.b, x.n, x.k, x.offset] {
         out.extend(a.to_le_bytes());
     }
     out.extend(x.inv_tau.to_le_bytes());
@@ -214,6 +218,7 @@ impl Params {
                 }
                 o.extend(p.b.to_le_bytes());
                 o.extend(p.k.to_le_bytes());
+                o.extend(p.offset.to_le_bytes());
                 o.extend(p.inv_tau.to_le_bytes());
                 for a in [p.correct_positive, p.splits, p.pad] {
                     o.extend(a.to_le_bytes());
@@ -280,15 +285,28 @@ pub struct Buffers {
     pub d_temperature: u64,
 }
 
-/// The launch sequence of one call on a B×N×K problem at temperature τ:
-/// forward, row merge, loss, dU, dV, ∂L/∂τ, on one stream in this order.
+/// What a call computes beyond its shape: τ, the diagonal convention and the
+/// positive offset o.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    /// τ.
+    pub temperature: f32,
+    /// Subtract log_q on the diagonal too.
+    pub correct_positive: bool,
+    /// o: row r's positive is column r + o.
+    pub positive_offset: usize,
+}
+
+/// The launch sequence of one call on a B×N×K problem: forward, row merge,
+/// loss, dU, dV, ∂L/∂τ, on one stream in this order.
 pub fn launches(
     plan: &Plan,
     (b, n, k): (usize, usize, usize),
-    temperature: f32,
-    correct_positive: bool,
+    opt: Options,
     a: &Buffers,
 ) -> [Launch; 6] {
+    let (temperature, correct_positive) = (opt.temperature, opt.correct_positive);
+    let offset = opt.positive_offset as i64;
     let inv_tau = 1.0 / temperature;
     let x = Logits {
         u: a.u,
@@ -298,6 +316,7 @@ pub fn launches(
         b: b as i64,
         n: n as i64,
         k: k as i64,
+        offset,
         inv_tau,
         pad: 0,
     };
@@ -338,6 +357,7 @@ pub fn launches(
                 gdiag: a.gdiag,
                 b: b as i64,
                 k: k as i64,
+                offset,
                 inv_tau,
                 correct_positive: correct_positive as i32,
                 splits: plan.splits as i32,
@@ -393,6 +413,7 @@ pub fn layout() -> Vec<StructLayout> {
             ("x.b", base + offset_of!(Logits, b)),
             ("x.n", base + offset_of!(Logits, n)),
             ("x.k", base + offset_of!(Logits, k)),
+            ("x.offset", base + offset_of!(Logits, offset)),
             ("x.inv_tau", base + offset_of!(Logits, inv_tau)),
             ("x.pad", base + offset_of!(Logits, pad)),
         ]
@@ -431,6 +452,7 @@ pub fn layout() -> Vec<StructLayout> {
                 ("gdiag", offset_of!(RowsParams, gdiag)),
                 ("b", offset_of!(RowsParams, b)),
                 ("k", offset_of!(RowsParams, k)),
+                ("offset", offset_of!(RowsParams, offset)),
                 ("inv_tau", offset_of!(RowsParams, inv_tau)),
                 ("correct_positive", offset_of!(RowsParams, correct_positive)),
                 ("splits", offset_of!(RowsParams, splits)),
@@ -470,7 +492,12 @@ mod tests {
     fn byte_images_are_the_whole_structs() {
         let a = Buffers::default();
         let plan = Plan::new(100, 300, 70, 4);
-        for l in launches(&plan, (100, 300, 70), 2.0, true, &a) {
+        let opt = Options {
+            temperature: 2.0,
+            correct_positive: true,
+            positive_offset: 3,
+        };
+        for l in launches(&plan, (100, 300, 70), opt, &a) {
             let size = match l.params {
                 Params::Fwd(_) => std::mem::size_of::<FwdParams>(),
                 Params::Rows(_) => std::mem::size_of::<RowsParams>(),

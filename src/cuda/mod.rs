@@ -85,6 +85,8 @@ pub struct DeviceInput<'a> {
     pub temperature: f32,
     /// Subtract log_q on the diagonal too.
     pub correct_positive: bool,
+    /// o: query i's positive is candidate i + o (0 ≤ o ≤ N − B).
+    pub positive_offset: usize,
 }
 
 /// Device-resident results of [`CudaBackend::mns_loss_device`].
@@ -221,6 +223,13 @@ impl CudaBackend {
         if n < b {
             return Err(MnsError::TooFewCandidates { b, n });
         }
+        if input.positive_offset > n - b {
+            return Err(MnsError::PositiveOffset {
+                offset: input.positive_offset,
+                b,
+                n,
+            });
+        }
         let lens = [
             ("log_q", input.log_q.len(), n),
             ("ids", input.ids.map_or(n, |x| x.len()), n),
@@ -313,13 +322,13 @@ impl CudaBackend {
             d_v,
             d_temperature,
         };
-        for l in abi::launches(
-            &plan,
-            (b, n, k),
-            1.0 / x.temperature,
-            x.correct_positive,
-            &a,
-        ) {
+        // The options exactly as the emulator tests pass them.
+        let opt = abi::Options {
+            temperature: x.temperature,
+            correct_positive: x.correct_positive,
+            positive_offset: x.positive_offset,
+        };
+        for l in abi::launches(&plan, (b, n, k), opt, &a) {
             let mut lb = stream.launch_builder(&self.funcs[l.kernel]);
             match &l.params {
                 abi::Params::Fwd(p) => lb.arg(p),
@@ -378,6 +387,7 @@ impl Backend for CudaBackend {
             dim: p.k,
             temperature: p.temperature,
             correct_positive: p.correct_positive,
+            positive_offset: p.positive_offset,
         };
         let mut d = DeviceOutput::zeros(s, p.b, p.n, p.k)?;
         self.mns_loss_device(s, &dev, &mut d)?;

@@ -48,14 +48,14 @@ static int layout() {
     printf("MnsFwdParams %zu\n", sizeof(MnsFwdParams));
     FIELD(MnsFwdParams, x.u); FIELD(MnsFwdParams, x.v); FIELD(MnsFwdParams, x.log_q);
     FIELD(MnsFwdParams, x.ids); FIELD(MnsFwdParams, x.b); FIELD(MnsFwdParams, x.n);
-    FIELD(MnsFwdParams, x.k); FIELD(MnsFwdParams, x.inv_tau); FIELD(MnsFwdParams, x.pad);
+    FIELD(MnsFwdParams, x.k); FIELD(MnsFwdParams, x.offset); FIELD(MnsFwdParams, x.inv_tau); FIELD(MnsFwdParams, x.pad);
     FIELD(MnsFwdParams, cols_per_split); FIELD(MnsFwdParams, part_m); FIELD(MnsFwdParams, part_s);
     printf("MnsRowsParams %zu\n", sizeof(MnsRowsParams));
     FIELD(MnsRowsParams, u); FIELD(MnsRowsParams, v); FIELD(MnsRowsParams, log_q);
     FIELD(MnsRowsParams, row_weight); FIELD(MnsRowsParams, part_m); FIELD(MnsRowsParams, part_s);
     FIELD(MnsRowsParams, lse); FIELD(MnsRowsParams, row_loss); FIELD(MnsRowsParams, top1);
     FIELD(MnsRowsParams, wloss); FIELD(MnsRowsParams, mrow); FIELD(MnsRowsParams, coef);
-    FIELD(MnsRowsParams, gdiag); FIELD(MnsRowsParams, b); FIELD(MnsRowsParams, k);
+    FIELD(MnsRowsParams, gdiag); FIELD(MnsRowsParams, b); FIELD(MnsRowsParams, k); FIELD(MnsRowsParams, offset);
     FIELD(MnsRowsParams, inv_tau); FIELD(MnsRowsParams, correct_positive);
     FIELD(MnsRowsParams, splits); FIELD(MnsRowsParams, pad);
     printf("MnsLossParams %zu\n", sizeof(MnsLossParams));
@@ -63,7 +63,7 @@ static int layout() {
     printf("MnsGradParams %zu\n", sizeof(MnsGradParams));
     FIELD(MnsGradParams, x.u); FIELD(MnsGradParams, x.v); FIELD(MnsGradParams, x.log_q);
     FIELD(MnsGradParams, x.ids); FIELD(MnsGradParams, x.b); FIELD(MnsGradParams, x.n);
-    FIELD(MnsGradParams, x.k); FIELD(MnsGradParams, x.inv_tau); FIELD(MnsGradParams, x.pad);
+    FIELD(MnsGradParams, x.k); FIELD(MnsGradParams, x.offset); FIELD(MnsGradParams, x.inv_tau); FIELD(MnsGradParams, x.pad);
     FIELD(MnsGradParams, mrow); FIELD(MnsGradParams, coef); FIELD(MnsGradParams, gdiag);
     FIELD(MnsGradParams, out);
     printf("MnsDtauParams %zu\n", sizeof(MnsDtauParams));

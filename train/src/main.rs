@@ -357,6 +357,7 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
         dim: k,
         temperature: 0.05,
         correct_positive: true,
+        positive_offset: 0,
     };
     let mut out = DeviceOutput::zeros(&s, b, n, k)?;
     gpu.mns_loss_device(&s, &x, &mut out)?; // warm-up
