@@ -52,7 +52,7 @@ pub use cpu::{CpuBackend, Kernel};
 pub use cuda::CudaBackend;
 pub use error::{ErrorSource, MnsError};
 pub use input::{MAGNITUDE_LIMIT, MnsInput, Problem};
-pub use output::MnsOutput;
+pub use output::{MnsForward, MnsOutput};
 pub use reference::ReferenceBackend;
 
 /// One implementation of the fused MNS loss.
@@ -72,5 +72,13 @@ pub trait Backend: Send + Sync {
         let mut out = MnsOutput::filled(b, n, k, 0.0);
         self.mns_loss_into(input, &mut out)?;
         Ok(out)
+    }
+
+    /// The forward only: L, lse, ℓ and top-1 of the same input, no
+    /// gradients. The CPU and CUDA backends skip the gradient work (their
+    /// logit products are a third of a full call's); the default computes
+    /// the full call and drops the gradients. Same validation and errors.
+    fn mns_forward(&self, input: &MnsInput<'_>) -> Result<MnsForward, MnsError> {
+        self.mns_loss(input).map(MnsForward::from)
     }
 }

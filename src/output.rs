@@ -59,3 +59,28 @@ impl<T: Copy> MnsOutput<T> {
         Ok(())
     }
 }
+
+/// What a forward-only call returns ([`crate::Backend::mns_forward`]): the
+/// loss and the per-row results, no gradients — for evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MnsForward {
+    /// L = (1/B) Σ_i w_i ℓ_i.
+    pub loss: f32,
+    /// lse_i, length B.
+    pub lse: Vec<f32>,
+    /// ℓ_i, length B.
+    pub row_loss: Vec<f32>,
+    /// In-batch top-1 hit, length B.
+    pub top1: Vec<bool>,
+}
+
+impl From<MnsOutput> for MnsForward {
+    fn from(o: MnsOutput) -> Self {
+        Self {
+            loss: o.loss,
+            lse: o.lse,
+            row_loss: o.row_loss,
+            top1: o.top1,
+        }
+    }
+}

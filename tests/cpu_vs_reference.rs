@@ -329,6 +329,44 @@ fn output_bits(o: &MnsOutput) -> Vec<u32> {
         .collect()
 }
 
+/// The forward-only call gives the full call's loss, lse, ℓ and top-1 bit for
+/// bit (phase A and the row merge are the same code), on every kernel and
+/// thread count, with offsets; and it leaves the kept scratch fit for the
+/// next full call (a full call after a forward one gives a fresh backend's
+/// bits).
+#[test]
+fn forward_only_is_the_full_call_without_gradients() {
+    for (b, bp, k, o) in [
+        (1, 0, 1, 0),
+        (17, 203, 9, 203),
+        (113, 1000, 65, 500),
+        (300, 700, 33, 1),
+    ] {
+        let mut c = random_case(4, b, bp, k);
+        c.positive_offset = o;
+        for be in cpu_paths() {
+            let full = be.mns_loss(&c.input()).unwrap();
+            let fwd = be.mns_forward(&c.input()).unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let name = format!("{} x{} ({b}, {bp}, {k}, o={o})", be.name(), be.threads());
+            assert_eq!(fwd.loss.to_bits(), full.loss.to_bits(), "{name}: loss");
+            assert_eq!(bits(&fwd.lse), bits(&full.lse), "{name}: lse");
+            assert_eq!(
+                bits(&fwd.row_loss),
+                bits(&full.row_loss),
+                "{name}: row_loss"
+            );
+            assert_eq!(fwd.top1, full.top1, "{name}: top1");
+            let again = be.mns_loss(&c.input()).unwrap();
+            assert_eq!(
+                output_bits(&again),
+                output_bits(&full),
+                "{name}: full call after a forward one"
+            );
+        }
+    }
+}
+
 #[test]
 fn deterministic_for_a_fixed_thread_count() {
     let c = random_case(12, 300, 700, 33);

@@ -60,6 +60,12 @@ fn emulator() -> Option<&'static Path> {
 /// multiprocessors — exactly what the backend launches — with buffer
 /// numbers for device addresses.
 fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
+    run_launches(exe, case, sms, false)
+}
+
+/// [`run`], or with `forward_only` the first three launches only (forward,
+/// row merge, loss) — what the backend's forward-only call launches.
+fn run_launches(exe: &Path, case: &Case, sms: usize, forward_only: bool) -> MnsOutput {
     let (b, n, k) = (case.b(), case.n(), case.k);
     let plan = Plan::new(b, n, k, sms);
     // Buffers in this order; a pointer field holds its number + 1.
@@ -102,7 +108,8 @@ fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
         correct_positive: case.correct_positive,
         positive_offset: case.positive_offset,
     };
-    let launches = abi::launches(&plan, (b, n, k), opt, &a);
+    let all = abi::launches(&plan, (b, n, k), opt, &a);
+    let launches = &all[..if forward_only { 3 } else { all.len() }];
     let mut buf: Vec<u8> = vec![];
     buf.extend((bufs.len() as u64).to_le_bytes());
     for (bytes, data) in &bufs {
@@ -114,7 +121,7 @@ fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
         }
     }
     buf.extend((launches.len() as u64).to_le_bytes());
-    for l in &launches {
+    for l in launches {
         let p = l.params.bytes();
         for x in [l.kernel as u32, l.grid.0, l.grid.1, p.len() as u32] {
             buf.extend(x.to_le_bytes());
@@ -223,6 +230,25 @@ fn emulated_kernels_match_the_reference_on_awkward_shapes() {
         (70, 30, 130, 2),
     ] {
         check(exe, &random_case(21, b, bp, k), sms);
+    }
+}
+
+/// The forward-only launches (forward, row merge, loss) give the full call's
+/// loss, lse, ℓ and top-1 bit for bit.
+#[test]
+fn emulated_forward_only_is_the_full_call_without_gradients() {
+    let Some(exe) = emulator() else { return };
+    for (b, bp, k, sms, o) in [(1, 7, 3, 1, 7), (65, 130, 65, 8, 64)] {
+        let mut c = random_case(8, b, bp, k);
+        c.positive_offset = o;
+        let full = run_launches(exe, &c, sms, false);
+        let fwd = run_launches(exe, &c, sms, true);
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(fwd.loss.to_bits(), full.loss.to_bits());
+        assert_eq!(bits(&fwd.lse), bits(&full.lse));
+        assert_eq!(bits(&fwd.row_loss), bits(&full.row_loss));
+        assert_eq!(fwd.top1, full.top1);
+        assert!(fwd.d_u.iter().all(|&x| x == 0.0), "no gradient kernel ran");
     }
 }
 

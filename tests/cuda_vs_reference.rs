@@ -42,6 +42,16 @@ fn check(be: &CudaBackend, case: &Case) {
     };
     assert_output(&ctx, &out, want.loss, &want.d_u, &want.d_v, &want.lse);
     assert_tensor("row_loss", &ctx, &out.row_loss, &want.row_loss, 1);
+    // The forward-only call: the same forward kernels, so the same bits.
+    let fwd = be.mns_forward(&case.input()).unwrap();
+    assert_eq!(
+        fwd.loss.to_bits(),
+        out.loss.to_bits(),
+        "{}: forward loss",
+        ctx.name
+    );
+    assert_eq!(fwd.lse, out.lse, "{}: forward lse", ctx.name);
+    assert_eq!(fwd.row_loss, out.row_loss, "{}: forward row loss", ctx.name);
     // And against the CPU backend: both f32, each within the policy of the truth.
     let cpu = CpuBackend::new().mns_loss(&case.input()).unwrap();
     let agree = out

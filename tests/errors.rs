@@ -36,6 +36,12 @@ fn expect(input: MnsInput<'_>, want: MnsError) {
     assert_eq!(input.validate().unwrap_err(), want);
     for be in backends() {
         assert_eq!(be.mns_loss(&input).unwrap_err(), want, "{}", be.name());
+        assert_eq!(
+            be.mns_forward(&input).unwrap_err(),
+            want,
+            "{} forward",
+            be.name()
+        );
         // mns_loss_into with (possibly wrong-sized) poisoned buffers: untouched on error.
         let mut out = MnsOutput::filled(2, 3, 2, f32::NAN);
         out.top1 = vec![true; 2];

@@ -64,7 +64,8 @@ pub(crate) struct Part<'a> {
 
 impl<'a> Part<'a> {
     /// The parts of `plan`, each with its rows of the dV accumulator `dv`
-    /// (N × kp, split at the part boundaries) and scratch recycled from
+    /// (N × kp, split at the part boundaries; or empty, for a forward-only
+    /// call) and scratch recycled from
     /// `old` (one `[strip, du, us]` per part of an earlier call).
     pub fn for_plan(
         plan: &Plan,
@@ -80,7 +81,9 @@ impl<'a> Part<'a> {
             let (j0, j1) = (w[0], w[1].min(n));
             let wd = w[1] - w[0];
             let ld = Plan::strip_stride(wd);
-            let (mine, tail) = rest.split_at_mut((j1 - j0) * kp);
+            // An empty accumulator (a forward-only call): no part owns dV rows.
+            let rows = if rest.is_empty() { 0 } else { (j1 - j0) * kp };
+            let (mine, tail) = rest.split_at_mut(rows);
             rest = tail;
             let [strip, du, us] = old.next().unwrap_or_default();
             parts.push(Part {

@@ -30,7 +30,7 @@ mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use crate::{Backend, MnsError, MnsInput, MnsOutput, Problem};
+use crate::{Backend, MnsError, MnsForward, MnsInput, MnsOutput, Problem};
 use kernel::Part;
 use pack::Packed;
 use plan::Plan;
@@ -217,7 +217,9 @@ impl CpuBackend {
     /// # Safety
     ///
     /// The running CPU supports `S`'s instruction set.
-    unsafe fn compute<S: Simd>(&self, p: &Problem<'_>, out: &mut MnsOutput) {
+    /// With `forward_only`, phase B and the combine are skipped: `out` gets
+    /// L, lse, ℓ and top-1 (its gradient buffers may be empty).
+    unsafe fn compute<S: Simd>(&self, p: &Problem<'_>, out: &mut MnsOutput, forward_only: bool) {
         let (b, n, k) = (p.b, p.n, p.k);
         let plan = Plan::new((b, n, k), S::LANES, self.threads(), plan::l2_budget_bytes());
         let (kp, mb) = (plan.kp, plan.mb);
@@ -226,7 +228,13 @@ impl CpuBackend {
         let packed = Packed::new(p, &plan, S::ROWS, &mut scratch);
         let hits = p.hit_groups();
         let sh = packed.shared(p, &plan, &hits);
-        let mut dv = std::mem::take(&mut scratch.dv).recycle(n * kp);
+        // The dV accumulator (none for a forward-only call, which leaves the
+        // kept one in the scratch).
+        let mut dv = if forward_only {
+            scratch::Aligned::default()
+        } else {
+            std::mem::take(&mut scratch.dv).recycle(n * kp)
+        };
         let mut parts = Part::for_plan(&plan, n, &mut dv, std::mem::take(&mut scratch.parts));
 
         let mut rows = Rows::new(p, mb);
@@ -238,6 +246,9 @@ impl CpuBackend {
                 // SAFETY: the CPU supports S (this function's contract).
                 .for_each(|q| unsafe { S::phase_a(&sh, q, i0, r) });
             rows.merge(p, &mut parts, i0, r, out);
+            if forward_only {
+                continue;
+            }
             parts
                 .par_iter_mut()
                 .with_max_len(1)
@@ -246,24 +257,28 @@ impl CpuBackend {
             rows.combine(p, &mut parts, i0, r, kp, out);
         }
         scratch.parts = parts.into_iter().map(Part::into_scratch).collect();
-        out.d_v
-            .par_chunks_mut(k)
-            .zip(dv.par_chunks(kp))
-            .for_each(|(d, s)| d.copy_from_slice(&s[..k]));
         out.loss = rows.loss();
-        out.d_temperature = d_temperature(p, &out.d_u);
-        scratch.dv = dv;
+        if !forward_only {
+            out.d_v
+                .par_chunks_mut(k)
+                .zip(dv.par_chunks(kp))
+                .for_each(|(d, s)| d.copy_from_slice(&s[..k]));
+            out.d_temperature = d_temperature(p, &out.d_u);
+        }
+        if !forward_only {
+            scratch.dv = dv;
+        }
         packed.recycle_into(&mut scratch);
         self.scratch.put(scratch);
     }
 
     /// Runs [`CpuBackend::compute`] for this backend's kernel: the one
     /// dispatch of a call.
-    fn dispatch(&self, p: &Problem<'_>, out: &mut MnsOutput) {
+    fn dispatch(&self, p: &Problem<'_>, out: &mut MnsOutput, forward_only: bool) {
         CALLS[self.kernel as usize].fetch_add(1, Ordering::Relaxed);
         match self.kernel {
             // SAFETY: Portable's operations need no CPU feature.
-            Kernel::Portable => unsafe { self.compute::<portable::Portable>(p, out) },
+            Kernel::Portable => unsafe { self.compute::<portable::Portable>(p, out, forward_only) },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Fma | Kernel::Avx512 => {
                 // Checked by `with_kernel` already; a cheap cached test that
@@ -275,10 +290,10 @@ impl CpuBackend {
                 );
                 if self.kernel == Kernel::Avx512 {
                     // SAFETY: AVX-512F was detected on this CPU just above.
-                    unsafe { self.compute::<x86::Avx512>(p, out) }
+                    unsafe { self.compute::<x86::Avx512>(p, out, forward_only) }
                 } else {
                     // SAFETY: AVX2 and FMA were detected on this CPU just above.
-                    unsafe { self.compute::<x86::Avx2>(p, out) }
+                    unsafe { self.compute::<x86::Avx2>(p, out, forward_only) }
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
@@ -304,8 +319,18 @@ impl Backend for CpuBackend {
         self.in_pool(|| {
             let p = input.validate()?;
             out.check_shape(p.b, p.n, p.k)?;
-            self.dispatch(&p, out);
+            self.dispatch(&p, out, false);
             Ok(())
+        })
+    }
+
+    fn mns_forward(&self, input: &MnsInput<'_>) -> Result<MnsForward, MnsError> {
+        self.in_pool(|| {
+            let p = input.validate()?;
+            // Per-row buffers only: no gradient is formed.
+            let mut out = MnsOutput::filled(p.b, 0, 0, 0.0);
+            self.dispatch(&p, &mut out, true);
+            Ok(out.into())
         })
     }
 }

@@ -123,6 +123,73 @@ impl DeviceOutput {
     }
 }
 
+/// The shape, length and τ checks of the device entry points; (B, N, K).
+fn check_device(
+    input: &DeviceInput<'_>,
+    out: &DeviceOutput,
+) -> Result<(usize, usize, usize), MnsError> {
+    let k = input.dim;
+    if k == 0 {
+        return Err(MnsError::ZeroDim);
+    }
+    for (name, len) in [("u", input.u.len()), ("v", input.v.len())] {
+        if len % k != 0 {
+            return Err(MnsError::RaggedRows { name, len, dim: k });
+        }
+    }
+    let (b, n) = (input.u.len() / k, input.v.len() / k);
+    if b == 0 {
+        return Err(MnsError::EmptyBatch);
+    }
+    if n < b {
+        return Err(MnsError::TooFewCandidates { b, n });
+    }
+    if input.positive_offset > n - b {
+        return Err(MnsError::PositiveOffset {
+            offset: input.positive_offset,
+            b,
+            n,
+        });
+    }
+    let lens = [
+        ("log_q", input.log_q.len(), n),
+        ("ids", input.ids.map_or(n, |x| x.len()), n),
+        ("row_weight", input.row_weight.map_or(b, |x| x.len()), b),
+    ];
+    for (name, got, expected) in lens {
+        if got != expected {
+            return Err(MnsError::Length {
+                name,
+                expected,
+                got,
+            });
+        }
+    }
+    let t = input.temperature;
+    if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
+        return Err(MnsError::Temperature(t));
+    }
+    let outs = [
+        ("loss", out.loss.len(), 1),
+        ("d_u", out.d_u.len(), b * k),
+        ("d_v", out.d_v.len(), n * k),
+        ("lse", out.lse.len(), b),
+        ("row_loss", out.row_loss.len(), b),
+        ("top1", out.top1.len(), b),
+        ("d_temperature", out.d_temperature.len(), 1),
+    ];
+    for (name, got, expected) in outs {
+        if got != expected {
+            return Err(MnsError::OutputLength {
+                name,
+                expected,
+                got,
+            });
+        }
+    }
+    Ok((b, n, k))
+}
+
 /// A failed driver call as an [`MnsError::Cuda`] that keeps cudarc's error.
 fn cuda_err(e: cudarc::driver::DriverError) -> MnsError {
     e.into()
@@ -207,66 +274,22 @@ impl CudaBackend {
         input: &DeviceInput<'_>,
         out: &mut DeviceOutput,
     ) -> Result<(), MnsError> {
-        let k = input.dim;
-        if k == 0 {
-            return Err(MnsError::ZeroDim);
-        }
-        for (name, len) in [("u", input.u.len()), ("v", input.v.len())] {
-            if len % k != 0 {
-                return Err(MnsError::RaggedRows { name, len, dim: k });
-            }
-        }
-        let (b, n) = (input.u.len() / k, input.v.len() / k);
-        if b == 0 {
-            return Err(MnsError::EmptyBatch);
-        }
-        if n < b {
-            return Err(MnsError::TooFewCandidates { b, n });
-        }
-        if input.positive_offset > n - b {
-            return Err(MnsError::PositiveOffset {
-                offset: input.positive_offset,
-                b,
-                n,
-            });
-        }
-        let lens = [
-            ("log_q", input.log_q.len(), n),
-            ("ids", input.ids.map_or(n, |x| x.len()), n),
-            ("row_weight", input.row_weight.map_or(b, |x| x.len()), b),
-        ];
-        for (name, got, expected) in lens {
-            if got != expected {
-                return Err(MnsError::Length {
-                    name,
-                    expected,
-                    got,
-                });
-            }
-        }
-        let t = input.temperature;
-        if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
-            return Err(MnsError::Temperature(t));
-        }
-        let outs = [
-            ("loss", out.loss.len(), 1),
-            ("d_u", out.d_u.len(), b * k),
-            ("d_v", out.d_v.len(), n * k),
-            ("lse", out.lse.len(), b),
-            ("row_loss", out.row_loss.len(), b),
-            ("top1", out.top1.len(), b),
-            ("d_temperature", out.d_temperature.len(), 1),
-        ];
-        for (name, got, expected) in outs {
-            if got != expected {
-                return Err(MnsError::OutputLength {
-                    name,
-                    expected,
-                    got,
-                });
-            }
-        }
-        self.launch(stream, input, (b, n, k), out)
+        let (b, n, k) = check_device(input, out)?;
+        self.launch(stream, input, (b, n, k), out, false)
+    }
+
+    /// The forward only on device buffers: L, lse, ℓ and top-1 into `out`
+    /// (its gradient buffers are left as they are), three of the six
+    /// kernels, enqueued on `stream`. The same checks as
+    /// [`Self::mns_loss_device`].
+    pub fn mns_forward_device(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &DeviceInput<'_>,
+        out: &mut DeviceOutput,
+    ) -> Result<(), MnsError> {
+        let (b, n, k) = check_device(input, out)?;
+        self.launch(stream, input, (b, n, k), out, true)
     }
 
     fn launch(
@@ -275,6 +298,7 @@ impl CudaBackend {
         x: &DeviceInput<'_>,
         (b, n, k): (usize, usize, usize),
         out: &mut DeviceOutput,
+        forward_only: bool,
     ) -> Result<(), MnsError> {
         let plan = self.plan(b, n, k);
         let part_m = stream.alloc_zeros::<f32>(plan.splits * b)?;
@@ -328,7 +352,10 @@ impl CudaBackend {
             correct_positive: x.correct_positive,
             positive_offset: x.positive_offset,
         };
-        for l in abi::launches(&plan, (b, n, k), opt, &a) {
+        // A forward-only call stops after the loss (kernels 0..3).
+        let all = abi::launches(&plan, (b, n, k), opt, &a);
+        let count = if forward_only { 3 } else { all.len() };
+        for l in &all[..count] {
             let mut lb = stream.launch_builder(&self.funcs[l.kernel]);
             match &l.params {
                 abi::Params::Fwd(p) => lb.arg(p),
@@ -364,6 +391,27 @@ impl Backend for CudaBackend {
     fn mns_loss_into(&self, input: &MnsInput<'_>, out: &mut MnsOutput) -> Result<(), MnsError> {
         let p = input.validate()?;
         out.check_shape(p.b, p.n, p.k)?;
+        let got = self.on_device(&p, |x, d| self.mns_loss_device(&self.stream, x, d))?;
+        *out = got;
+        Ok(())
+    }
+
+    fn mns_forward(&self, input: &MnsInput<'_>) -> Result<crate::MnsForward, MnsError> {
+        let p = input.validate()?;
+        let got = self.on_device(&p, |x, d| self.mns_forward_device(&self.stream, x, d))?;
+        Ok(got.into())
+    }
+}
+
+impl CudaBackend {
+    /// Copies a validated problem's inputs to the device and runs `f` on
+    /// them with fresh outputs, then copies everything back (before touching
+    /// any caller buffer, so that a failure leaves them as they were).
+    fn on_device(
+        &self,
+        p: &crate::Problem<'_>,
+        f: impl FnOnce(&DeviceInput<'_>, &mut DeviceOutput) -> Result<(), MnsError>,
+    ) -> Result<MnsOutput, MnsError> {
         let s = &self.stream;
         let u = s.clone_htod(p.u).map_err(cuda_err)?;
         let v = s.clone_htod(p.v).map_err(cuda_err)?;
@@ -390,7 +438,7 @@ impl Backend for CudaBackend {
             positive_offset: p.positive_offset,
         };
         let mut d = DeviceOutput::zeros(s, p.b, p.n, p.k)?;
-        self.mns_loss_device(s, &dev, &mut d)?;
+        f(&dev, &mut d)?;
         // Copy everything back before touching `out`, so that a failure
         // leaves the caller's buffers as they were.
         let loss = s.clone_dtoh(&d.loss).map_err(cuda_err)?;
@@ -401,16 +449,14 @@ impl Backend for CudaBackend {
         let top1 = s.clone_dtoh(&d.top1).map_err(cuda_err)?;
         let d_temperature = s.clone_dtoh(&d.d_temperature).map_err(cuda_err)?;
         s.synchronize().map_err(cuda_err)?;
-        out.loss = loss[0];
-        out.d_temperature = d_temperature[0];
-        out.d_u.copy_from_slice(&d_u);
-        out.d_v.copy_from_slice(&d_v);
-        out.lse.copy_from_slice(&lse);
-        out.row_loss.copy_from_slice(&row_loss);
-        out.top1
-            .iter_mut()
-            .zip(&top1)
-            .for_each(|(t, &x)| *t = x != 0);
-        Ok(())
+        Ok(MnsOutput {
+            loss: loss[0],
+            d_u,
+            d_v,
+            lse,
+            row_loss,
+            top1: top1.iter().map(|&x| x != 0).collect(),
+            d_temperature: d_temperature[0],
+        })
     }
 }
