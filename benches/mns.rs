@@ -95,24 +95,16 @@ fn check_three_mm() {
 fn check_output(name: &str, d: &Synthetic, out: &MnsOutput) {
     let (b, k) = (d.u.len() / d.k, d.k);
     let bs = b.min(64);
-    let case = common::Case {
-        name: format!(
+    let case = common::Case::new(
+        format!(
             "bench check {name} {b}x{}x{k} (first {bs} rows)",
             d.v.len() / k
         ),
-        u: d.u[..bs * k].to_vec(),
-        v: d.v.clone(),
-        log_q: d.log_q.clone(),
-        ids: Some(d.ids.clone()),
-        row_weight: None,
+        (d.u[..bs * k].to_vec(), d.v.clone(), d.log_q.clone()),
+        Some(d.ids.clone()),
         k,
-        temperature: 0.05,
-        temperature_text: "0.05".into(),
-        correct_positive: true,
-        positive_offset: 0,
-        mags: Default::default(),
-        naive: Default::default(),
-    };
+        0.05,
+    );
     let want = mixneg::reference::mns_loss_f64(&case.input()).unwrap();
     let scale = b as f32 / bs as f32;
     let d_u: Vec<f32> = out.d_u[..bs * k].iter().map(|x| x * scale).collect();

@@ -1,4 +1,5 @@
-//! Times the fused CPU loss at one shape: `cargo run --release --example timeit -- B BP K [reps]`.
+//! Times the fused CPU loss at one shape, and the forward-only call
+//! alternating with it: `cargo run --release --example timeit -- B BP K [reps]`.
 use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput};
 use std::time::Instant;
 fn main() {
@@ -23,19 +24,29 @@ fn main() {
     let be = CpuBackend::from_env().unwrap();
     let input = MnsInput::new(&u, &v, &lq, k).temperature(0.05);
     let mut out = MnsOutput::filled(b, n, k, 0.0);
-    let mut ts = vec![];
+    let (mut ts, mut fs) = (vec![], vec![]);
     for _ in 0..reps {
         let t = Instant::now();
         be.mns_loss_into(&input, &mut out).unwrap();
         ts.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        be.mns_forward(&input).unwrap();
+        fs.push(t.elapsed().as_secs_f64());
     }
     ts.sort_by(f64::total_cmp);
+    fs.sort_by(f64::total_cmp);
     let med = ts[ts.len() / 2];
+    let fwd = fs[fs.len() / 2];
     println!(
         "{} {b}x{n}x{k}: median {:.2} ms, {:.1} GFLOP/s, loss {}",
         be.name(),
         med * 1e3,
         6.0 * (b * n * k) as f64 / med / 1e9,
         out.loss
+    );
+    println!(
+        "  forward only: median {:.2} ms ({:.2}x the full call)",
+        fwd * 1e3,
+        fwd / med
     );
 }

@@ -114,31 +114,7 @@ impl<'a> MnsInput<'a> {
     ///
     /// [`validate`]: MnsInput::validate
     pub fn dims(&self) -> Result<(usize, usize, usize), MnsError> {
-        let k = self.dim;
-        if k == 0 {
-            return Err(MnsError::ZeroDim);
-        }
-        for (name, len) in [("u", self.u.len()), ("v", self.v.len())] {
-            if len % k != 0 {
-                return Err(MnsError::RaggedRows { name, len, dim: k });
-            }
-        }
-        let b = self.u.len() / k;
-        let n = self.v.len() / k;
-        if b == 0 {
-            return Err(MnsError::EmptyBatch);
-        }
-        if n < b {
-            return Err(MnsError::TooFewCandidates { b, n });
-        }
-        if self.positive_offset > n - b {
-            return Err(MnsError::PositiveOffset {
-                offset: self.positive_offset,
-                b,
-                n,
-            });
-        }
-        Ok((b, n, k))
+        shape(self.u.len(), self.v.len(), self.dim, self.positive_offset)
     }
 
     /// Check every shape and value (one parallel pass over u, v, log_q and
@@ -153,11 +129,7 @@ impl<'a> MnsInput<'a> {
             check_len("row_weight", w.len(), b)?;
         }
         let t = self.temperature;
-        // 1/τ must be finite in f32 too: τ below ~2.9e-39 would make every
-        // logit ±∞ or NaN (found by the fuzzer: τ = 5e-44).
-        if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
-            return Err(MnsError::Temperature(t));
-        }
+        check_temperature(t)?;
         check_finite("u", self.u)?;
         check_finite("v", self.v)?;
         check_finite("log_q", self.log_q)?;
@@ -236,7 +208,47 @@ impl<'a> MnsInput<'a> {
     }
 }
 
-fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), MnsError> {
+/// (B, N, K) from the lengths of u and v, or the first shape error: K ≥ 1,
+/// u and v whole rows, B ≥ 1, N ≥ B, a positive offset ≤ N − B. Shared by
+/// the host and the device entry points.
+pub(crate) fn shape(
+    u_len: usize,
+    v_len: usize,
+    k: usize,
+    offset: usize,
+) -> Result<(usize, usize, usize), MnsError> {
+    if k == 0 {
+        return Err(MnsError::ZeroDim);
+    }
+    for (name, len) in [("u", u_len), ("v", v_len)] {
+        if len % k != 0 {
+            return Err(MnsError::RaggedRows { name, len, dim: k });
+        }
+    }
+    let (b, n) = (u_len / k, v_len / k);
+    if b == 0 {
+        return Err(MnsError::EmptyBatch);
+    }
+    if n < b {
+        return Err(MnsError::TooFewCandidates { b, n });
+    }
+    if offset > n - b {
+        return Err(MnsError::PositiveOffset { offset, b, n });
+    }
+    Ok((b, n, k))
+}
+
+/// τ finite and > 0, with 1/τ finite in f32 too: τ below ~2.9e-39 would make
+/// every logit ±∞ or NaN (found by the fuzzer: τ = 5e-44).
+pub(crate) fn check_temperature(t: f32) -> Result<(), MnsError> {
+    if t.is_finite() && t > 0.0 && (1.0 / t).is_finite() {
+        Ok(())
+    } else {
+        Err(MnsError::Temperature(t))
+    }
+}
+
+pub(crate) fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), MnsError> {
     if got == expected {
         Ok(())
     } else {

@@ -128,47 +128,21 @@ fn check_device(
     input: &DeviceInput<'_>,
     out: &DeviceOutput,
 ) -> Result<(usize, usize, usize), MnsError> {
-    let k = input.dim;
-    if k == 0 {
-        return Err(MnsError::ZeroDim);
+    use crate::input::{check_len, check_temperature, shape};
+    let (b, n, k) = shape(
+        input.u.len(),
+        input.v.len(),
+        input.dim,
+        input.positive_offset,
+    )?;
+    check_len("log_q", input.log_q.len(), n)?;
+    if let Some(ids) = input.ids {
+        check_len("ids", ids.len(), n)?;
     }
-    for (name, len) in [("u", input.u.len()), ("v", input.v.len())] {
-        if len % k != 0 {
-            return Err(MnsError::RaggedRows { name, len, dim: k });
-        }
+    if let Some(w) = input.row_weight {
+        check_len("row_weight", w.len(), b)?;
     }
-    let (b, n) = (input.u.len() / k, input.v.len() / k);
-    if b == 0 {
-        return Err(MnsError::EmptyBatch);
-    }
-    if n < b {
-        return Err(MnsError::TooFewCandidates { b, n });
-    }
-    if input.positive_offset > n - b {
-        return Err(MnsError::PositiveOffset {
-            offset: input.positive_offset,
-            b,
-            n,
-        });
-    }
-    let lens = [
-        ("log_q", input.log_q.len(), n),
-        ("ids", input.ids.map_or(n, |x| x.len()), n),
-        ("row_weight", input.row_weight.map_or(b, |x| x.len()), b),
-    ];
-    for (name, got, expected) in lens {
-        if got != expected {
-            return Err(MnsError::Length {
-                name,
-                expected,
-                got,
-            });
-        }
-    }
-    let t = input.temperature;
-    if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
-        return Err(MnsError::Temperature(t));
-    }
+    check_temperature(input.temperature)?;
     let outs = [
         ("loss", out.loss.len(), 1),
         ("d_u", out.d_u.len(), b * k),

@@ -28,6 +28,32 @@ pub struct Case {
 }
 
 impl Case {
+    /// A case with the given data, τ, no weights, the corrected diagonal and
+    /// no positive offset.
+    pub fn new(
+        name: String,
+        (u, v, log_q): (Vec<f32>, Vec<f32>, Vec<f32>),
+        ids: Option<Vec<i64>>,
+        k: usize,
+        temperature: f32,
+    ) -> Case {
+        Case {
+            name,
+            u,
+            v,
+            log_q,
+            ids,
+            row_weight: None,
+            k,
+            temperature,
+            temperature_text: temperature.to_string(),
+            correct_positive: true,
+            positive_offset: 0,
+            mags: Default::default(),
+            naive: Default::default(),
+        }
+    }
+
     pub fn input(&self) -> MnsInput<'_> {
         let mut x = MnsInput::new(&self.u, &self.v, &self.log_q, self.k)
             .temperature(self.temperature)
@@ -107,21 +133,13 @@ pub fn random_case(seed: u64, b: usize, bp: usize, k: usize) -> Case {
         .iter()
         .map(|&id| (-(1.0 + id as f64).ln() - 3.0) as f32)
         .collect();
-    Case {
-        name: format!("random(seed={seed}, B={b}, B'={bp}, K={k})"),
-        u,
-        v,
-        log_q,
-        ids: Some(ids),
-        row_weight: None,
+    Case::new(
+        format!("random(seed={seed}, B={b}, B'={bp}, K={k})"),
+        (u, v, log_q),
+        Some(ids),
         k,
-        temperature: 0.05,
-        temperature_text: "0.05".into(),
-        correct_positive: true,
-        positive_offset: 0,
-        mags: Default::default(),
-        naive: Default::default(),
-    }
+        0.05,
+    )
 }
 
 /// Expected f64 results of a test vector.
@@ -565,28 +583,28 @@ pub fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
     if den > 0.0 { num / den } else { num }
 }
 
-/// Assert one tensor (`d_u`, `d_v`, `lse` or `row_loss`) against its f64
-/// reference under the policy; on failure print the errors and the first
-/// five offending elements.
+/// ‖x − ref‖₂ in f64.
+fn l2_err(got: &[f32], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
 /// The policy's bound on ‖x − ref‖₂ for tensor `what` of `case` (see above),
-/// with the relative scale D it is measured against.
+/// with the naive baseline's error and the relative scale D it is measured
+/// against.
 pub fn tensor_bound(what: &str, case: &Case, want: &[f64]) -> (f64, f64, f64) {
-    let base = |nv: &MnsOutput| -> Vec<f32> {
+    fn base<'a>(nv: &'a MnsOutput, what: &str) -> &'a [f32] {
         match what {
-            "d_u" => nv.d_u.clone(),
-            "d_v" => nv.d_v.clone(),
-            "lse" => nv.lse.clone(),
-            "row_loss" => nv.row_loss.clone(),
+            "d_u" => &nv.d_u,
+            "d_v" => &nv.d_v,
+            "lse" => &nv.lse,
+            "row_loss" => &nv.row_loss,
             _ => panic!("no naive baseline for {what}"),
         }
-    };
-    let l2 = |x: &[f32]| -> f64 {
-        x.iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).powi(2))
-            .sum::<f64>()
-            .sqrt()
-    };
+    }
     let m = magnitudes(case);
     let noise = match what {
         "d_u" => m.du_noise,
@@ -597,7 +615,7 @@ pub fn tensor_bound(what: &str, case: &Case, want: &[f64]) -> (f64, f64, f64) {
     };
     let naive_err = naive(case)
         .iter()
-        .map(|nv| l2(&base(nv)))
+        .map(|nv| l2_err(base(nv, what), want))
         .fold(noise, f64::max);
     let mut den = want.iter().map(|w| w * w).sum::<f64>().sqrt();
     if what == "lse" || what == "row_loss" {
@@ -616,15 +634,13 @@ pub fn tensor_bound(what: &str, case: &Case, want: &[f64]) -> (f64, f64, f64) {
     )
 }
 
+/// Assert one tensor (`d_u`, `d_v`, `lse` or `row_loss`) against its f64
+/// reference under the policy; on failure print the errors and the first
+/// five offending elements.
 pub fn assert_tensor(what: &str, case: &Case, got: &[f32], want: &[f64], cols: usize) {
     assert_eq!(got.len(), want.len(), "{}: {what} length", case.name);
     let nan = got.iter().filter(|x| !x.is_finite()).count();
-    let num = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let num = l2_err(got, want);
     let (bound, naive_err, den) = tensor_bound(what, case, want);
     if nan > 0 || num.is_nan() || num > bound {
         let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
