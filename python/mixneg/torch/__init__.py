@@ -1,0 +1,348 @@
+"""PyTorch front end: ``mns_loss`` with autograd, and the ``MnsLoss`` module.
+
+The computation is the custom op ``torch.ops.mixneg.mns_loss`` (registered with
+``torch.library.custom_op``, with a fake implementation and an autograd
+formula), so ``torch.compile`` graphs containing it work and
+``torch.library.opcheck`` passes. Its CPU kernel reads float32 C-contiguous
+tensors in place (through NumPy views, no copy) and returns tensors that own
+the kernel's output buffers.
+
+Reductions and what backward costs:
+
+* ``"mean"`` (the crate's L = (1/B) Σ w_i ℓ_i) and ``"sum"`` (B·L): when a
+  gradient is needed, the forward is one full fused call, which also returns
+  ∂L/∂U, ∂L/∂V and ∂L/∂τ; backward only scales them by the upstream scalar
+  (an elementwise pass). Without a gradient the forward runs the forward-only
+  kernel (a third of the flops).
+* ``"none"`` (the vector w_i·ℓ_i): the forward runs the forward-only kernel;
+  backward, given the upstream g, is a second fused call with row weights
+  w_i·g_i·B (two calls when g has both signs, since the kernels take weights
+  ≥ 0): about 1.33 full calls in all.
+
+``log_q`` and ``ids`` take no gradient (``log_q`` must not require one);
+``row_weight`` does (∂/∂w_i of the mean is ℓ_i/B).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _native
+
+__all__ = ["mns_loss", "MnsLoss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _np(t: Optional[Tensor]) -> Optional[np.ndarray]:
+    """A NumPy view of a CPU tensor (no copy when it is contiguous)."""
+    if t is None:
+        return None
+    return t.detach().contiguous().numpy()
+
+
+def _check_f32(name: str, t: Optional[Tensor]) -> None:
+    if t is not None and t.dtype != torch.float32:
+        raise TypeError(f"torch.ops.mixneg: {name} must be float32, got {t.dtype}")
+
+
+def _call(query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad):
+    for name, t in (("query", query), ("candidates", candidates), ("log_q", log_q), ("row_weight", row_weight)):
+        _check_f32(name, t)
+    if ids is not None and ids.dtype != torch.int64:
+        raise TypeError(f"torch.ops.mixneg: ids must be int64, got {ids.dtype}")
+    if temperature.numel() != 1:
+        raise ValueError(f"temperature must hold one value, got shape {tuple(temperature.shape)}")
+    if positive_offset < 0:
+        raise ValueError(f"positive_offset must be at least 0, got {positive_offset}")
+    return _native.mns_loss(
+        _np(query),
+        _np(candidates),
+        _np(log_q),
+        temperature=float(temperature.item()),
+        ids=_np(ids),
+        row_weight=_np(row_weight),
+        correct_positive=correct_positive,
+        positive_offset=positive_offset,
+        threads=max(threads, 0),
+        grad=grad,
+    )
+
+
+@torch.library.custom_op("mixneg::mns_loss", mutates_args=(), device_types="cpu")
+def _mns_loss_op(
+    query: Tensor,
+    candidates: Tensor,
+    log_q: Tensor,
+    temperature: Tensor,
+    ids: Optional[Tensor],
+    row_weight: Optional[Tensor],
+    correct_positive: bool,
+    positive_offset: int,
+    reduction: str,
+    need_grad: bool,
+    threads: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss, row_loss, ∂L/∂U, ∂L/∂V, ∂L/∂τ) of the mean loss L. ``loss`` is
+    reduced as ``reduction`` says; ``row_loss`` is the unweighted ℓ; the three
+    gradients are those of the mean L when ``need_grad`` and the reduction is
+    not "none", else empty (shape (0,), and ∂L/∂τ = 0)."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    grad = need_grad and reduction != "none"
+    r = _call(query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad)
+    row_loss = torch.from_numpy(r["row_loss"])
+    b = query.shape[0]
+    if reduction == "mean":
+        loss = torch.tensor(r["loss"], dtype=torch.float32)
+    elif reduction == "sum":
+        loss = torch.tensor(r["loss"] * b, dtype=torch.float32)
+    else:
+        loss = row_loss * row_weight if row_weight is not None else row_loss.clone()
+    if grad:
+        du = torch.from_numpy(r["d_u"])
+        dv = torch.from_numpy(r["d_v"])
+        dt = torch.tensor(r["d_temperature"], dtype=torch.float32)
+    else:
+        du = query.new_empty((0,))
+        dv = candidates.new_empty((0,))
+        dt = query.new_zeros(())
+    return loss, row_loss, du, dv, dt
+
+
+@_mns_loss_op.register_fake
+def _(query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, reduction, need_grad, threads):
+    b, k = query.shape
+    n = candidates.shape[0]
+    grad = need_grad and reduction != "none"
+    loss = query.new_empty((b,) if reduction == "none" else ())
+    return (
+        loss,
+        query.new_empty((b,)),
+        query.new_empty((b, k) if grad else (0,)),
+        candidates.new_empty((n, k) if grad else (0,)),
+        query.new_empty(()),
+    )
+
+
+@torch.library.custom_op("mixneg::mns_loss_backward", mutates_args=(), device_types="cpu")
+def _mns_backward_op(
+    query: Tensor,
+    candidates: Tensor,
+    log_q: Tensor,
+    temperature: Tensor,
+    ids: Optional[Tensor],
+    coef: Tensor,
+    correct_positive: bool,
+    positive_offset: int,
+    threads: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """∂/∂(U, V, τ) of Σ_i coef_i·ℓ_i, for any real coef (B): the fused
+    gradient with row weights B·coef, split into its positive and negative
+    parts (the kernels take weights ≥ 0)."""
+    b = query.shape[0]
+    c = coef.detach().to(torch.float64) * b
+    du = torch.zeros_like(query)
+    dv = torch.zeros_like(candidates)
+    dt = torch.zeros((), dtype=torch.float32)
+    for sign, part in ((1.0, c.clamp(min=0)), (-1.0, (-c).clamp(min=0))):
+        if not bool((part > 0).any()):
+            continue
+        w = part.to(torch.float32)
+        r = _call(query, candidates, log_q, temperature, ids, w, correct_positive, positive_offset, threads, True)
+        du += sign * torch.from_numpy(r["d_u"])
+        dv += sign * torch.from_numpy(r["d_v"])
+        dt += sign * r["d_temperature"]
+    return du, dv, dt
+
+
+@_mns_backward_op.register_fake
+def _(query, candidates, log_q, temperature, ids, coef, correct_positive, positive_offset, threads):
+    return torch.empty_like(query), torch.empty_like(candidates), query.new_empty(())
+
+
+def _setup_context(ctx, inputs, output):
+    (query, candidates, log_q, temperature, ids, row_weight, cp, offset, reduction, need_grad, threads) = inputs
+    loss, row_loss, du, dv, dt = output
+    ctx.mark_non_differentiable(row_loss, du, dv, dt)
+    ctx.options = (cp, offset, reduction, need_grad, threads)
+    ctx.b = query.shape[0]
+    if reduction == "none":
+        ctx.save_for_backward(query, candidates, log_q, temperature, ids, row_weight, row_loss)
+    else:
+        ctx.save_for_backward(du, dv, dt, row_loss)
+
+
+def _backward(ctx, g_loss, g_row_loss, g_du, g_dv, g_dt):
+    cp, offset, reduction, need_grad, threads = ctx.options
+    need_u, need_v, _, need_t, _, need_w = ctx.needs_input_grad[:6]
+    gq = gc = gt = gw = None
+    if reduction == "none":
+        query, candidates, log_q, temperature, ids, row_weight, row_loss = ctx.saved_tensors
+        if need_u or need_v or need_t:
+            coef = g_loss if row_weight is None else g_loss * row_weight
+            gq, gc, gt = torch.ops.mixneg.mns_loss_backward(
+                query, candidates, log_q, temperature, ids, coef, cp, offset, threads
+            )
+            gt = gt.reshape(temperature.shape)
+        if need_w:
+            gw = g_loss * row_loss
+    else:
+        du, dv, dt, row_loss = ctx.saved_tensors
+        if (need_u or need_v or need_t) and not need_grad:
+            raise RuntimeError("mixneg::mns_loss was called with need_grad=False; no gradient was computed")
+        scale = g_loss * ctx.b if reduction == "sum" else g_loss
+        if need_u:
+            gq = du * scale
+        if need_v:
+            gc = dv * scale
+        if need_t:
+            gt = dt * scale
+        if need_w:
+            gw = row_loss * (scale / ctx.b)
+    return gq, gc, None, gt, None, gw, None, None, None, None, None
+
+
+torch.library.register_autograd("mixneg::mns_loss", _backward, setup_context=_setup_context)
+
+
+def _tensor(name: str, x, ndim: int) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float64, bfloat16 or float16), got {x.dtype}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")
+    return x
+
+
+def _same_device(named) -> torch.device:
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t is not None and t.device != first.device:
+            raise ValueError(f"{first_name} is on {first.device} but {name} is on {t.device}: all tensors must be on one device")
+    if first.device.type != "cpu":
+        raise ValueError(
+            f"{first_name} is on {first.device}: this build of mixneg runs the CPU kernels only "
+            "(the CUDA entry point is not bound yet); move the tensors to the CPU"
+        )
+    return first.device
+
+
+def mns_loss(
+    query: Tensor,
+    candidates: Tensor,
+    log_q: Tensor,
+    *,
+    temperature: Union[float, Tensor] = 1.0,
+    ids: Optional[Tensor] = None,
+    row_weight: Optional[Tensor] = None,
+    correct_positive: bool = True,
+    positive_offset: int = 0,
+    reduction: str = "mean",
+) -> Tensor:
+    """The fused MNS loss of ``query`` (B×K) against ``candidates`` (N×K) with
+    autograd to ``query``, ``candidates``, ``row_weight`` and ``temperature``
+    (when it is a tensor that requires grad).
+
+    Row i + ``positive_offset`` of ``candidates`` is query i's positive;
+    ``log_q`` (N) is subtracted from every logit (from the positive's too when
+    ``correct_positive``); ``ids`` (N, integer) remove accidental hits;
+    ``row_weight`` (B, ≥ 0) weighs the rows. ``reduction``: "mean" (L =
+    (1/B) Σ w_i ℓ_i), "sum" (B·L) or "none" (the vector w_i ℓ_i). float32
+    tensors are read in place; float64, bfloat16 and float16 are computed in
+    float32 and their gradients returned in their own dtype; the loss has the
+    promoted dtype of ``query`` and ``candidates``. Bad input raises
+    ValueError or TypeError.
+    """
+    query = _tensor("query", query, 2)
+    candidates = _tensor("candidates", candidates, 2)
+    log_q = _tensor("log_q", log_q, 1)
+    if row_weight is not None:
+        row_weight = _tensor("row_weight", row_weight, 1)
+    if ids is not None:
+        if not isinstance(ids, Tensor):
+            raise TypeError(f"ids must be a torch.Tensor, got {type(ids).__name__}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
+        if ids.dim() != 1:
+            raise ValueError(f"ids must have 1 dimension, got shape {tuple(ids.shape)}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if isinstance(positive_offset, bool) or not isinstance(positive_offset, int):
+        raise TypeError(f"positive_offset must be an int, got {type(positive_offset).__name__}")
+    if positive_offset < 0:
+        raise ValueError(f"positive_offset must be at least 0, got {positive_offset}")
+    if isinstance(temperature, Tensor):
+        if temperature.dtype not in _FLOATS:
+            raise TypeError(f"temperature must be a floating-point tensor, got {temperature.dtype}")
+        if temperature.numel() != 1:
+            raise ValueError(f"temperature must hold one value, got shape {tuple(temperature.shape)}")
+        t = temperature.reshape(()).to(torch.float32)
+    elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        t = torch.tensor(float(temperature), dtype=torch.float32)
+    else:
+        raise TypeError(f"temperature must be a float or a tensor, got {type(temperature).__name__}")
+    _same_device(
+        [("query", query), ("candidates", candidates), ("log_q", log_q), ("ids", ids), ("row_weight", row_weight),
+         ("temperature", temperature if isinstance(temperature, Tensor) else None)]
+    )
+    if log_q.requires_grad:
+        raise ValueError("log_q must not require grad: the loss is not differentiated with respect to it (detach it)")
+    out_dtype = torch.promote_types(query.dtype, candidates.dtype)
+    need_grad = torch.is_grad_enabled() and (
+        query.requires_grad or candidates.requires_grad or (isinstance(temperature, Tensor) and t.requires_grad)
+    )
+    f32 = torch.float32
+    loss, _, _, _, _ = torch.ops.mixneg.mns_loss(
+        query.to(f32).contiguous(),
+        candidates.to(f32).contiguous(),
+        log_q.to(f32).contiguous(),
+        t,
+        None if ids is None else ids.to(torch.int64).contiguous(),
+        None if row_weight is None else row_weight.to(f32).contiguous(),
+        bool(correct_positive),
+        positive_offset,
+        reduction,
+        need_grad,
+        torch.get_num_threads(),
+    )
+    return loss.to(out_dtype)
+
+
+class MnsLoss(torch.nn.Module):
+    """``mns_loss`` as a module. ``temperature`` is a float, or a tensor / an
+    ``nn.Parameter`` to learn it; the other options are fixed at construction.
+    ``forward(query, candidates, log_q, ids=None, row_weight=None,
+    positive_offset=0)``."""
+
+    def __init__(self, temperature: Union[float, Tensor] = 1.0, *, correct_positive: bool = True, reduction: str = "mean"):
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.temperature = temperature
+        self.correct_positive = correct_positive
+        self.reduction = reduction
+
+    def forward(self, query, candidates, log_q, ids=None, row_weight=None, positive_offset: int = 0) -> Tensor:
+        return mns_loss(
+            query,
+            candidates,
+            log_q,
+            temperature=self.temperature,
+            ids=ids,
+            row_weight=row_weight,
+            correct_positive=self.correct_positive,
+            positive_offset=positive_offset,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        t = self.temperature
+        t = f"{float(t):g}" if not isinstance(t, Tensor) else f"tensor({float(t.detach().reshape(-1)[0]):g})"
+        return f"temperature={t}, correct_positive={self.correct_positive}, reduction={self.reduction!r}"

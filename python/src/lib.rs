@@ -1,0 +1,178 @@
+//! `mixneg._native`: the extension module under the Python package `mixneg`.
+//!
+//! One function, [`mns_loss`], on NumPy arrays: the fused MNS loss of the
+//! `mixneg` crate (docs/design.md §2) on its CPU backend. The Python layer
+//! (`mixneg/__init__.py`) converts dtypes and layouts and checks ranks; this
+//! module reads C-contiguous float32 (and int64 ids) arrays in place, without
+//! a copy, releases the GIL for the call, and hands the results back as NumPy
+//! arrays that own the Rust buffers (no copy either). Every crate error
+//! becomes a `ValueError` carrying the crate's message.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use mixneg::{Backend, CpuBackend, MnsError, MnsInput};
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// The crate's error as a Python exception: every input error is a
+/// `ValueError` with the crate's message (which names the numbers); a
+/// thread-pool or kernel failure is a `RuntimeError`.
+fn to_py(e: MnsError) -> PyErr {
+    match e {
+        MnsError::ThreadPool { .. } | MnsError::KernelUnavailable(_) => {
+            PyRuntimeError::new_err(e.to_string())
+        }
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// One CPU backend per requested thread count (0 = rayon's global pool),
+/// kept for the life of the process so that its scratch and its thread pool
+/// are reused across calls. Clones share the scratch; concurrent calls each
+/// take their own (the crate's `CpuBackend` docs).
+fn backend(threads: usize) -> PyResult<CpuBackend> {
+    static CACHE: OnceLock<Mutex<HashMap<usize, CpuBackend>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    // A poisoned lock only means another call panicked while inserting; the
+    // map itself is still a valid cache.
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = map.get(&threads) {
+        return Ok(b.clone());
+    }
+    let mut b = CpuBackend::from_env().map_err(to_py)?;
+    if threads > 0 {
+        b = b.with_threads(threads).map_err(to_py)?;
+    }
+    map.insert(threads, b.clone());
+    Ok(b)
+}
+
+/// A C-contiguous view of a NumPy array, or a `ValueError` naming it (the
+/// Python layer makes every array contiguous first, so this is only reached
+/// when `_native` is called directly).
+fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
+    name: &str,
+    a: &'a numpy::PyReadonlyArray<'_, T, D>,
+) -> PyResult<&'a [T]> {
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
+}
+
+/// The fused MNS loss on NumPy arrays (docs/design.md §2, §8).
+///
+/// `u` (B×K) and `v` (N×K) float32, `log_q` (N) float32, `ids` (N) int64 or
+/// None, `row_weight` (B) float32 or None; row i + `positive_offset` of `v`
+/// is query i's positive. Returns a dict with `loss` (float, L = (1/B)
+/// Σ w_i ℓ_i), `lse`, `row_loss` (ℓ_i, unweighted) and `top1` (B), and, when
+/// `grad` is true, `d_u` = ∂L/∂U (B×K), `d_v` = ∂L/∂V (N×K) and
+/// `d_temperature` = ∂L/∂τ = −⟨U, ∂L/∂U⟩/τ (float); with `grad` false those
+/// three are None and the call runs the forward only (a third of the flops).
+/// `threads` = 0 uses rayon's global pool (`RAYON_NUM_THREADS`).
+#[pyfunction]
+#[pyo3(signature = (u, v, log_q, *, temperature, ids=None, row_weight=None,
+                    correct_positive=true, positive_offset=0, threads=0, grad=true))]
+#[allow(clippy::too_many_arguments)]
+fn mns_loss<'py>(
+    py: Python<'py>,
+    u: PyReadonlyArray2<'py, f32>,
+    v: PyReadonlyArray2<'py, f32>,
+    log_q: PyReadonlyArray1<'py, f32>,
+    temperature: f64,
+    ids: Option<PyReadonlyArray1<'py, i64>>,
+    row_weight: Option<PyReadonlyArray1<'py, f32>>,
+    correct_positive: bool,
+    positive_offset: usize,
+    threads: usize,
+    grad: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let [b, k] = [u.shape()[0], u.shape()[1]];
+    let [n, kv] = [v.shape()[0], v.shape()[1]];
+    // The crate takes flat rows and one K: a v with another row length could
+    // otherwise be read as a different number of K-long rows.
+    if kv != k {
+        return Err(PyValueError::new_err(format!(
+            "u has K = {k} columns but v has {kv}: queries and candidates must have the same embedding dimension"
+        )));
+    }
+    // τ is checked in f64 before it is rounded to f32, so that the message
+    // shows the caller's value; the crate then checks the f32 (e.g. 1e-50
+    // rounds to 0 and is refused there).
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "temperature must be finite and > 0, got {temperature}"
+        )));
+    }
+    let backend = backend(threads)?;
+    let (us, vs, lqs) = (slice("u", &u)?, slice("v", &v)?, slice("log_q", &log_q)?);
+    let ids_s = ids.as_ref().map(|a| slice("ids", a)).transpose()?;
+    let w_s = row_weight
+        .as_ref()
+        .map(|a| slice("row_weight", a))
+        .transpose()?;
+    let mut input = MnsInput::new(us, vs, lqs, k)
+        .temperature(temperature as f32)
+        .correct_positive(correct_positive)
+        .positive_offset(positive_offset);
+    if let Some(ids) = ids_s {
+        input = input.ids(ids);
+    }
+    if let Some(w) = w_s {
+        input = input.row_weight(w);
+    }
+    // The kernels run without the GIL: the borrowed slices stay valid because
+    // the readonly array handles above live until this function returns.
+    let out = py.detach(|| {
+        if grad {
+            backend.mns_loss(&input).map(Ok)
+        } else {
+            backend.mns_forward(&input).map(Err)
+        }
+    });
+    let d = PyDict::new(py);
+    match out.map_err(to_py)? {
+        Ok(o) => {
+            d.set_item("loss", o.loss)?;
+            d.set_item("lse", o.lse.into_pyarray(py))?;
+            d.set_item("row_loss", o.row_loss.into_pyarray(py))?;
+            d.set_item("top1", o.top1.into_pyarray(py))?;
+            let du = Array2::from_shape_vec((b, k), o.d_u)
+                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            let dv = Array2::from_shape_vec((n, k), o.d_v)
+                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            d.set_item("d_u", du.into_pyarray(py))?;
+            d.set_item("d_v", dv.into_pyarray(py))?;
+            d.set_item("d_temperature", o.d_temperature)?;
+        }
+        Err(f) => {
+            d.set_item("loss", f.loss)?;
+            d.set_item("lse", f.lse.into_pyarray(py))?;
+            d.set_item("row_loss", f.row_loss.into_pyarray(py))?;
+            d.set_item("top1", f.top1.into_pyarray(py))?;
+            d.set_item("d_u", py.None())?;
+            d.set_item("d_v", py.None())?;
+            d.set_item("d_temperature", py.None())?;
+        }
+    }
+    Ok(d)
+}
+
+/// The CPU kernel the calls run (`avx512`, `avx2_fma` or `portable`; set by
+/// `MIXNEG_CPU_KERNEL` before the first call) and its default thread count.
+#[pyfunction]
+fn backend_info() -> PyResult<(String, usize)> {
+    let b = backend(0)?;
+    Ok((b.kernel().name().to_string(), b.threads()))
+}
+
+/// The module: `mns_loss`, `backend_info`, `__version__`.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(mns_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(backend_info, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
