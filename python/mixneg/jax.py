@@ -1,0 +1,232 @@
+"""JAX front end: ``mns_loss`` through ``jax.custom_vjp`` and
+``jax.pure_callback`` on the CPU kernels, usable under ``jax.jit`` and
+``jax.grad``.
+
+The primal (no gradient requested) runs the forward-only kernel. Under
+differentiation, "mean" and "sum" run one full fused call in the forward and
+keep ∂L/∂U, ∂L/∂V, ∂L/∂τ as residuals (backward scales them); "none" runs the
+forward only and a second fused call in backward, with row weights
+w_i·g_i·B — as in ``mixneg.torch``. ``log_q`` and ``ids`` get zero
+cotangents; ``row_weight`` gets ∂/∂w_i = ℓ_i/B (mean).
+
+Inputs are computed in float32; outputs have the inputs' dtypes. Shape and
+static errors raise ValueError/TypeError at trace time; a value error found
+by the kernels (a NaN, τ ≤ 0) raises ValueError when the inputs are concrete,
+and surfaces as JAX's runtime error carrying the same message under ``jit``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _native
+
+__all__ = ["mns_loss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _f32(x) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+
+
+def _host(q, c, lq, t, ids, w, *, opts, grad, coef=None):
+    """The native call on host arrays; ``coef`` (B) replaces the row weights
+    by w·coef·B and splits its sign into two calls (the kernels take w ≥ 0)."""
+    correct_positive, offset, has_ids, has_w = opts
+    args = dict(
+        temperature=float(np.asarray(t)),
+        ids=np.ascontiguousarray(ids, dtype=np.int64) if has_ids else None,
+        correct_positive=correct_positive,
+        positive_offset=offset,
+    )
+    q, c, lq = _f32(q), _f32(c), _f32(lq)
+    if coef is None:
+        return _native.mns_loss(q, c, lq, row_weight=_f32(w) if has_w else None, grad=grad, **args)
+    b = q.shape[0]
+    cw = np.asarray(coef, dtype=np.float64) * b * (np.asarray(w, dtype=np.float64) if has_w else 1.0)
+    du = np.zeros(q.shape, np.float32)
+    dv = np.zeros(c.shape, np.float32)
+    dt = np.float32(0)
+    for sign, part in ((1.0, np.maximum(cw, 0)), (-1.0, np.maximum(-cw, 0))):
+        if (part > 0).any():
+            r = _native.mns_loss(q, c, lq, row_weight=part.astype(np.float32), grad=True, **args)
+            du += np.float32(sign) * r["d_u"]
+            dv += np.float32(sign) * r["d_v"]
+            dt += np.float32(sign * r["d_temperature"])
+    return du, dv, dt
+
+
+@functools.lru_cache(maxsize=None)
+def _op(correct_positive: bool, offset: int, reduction: str, has_ids: bool, has_w: bool):
+    opts = (correct_positive, offset, has_ids, has_w)
+
+    def reduced(r, b, w):
+        if reduction == "mean":
+            return np.float32(r["loss"])
+        if reduction == "sum":
+            return np.float32(r["loss"] * b)
+        rl = r["row_loss"]
+        return (rl * _f32(w)) if has_w else rl
+
+    def loss_shape(q):
+        b = q.shape[0]
+        return jax.ShapeDtypeStruct((b,) if reduction == "none" else (), q.dtype)
+
+    def forward_only(q, c, lq, t, ids, w):
+        def cb(q, c, lq, t, ids, w):
+            r = _host(q, c, lq, t, ids, w, opts=opts, grad=False)
+            return (np.asarray(reduced(r, q.shape[0], w), dtype=q.dtype), r["row_loss"].astype(q.dtype))
+
+        b = q.shape[0]
+        shapes = (loss_shape(q), jax.ShapeDtypeStruct((b,), q.dtype))
+        return jax.pure_callback(cb, shapes, q, c, lq, t, ids, w, vmap_method="sequential")
+
+    @jax.custom_vjp
+    def f(q, c, lq, t, ids, w):
+        return forward_only(q, c, lq, t, ids, w)[0]
+
+    def fwd(q, c, lq, t, ids, w):
+        if reduction == "none":
+            loss, row_loss = forward_only(q, c, lq, t, ids, w)
+            return loss, (q, c, lq, t, ids, w, row_loss, None, None, None)
+
+        def cb(q, c, lq, t, ids, w):
+            r = _host(q, c, lq, t, ids, w, opts=opts, grad=True)
+            return (
+                np.asarray(reduced(r, q.shape[0], w), dtype=q.dtype),
+                r["row_loss"].astype(q.dtype),
+                r["d_u"].astype(q.dtype),
+                r["d_v"].astype(c.dtype),
+                np.asarray(r["d_temperature"], dtype=t.dtype),
+            )
+
+        b, _ = q.shape
+        shapes = (
+            loss_shape(q),
+            jax.ShapeDtypeStruct((b,), q.dtype),
+            jax.ShapeDtypeStruct(q.shape, q.dtype),
+            jax.ShapeDtypeStruct(c.shape, c.dtype),
+            jax.ShapeDtypeStruct((), t.dtype),
+        )
+        loss, row_loss, du, dv, dt = jax.pure_callback(cb, shapes, q, c, lq, t, ids, w, vmap_method="sequential")
+        return loss, (q, c, lq, t, ids, w, row_loss, du, dv, dt)
+
+    def bwd(res, g):
+        q, c, lq, t, ids, w, row_loss, du, dv, dt = res
+        b = q.shape[0]
+        zero_ids = np.zeros(ids.shape, dtype=jax.dtypes.float0)
+        if reduction == "none":
+
+            def cb(q, c, lq, t, ids, w, g):
+                du, dv, dt = _host(q, c, lq, t, ids, w, opts=opts, grad=True, coef=g)
+                return du.astype(q.dtype), dv.astype(c.dtype), np.asarray(dt, dtype=t.dtype)
+
+            shapes = (
+                jax.ShapeDtypeStruct(q.shape, q.dtype),
+                jax.ShapeDtypeStruct(c.shape, c.dtype),
+                jax.ShapeDtypeStruct((), t.dtype),
+            )
+            gq, gc, gt = jax.pure_callback(cb, shapes, q, c, lq, t, ids, w, g, vmap_method="sequential")
+            gw = (g * row_loss).astype(w.dtype) if has_w else jnp.zeros_like(w)
+        else:
+            scale = g * b if reduction == "sum" else g
+            gq, gc, gt = du * scale, dv * scale, dt * scale
+            gw = (row_loss * (scale / b)).astype(w.dtype) if has_w else jnp.zeros_like(w)
+        return gq, gc, jnp.zeros_like(lq), gt.astype(t.dtype), zero_ids, gw
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def _is_concrete(*xs) -> bool:
+    return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def _float(name, x, ndim):
+    x = jnp.asarray(x) if not isinstance(x, (jax.Array, jax.core.Tracer)) else x
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")
+    return x
+
+
+def mns_loss(
+    query,
+    candidates,
+    log_q,
+    *,
+    temperature=1.0,
+    ids=None,
+    row_weight=None,
+    correct_positive: bool = True,
+    positive_offset: int = 0,
+    reduction: str = "mean",
+):
+    """The fused MNS loss in JAX, differentiable in ``query`` (B×K),
+    ``candidates`` (N×K), ``temperature`` and ``row_weight``; the arguments
+    and reductions are those of ``mixneg.torch.mns_loss``."""
+    q = _float("query", query, 2)
+    c = _float("candidates", candidates, 2)
+    lq = _float("log_q", log_q, 1)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if isinstance(positive_offset, bool) or not isinstance(positive_offset, (int, np.integer)):
+        raise TypeError(f"positive_offset must be an int, got {type(positive_offset).__name__}")
+    b, k = q.shape
+    n, kc = c.shape
+    if kc != k:
+        raise ValueError(f"query has K = {k} columns but candidates has {kc}")
+    if b == 0:
+        raise ValueError("empty batch: query has no rows (B = 0)")
+    if n < b:
+        raise ValueError(f"candidates has N = {n} rows but query has B = {b}; need N >= B")
+    if not 0 <= positive_offset <= n - b:
+        raise ValueError(
+            f"positive_offset = {positive_offset} is out of range: with B = {b} queries and N = {n} "
+            f"candidates it must be at most N - B = {n - b}"
+        )
+    if lq.shape[0] != n:
+        raise ValueError(f"log_q has length {lq.shape[0]}, expected {n}")
+    t = temperature
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        t = jnp.asarray(t, dtype=q.dtype)
+    t = _float("temperature", t, 0) if jnp.ndim(t) == 0 else None
+    if t is None:
+        raise ValueError("temperature must be a scalar")
+    has_ids = ids is not None
+    if has_ids:
+        ids = jnp.asarray(ids) if not isinstance(ids, (jax.Array, jax.core.Tracer)) else ids
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}")
+        if ids.shape != (n,):
+            raise ValueError(f"ids has shape {tuple(ids.shape)}, expected ({n},)")
+    else:
+        ids = jnp.zeros((0,), jnp.int32)
+    has_w = row_weight is not None
+    if has_w:
+        w = _float("row_weight", row_weight, 1)
+        if w.shape[0] != b:
+            raise ValueError(f"row_weight has length {w.shape[0]}, expected {b}")
+    else:
+        w = jnp.zeros((0,), q.dtype)
+    if _is_concrete(q, c, lq, t, w):
+        # Concrete inputs: the value checks run here, as ValueError (under jit
+        # they run in the callback).
+        tv = float(t)
+        if not (np.isfinite(tv) and tv > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {tv}")
+        for name, x in (("query", q), ("candidates", c), ("log_q", lq), ("row_weight", w)):
+            xs = np.asarray(x)
+            bad = ~np.isfinite(xs)
+            if bad.any():
+                i = int(np.flatnonzero(bad.ravel())[0])
+                raise ValueError(f"{name}[{i}] = {xs.ravel()[i]} is not finite")
+    f = _op(bool(correct_positive), int(positive_offset), reduction, has_ids, has_w)
+    return f(q, c, lq, t, ids, w)
