@@ -18,7 +18,6 @@ and surfaces as JAX's runtime error carrying the same message under ``jit``.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +61,7 @@ def _host(q, c, lq, t, ids, w, *, opts, grad, coef=None):
     return du, dv, dt
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _op(correct_positive: bool, offset: int, reduction: str, has_ids: bool, has_w: bool):
     opts = (correct_positive, offset, has_ids, has_w)
 

@@ -1,5 +1,5 @@
 """One rank of the distributed tests (started by test_distributed.py with
-RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set): builds this rank's inputs
+RANK and WORLD_SIZE set): builds this rank's inputs
 from the shared seed, calls mixneg.torch.distributed.mns_loss on gloo, runs
 backward and saves the loss and the gradients for the parent to compare."""
 
@@ -18,7 +18,13 @@ from _dist_data import rank_inputs  # noqa: E402
 def main() -> None:
     out_dir, b, bp, k, gather, with_ids, reduction, bad = sys.argv[1:9]
     b, bp, k = int(b), int(bp), int(k)
-    dist.init_process_group("gloo")
+    # A file rendezvous: no TCP port to pick (and race for) on a shared machine.
+    dist.init_process_group(
+        "gloo",
+        init_method="file://" + os.path.join(out_dir, "rendezvous"),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
     x = rank_inputs(rank, b, bp, k, with_ids == "1")

@@ -9,7 +9,6 @@ single-process one: that is what DDP's averaging computes).
 """
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -28,14 +27,8 @@ WORKER = os.path.join(os.path.dirname(__file__), "_dist_worker.py")
 LOSS_RTOL, GRAD_RTOL = 2e-6, 2e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(tmp_path, world, b, bp, k, gather=True, with_ids=True, reduction="mean", bad=False):
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world))
+    env = dict(os.environ, WORLD_SIZE=str(world))
     args = [str(tmp_path), str(b), str(bp), str(k), "1" if gather else "0", "1" if with_ids else "0", reduction]
     args.append("1" if bad else "0")
     procs = [

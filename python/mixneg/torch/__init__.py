@@ -69,7 +69,9 @@ def _call(query, candidates, log_q, temperature, ids, row_weight, correct_positi
         row_weight=_np(row_weight),
         correct_positive=correct_positive,
         positive_offset=positive_offset,
-        threads=max(threads, 0),
+        # 0: torch's intra-op thread count, read here at run time (inside the
+        # opaque op, so that compiled graphs follow torch.set_num_threads).
+        threads=threads if threads > 0 else torch.get_num_threads(),
         grad=grad,
     )
 
@@ -116,7 +118,19 @@ def _mns_loss_op(
 
 
 @_mns_loss_op.register_fake
-def _(query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, reduction, need_grad, threads):
+def _(
+    query,
+    candidates,
+    log_q,
+    temperature,
+    ids,
+    row_weight,
+    correct_positive,
+    positive_offset,
+    reduction,
+    need_grad,
+    threads,
+):
     b, k = query.shape
     n = candidates.shape[0]
     grad = need_grad and reduction != "none"
@@ -215,7 +229,9 @@ def _tensor(name: str, x, ndim: int) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
-        raise TypeError(f"{name} must be a floating-point tensor (float32, float64, bfloat16 or float16), got {x.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32, float64, bfloat16 or float16), got {x.dtype}"
+        )
     if x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")
     return x
@@ -225,7 +241,9 @@ def _same_device(named) -> torch.device:
     first_name, first = named[0]
     for name, t in named[1:]:
         if t is not None and t.device != first.device:
-            raise ValueError(f"{first_name} is on {first.device} but {name} is on {t.device}: all tensors must be on one device")
+            raise ValueError(
+                f"{first_name} is on {first.device} but {name} is on {t.device}: all tensors must be on one device"
+            )
     if first.device.type != "cpu":
         raise ValueError(
             f"{first_name} is on {first.device}: this build of mixneg runs the CPU kernels only "
@@ -289,8 +307,14 @@ def mns_loss(
     else:
         raise TypeError(f"temperature must be a float or a tensor, got {type(temperature).__name__}")
     _same_device(
-        [("query", query), ("candidates", candidates), ("log_q", log_q), ("ids", ids), ("row_weight", row_weight),
-         ("temperature", temperature if isinstance(temperature, Tensor) else None)]
+        [
+            ("query", query),
+            ("candidates", candidates),
+            ("log_q", log_q),
+            ("ids", ids),
+            ("row_weight", row_weight),
+            ("temperature", temperature if isinstance(temperature, Tensor) else None),
+        ]
     )
     if log_q.requires_grad:
         raise ValueError("log_q must not require grad: the loss is not differentiated with respect to it (detach it)")
@@ -310,7 +334,7 @@ def mns_loss(
         positive_offset,
         reduction,
         need_grad,
-        torch.get_num_threads(),
+        0,
     )
     return loss.to(out_dtype)
 
@@ -321,7 +345,9 @@ class MnsLoss(torch.nn.Module):
     ``forward(query, candidates, log_q, ids=None, row_weight=None,
     positive_offset=0)``."""
 
-    def __init__(self, temperature: Union[float, Tensor] = 1.0, *, correct_positive: bool = True, reduction: str = "mean"):
+    def __init__(
+        self, temperature: Union[float, Tensor] = 1.0, *, correct_positive: bool = True, reduction: str = "mean"
+    ):
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")

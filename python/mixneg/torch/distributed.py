@@ -120,7 +120,9 @@ def _check_shapes(query, positives, negatives, log_q_pos, log_q_neg, ids_pos, id
     if (ids_pos is None) != (ids_neg is None):
         raise ValueError("pass both ids_pos and ids_neg, or neither")
     if ids_pos is not None and (ids_pos.shape[0] != b or ids_neg.shape[0] != bp):
-        raise ValueError(f"ids_pos has {ids_pos.shape[0]} entries and ids_neg {ids_neg.shape[0]}, expected {b} and {bp}")
+        raise ValueError(
+            f"ids_pos has {ids_pos.shape[0]} entries and ids_neg {ids_neg.shape[0]}, expected {b} and {bp}"
+        )
 
 
 def mns_loss(

@@ -1,0 +1,205 @@
+"""mixneg.torch against the float64 reference of conftest.py: every
+reduction, both diagonal conventions, offsets at both ends, ids with
+duplicates, weights with zeros, every dtype, non-contiguous inputs; the
+custom op under opcheck and torch.compile."""
+
+import pytest
+import torch
+from conftest import CASES, assert_close_grad, assert_close_loss, case_id, reference
+
+import mixneg.torch as mt
+
+
+def _run(c, reduction, dtype=torch.float64, learn_t=True):
+    u, v, log_q, ids, w = c.arrays()
+    u, v = u.to(dtype), v.to(dtype)
+    # The reference sees exactly the values the kernels see.
+    u64, v64 = u.to(torch.float64).requires_grad_(), v.to(torch.float64).requires_grad_()
+    u, v = u.requires_grad_(), v.requires_grad_()
+    t = torch.tensor(c.temperature, dtype=torch.float64, requires_grad=True) if learn_t else c.temperature
+    t64 = torch.tensor(c.temperature, dtype=torch.float64, requires_grad=True)
+    kw = dict(ids=ids, row_weight=w, correct_positive=c.correct_positive)
+    got = mt.mns_loss(u, v, log_q, temperature=t, positive_offset=c.offset, reduction=reduction, **kw)
+    want = reference(u64, v64, log_q, t64, offset=c.offset, reduction=reduction, **kw)
+    g = torch.randn(want.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(c.seed))
+    (got * g.to(got.dtype)).sum().backward()
+    (want * g).sum().backward()
+    return got, want, (u, v, t), (u64, v64, t64)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_against_reference(case, reduction):
+    got, want, (u, v, t), (u64, v64, t64) = _run(case, reduction)
+    assert got.dtype == torch.float64 and got.shape == want.shape
+    assert_close_loss(got.detach(), want.detach())
+    assert u.grad.dtype == torch.float64 and v.grad.dtype == torch.float64
+    assert_close_grad("d_query", u.grad, u64.grad)
+    assert_close_grad("d_candidates", v.grad, v64.grad)
+    assert_close_dtemperature(t.grad, t64.grad, u64, case.temperature)
+
+
+def assert_close_dtemperature(got, want, u64, tau):
+    """∂L/∂τ = −⟨U, ∂L/∂U⟩/τ is a sum that cancels (|∂L/∂τ| can be 1e-4 of
+    its terms), so its error is bounded through the gradient's:
+    |Δ| ≤ |U|·|Δ ∂L/∂U|/τ ≤ 1e-5·|U|·|∂L/∂U|/τ (Cauchy–Schwarz), plus the
+    rounding of the result to f32 (the kernels sum the dot product in f64)."""
+    scale = float(u64.detach().norm() * u64.grad.norm()) / tau
+    bound = 1e-5 * scale + 2.0**-24 * abs(float(want)) + 1e-12
+    err = abs(float(got) - float(want))
+    assert err <= bound, f"d_temperature: |Δ| = {err:.3e} > {bound:.3e} (ref {float(want):.3e})"
+
+
+# A tensor rounded to a dtype with unit roundoff u has normwise relative
+# error ≤ u; the f32 computation adds the bar's 1e-5 (gradients) / 1e-6 (loss).
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("c", [CASES[12], CASES[15], CASES[18]], ids=case_id)
+def test_dtypes(c, dtype):
+    got, want, (u, v, _), (u64, v64, _) = _run(c, "mean", dtype=dtype, learn_t=False)
+    ur = UNIT_ROUNDOFF[dtype]
+    assert got.dtype == dtype and u.grad.dtype == dtype and v.grad.dtype == dtype
+    assert_close_loss(got.detach(), want.detach(), rtol=1e-6 + ur)
+    assert_close_grad("d_query", u.grad, u64.grad, rtol=1e-5 + ur)
+    assert_close_grad("d_candidates", v.grad, v64.grad, rtol=1e-5 + ur)
+
+
+def test_noncontiguous_and_float32_inputs():
+    c = CASES[16]
+    u, v, log_q, ids, w = c.arrays()
+    # Column-major views and a strided log_q: the wrapper makes them contiguous.
+    ut = u.to(torch.float32).T.contiguous().T.requires_grad_()
+    vt = v.to(torch.float32).T.contiguous().T.requires_grad_()
+    assert not ut.is_contiguous() and not vt.is_contiguous()
+    lq2 = torch.stack([log_q, log_q], 1).to(torch.float32)[:, 0]
+    assert not lq2.is_contiguous()
+    loss = mt.mns_loss(ut, vt, lq2, temperature=c.temperature, ids=ids, positive_offset=c.offset)
+    loss.backward()
+    u64, v64 = ut.detach().double().requires_grad_(), vt.detach().double().requires_grad_()
+    want = reference(u64, v64, lq2.double(), c.temperature, ids=ids, offset=c.offset)
+    want.backward()
+    assert loss.dtype == torch.float32
+    assert_close_loss(loss.detach(), want.detach())
+    assert_close_grad("d_query", ut.grad, u64.grad)
+    assert_close_grad("d_candidates", vt.grad, v64.grad)
+
+
+def test_row_weight_gradient():
+    c = CASES[10]
+    u, v, log_q, ids, _ = c.arrays()
+    w = torch.rand(c.b, dtype=torch.float64, requires_grad=True)
+    w64 = w.detach().clone().requires_grad_()
+    for reduction in ("mean", "sum", "none"):
+        w.grad = w64.grad = None
+        got = mt.mns_loss(u, v, log_q, temperature=c.temperature, ids=ids, row_weight=w, reduction=reduction)
+        want = reference(u, v, log_q, c.temperature, ids=ids, row_weight=w64, reduction=reduction)
+        got.sum().backward()
+        want.sum().backward()
+        assert_close_grad(f"d_row_weight ({reduction})", w.grad, w64.grad)
+
+
+def test_no_grad_forward_matches():
+    """Without autograd the op runs the forward-only kernel: same loss bits."""
+    c = CASES[14]
+    u, v, log_q, ids, w = c.arrays()
+    u, v = u.float(), v.float()
+    with torch.no_grad():
+        a = mt.mns_loss(u, v, log_q, temperature=0.1, ids=ids, row_weight=w)
+    b = mt.mns_loss(u.requires_grad_(), v, log_q, temperature=0.1, ids=ids, row_weight=w)
+    assert torch.equal(a, b.detach())
+
+
+def test_inputs_not_modified():
+    c = CASES[12]
+    u, v, log_q, ids, w = c.arrays()
+    args = [x.float() if x is not None and x.is_floating_point() else x for x in (u, v, log_q, ids, w)]
+    copies = [None if x is None else x.clone() for x in args]
+    u32 = args[0].requires_grad_()
+    mt.mns_loss(u32, args[1], args[2], ids=args[3], row_weight=args[4], reduction="none").sum().backward()
+    for x, y in zip(args, copies):
+        if x is not None:
+            assert torch.equal(x.detach(), y)
+
+
+def _op_args(c, reduction, need_grad):
+    u, v, log_q, ids, w = c.arrays()
+    return (
+        u.float().requires_grad_(need_grad),
+        v.float().requires_grad_(need_grad),
+        log_q.float(),
+        torch.tensor(c.temperature, requires_grad=need_grad),
+        ids,
+        None if w is None else w.float(),
+        c.correct_positive,
+        c.offset,
+        reduction,
+        need_grad,
+        2,
+    )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("c", [CASES[0], CASES[9], CASES[15]], ids=case_id)
+def test_opcheck(c, reduction):
+    torch.library.opcheck(torch.ops.mixneg.mns_loss.default, _op_args(c, reduction, True))
+    torch.library.opcheck(torch.ops.mixneg.mns_loss.default, _op_args(c, reduction, False))
+
+
+def test_opcheck_backward_op():
+    c = CASES[9]
+    u, v, log_q, ids, _ = c.arrays()
+    coef = torch.randn(c.b)
+    args = (u.float(), v.float(), log_q.float(), torch.tensor(0.5), ids, coef, True, c.offset, 2)
+    torch.library.opcheck(torch.ops.mixneg.mns_loss_backward.default, args)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile(reduction):
+    """A compiled graph around the op gives the eager results, forward and
+    backward (the op itself is opaque to the compiler; inductor's own fusion
+    of the projection reorders float64 arithmetic, hence not bit for bit)."""
+    c = CASES[16]
+    u, v, log_q, ids, w = c.arrays()
+    proj = torch.nn.Linear(c.k, c.k).double()
+
+    def step(u, v):
+        q = torch.tanh(proj(u))
+        loss = mt.mns_loss(q, v, log_q, temperature=0.1, ids=ids, row_weight=w, reduction=reduction)
+        return loss.sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    res = []
+    for f in (step, compiled):
+        uu, vv = u.clone().requires_grad_(), v.clone().requires_grad_()
+        proj.zero_grad()
+        loss = f(uu, vv)
+        loss.backward()
+        res.append((loss.detach(), uu.grad, vv.grad, proj.weight.grad.clone()))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_module():
+    c = CASES[13]
+    u, v, log_q, ids, w = c.arrays()
+    t = torch.nn.Parameter(torch.tensor(0.2, dtype=torch.float64))
+    m = mt.MnsLoss(t, correct_positive=False)
+    assert any(p is t for p in m.parameters())
+    loss = m(u, v, log_q, ids=ids, row_weight=w, positive_offset=c.offset)
+    loss.backward()
+    t64 = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    want = reference(u, v, log_q, t64, ids=ids, row_weight=w, correct_positive=False, offset=c.offset)
+    want.backward()
+    assert_close_loss(loss.detach(), want.detach())
+    assert_close_grad("d_temperature", t.grad.reshape(1), t64.grad.reshape(1))
+    assert "reduction='mean'" in repr(m)
+
+
+def test_cuda_tensors():
+    if not torch.cuda.is_available():
+        print("skipping: no CUDA device (the CUDA path is checked where a GPU is present)")
+        return
+    u = torch.randn(4, 8, device="cuda")
+    with pytest.raises(ValueError, match="CPU kernels only"):
+        mt.mns_loss(u, u, torch.zeros(4, device="cuda"))
