@@ -49,6 +49,7 @@ def main() -> None:
         )
     except ValueError as e:
         torch.save({"error": str(e)}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
         dist.destroy_process_group()
         return
     g = x["upstream"] if reduction == "none" else torch.tensor(1.0, dtype=torch.float64)
@@ -63,6 +64,7 @@ def main() -> None:
         },
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
+    dist.barrier()
     dist.destroy_process_group()
 
 
