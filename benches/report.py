@@ -6,6 +6,7 @@ benches/peers/run.sh). Run with the peers' virtual environment (matplotlib):
 
     benches/peers/.venv/bin/python benches/report.py
 """
+
 import csv
 import json
 import os
@@ -61,9 +62,16 @@ def main():
         for r in csv.DictReader(open(path)):
             groups.setdefault((r["b"], r["b_prime"], r["k"], r["impl"]), []).append(r)
         for (b, bp, k, impl), rs in groups.items():
-            peers.append({"b": b, "b_prime": bp, "k": k, "impl": impl,
-                          "gflops": median(float(r["gflops"]) for r in rs),
-                          "peak_rss_mib": max(float(r["peak_rss_mib"]) for r in rs)})
+            peers.append(
+                {
+                    "b": b,
+                    "b_prime": bp,
+                    "k": k,
+                    "impl": impl,
+                    "gflops": median(float(r["gflops"]) for r in rs),
+                    "peak_rss_mib": max(float(r["peak_rss_mib"]) for r in rs),
+                }
+            )
     try:
         import matplotlib
 
@@ -74,32 +82,62 @@ def main():
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 6))
     labels = [f"{s[0]}×{s[1]}×{s[2]}" for s in shapes]
     xs = range(len(shapes))
-    for b, style in [("gemm", "k--"), ("avx512", "o-"), ("avx2_fma", "d-"), ("portable", "s-"), ("cuda", "^-"), ("reference", "x:")]:
+    for b, style in [
+        ("gemm", "k--"),
+        ("avx512", "o-"),
+        ("avx2_fma", "d-"),
+        ("portable", "s-"),
+        ("cuda", "^-"),
+        ("reference", "x:"),
+    ]:
         pts = [(i, 6 * s[0] * s[1] * s[2] / crit[(b, s)] / 1e9) for i, s in enumerate(shapes) if (b, s) in crit]
         if pts:
             name = "gemm crate: U·Vᵀ + S·V + Sᵀ·U (ceiling)" if b == "gemm" else f"mixneg {b}"
             a1.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
-    for impl, mk in [("mixneg", "o"), ("numpy", "D"), ("jax", "v"), ("torch", "P"), ("torch.compile", "*"),
-                     ("numpy.products", "1"), ("jax.products", "2")]:
+    for impl, mk in [
+        ("mixneg", "o"),
+        ("numpy", "D"),
+        ("jax", "v"),
+        ("torch", "P"),
+        ("torch.compile", "*"),
+        ("numpy.products", "1"),
+        ("jax.products", "2"),
+    ]:
         pts = []
         for r in peers:
             s = (int(r["b"]), int(r["b"]) + int(r["b_prime"]), int(r["k"]))
             if r["impl"] == impl and s in shapes:
                 pts.append((shapes.index(s), float(r["gflops"])))
         if pts:
-            label = ("mixneg (best kernel), peers' run" if impl == "mixneg"
-                     else f"{impl[:-9]}: the three products alone (its BLAS floor)" if impl.endswith(".products")
-                     else f"{impl} (peers' run)")
-            a1.plot([p[0] for p in pts], [p[1] for p in pts], mk, markersize=9, label=label, fillstyle="none" if impl == "mixneg" else "full")
+            label = (
+                "mixneg (best kernel), peers' run"
+                if impl == "mixneg"
+                else f"{impl[:-9]}: the three products alone (its BLAS floor)"
+                if impl.endswith(".products")
+                else f"{impl} (peers' run)"
+            )
+            a1.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                mk,
+                markersize=9,
+                label=label,
+                fillstyle="none" if impl == "mixneg" else "full",
+            )
     a1.set_xticks(list(xs))
     a1.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     a1.set_ylabel("effective GFLOP/s (6·B·N·K / time)")
-    a1.set_title("forward + backward, 2 threads (lines: one criterion run;\nmarkers: one peers run, median of its rounds)", fontsize=10)
+    a1.set_title(
+        "forward + backward, 2 threads (lines: one criterion run;\nmarkers: one peers run, median of its rounds)",
+        fontsize=10,
+    )
     a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     a1.grid(alpha=0.3)
     for impl, mk in [("mixneg", "o-"), ("numpy", "D-"), ("jax", "v-"), ("torch", "P-"), ("torch.compile", "*-")]:
         pts = sorted(
-            (int(r["b"]), float(r["peak_rss_mib"])) for r in peers if r["impl"] == impl and r["b"] == r["b_prime"] and r["k"] == "64"
+            (int(r["b"]), float(r["peak_rss_mib"]))
+            for r in peers
+            if r["impl"] == impl and r["b"] == r["b_prime"] and r["k"] == "64"
         )
         if pts:
             a2.plot([p[0] for p in pts], [p[1] for p in pts], mk, label=impl)

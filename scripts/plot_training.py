@@ -5,6 +5,7 @@ benches/peers/.venv/bin/python, which benches/peers/run.sh creates).
 
 usage: plot_training.py METRICS.csv|EXPERIMENT_DIR OUT.png
 """
+
 import csv
 import glob
 import os
@@ -36,7 +37,10 @@ def main():
         groups = defaultdict(list)
         for name, rows in runs.items():
             groups[name.rsplit("-seed", 1)[0]].append(rows)
-        series = {g: [{k: sum(r[i][k] for r in rs) / len(rs) for k in rs[0][i]} for i in range(len(rs[0]))] for g, rs in groups.items()}
+        series = {
+            g: [{k: sum(r[i][k] for r in rs) / len(rs) for k in rs[0][i]} for i in range(len(rs[0]))]
+            for g, rs in groups.items()
+        }
     else:
         series = runs
     for name, rows in series.items():

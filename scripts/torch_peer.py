@@ -9,13 +9,13 @@ what `mixneg gpu-bench` / `mixneg demo` print for the same shape.
 
 usage: torch_peer.py B BPRIME K [--reps R] [--device cuda|cpu] [--no-compile]
 """
+
 import argparse
 import os
 import sys
 
 import torch
 import torch.nn.functional as F
-
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benches", "peers"))
 from peers import synthetic  # noqa: E402  (mixneg's synthetic data, bit for bit)
@@ -56,6 +56,7 @@ def time_it(fn, reps, device):
             ms.append(t0.elapsed_time(t1))
         else:
             import time
+
             t = time.perf_counter()
             fn()
             ms.append(1e3 * (time.perf_counter() - t))

@@ -13,6 +13,7 @@ loss must do. They print "loss nan" (there is no loss) and are not peers.
 Prints one line: "IMPL: B = .., B' = .., K = ..: loss L, median M ms over R runs".
 Threads: set OMP_NUM_THREADS / XLA_FLAGS / torch threads before calling.
 """
+
 import argparse
 import math
 import os
@@ -79,6 +80,7 @@ def run(impl, b, bp, k, reps):
         step = lambda: numpy_step(u, v, log_q, hit)  # noqa: E731
         loss_of = lambda r: r[0]  # noqa: E731
     elif impl == "numpy.products":
+
         def step():
             s = u @ v.T
             return s @ v, s.T @ u
@@ -153,7 +155,9 @@ def run(impl, b, bp, k, reps):
         r = step()
         ms.append(1e3 * (time.perf_counter() - t))
     ms.sort()
-    print(f"{impl}: B = {b}, B' = {bp}, K = {k}: loss {loss_of(r):.6f}, median {ms[len(ms) // 2]:.2f} ms over {reps} runs")
+    print(
+        f"{impl}: B = {b}, B' = {bp}, K = {k}: loss {loss_of(r):.6f}, median {ms[len(ms) // 2]:.2f} ms over {reps} runs"
+    )
 
 
 if __name__ == "__main__":

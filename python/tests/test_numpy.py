@@ -151,3 +151,39 @@ def test_thread_counts_agree(threads):
 def test_backend_info():
     kernel, threads = mixneg.backend_info()
     assert kernel in ("avx512", "avx2_fma", "portable") and threads >= 1
+
+
+def test_gil_is_released_during_the_call():
+    """While one thread is inside the kernels, another runs Python code. A
+    held GIL would let the other thread in only at the window's edges (one
+    switch interval, 5 ms, at most per call); released, it runs throughout."""
+    import sys
+    import time
+
+    rng = np.random.default_rng(2)
+    b, n, k = 2048, 8192, 64
+    u = rng.standard_normal((b, k), dtype=np.float32) / 8
+    v = rng.standard_normal((n, k), dtype=np.float32) / 8
+    lq = np.full(n, -9.0, np.float32)
+    mixneg.mns_loss(u, v, lq, threads=1)  # warm the one-thread backend
+    windows, samples, done = [], [], threading.Event()
+
+    def caller():
+        for _ in range(4):
+            t0 = time.perf_counter()
+            mixneg.mns_loss(u, v, lq, threads=1)
+            windows.append((t0, time.perf_counter()))
+        done.set()
+
+    th = threading.Thread(target=caller)
+    th.start()
+    while not done.is_set():
+        samples.append(time.perf_counter())
+        time.sleep(0.0005)
+    th.join()
+    switch = sys.getswitchinterval()
+    for t0, t1 in windows:
+        inside = [s for s in samples if t0 + switch < s < t1 - switch]
+        # The call takes tens of ms; the sampler must have run through it.
+        assert t1 - t0 > 4 * switch, "the call is too short for this test"
+        assert inside and inside[-1] - inside[0] > 0.5 * (t1 - t0 - 2 * switch), (t1 - t0, len(inside))

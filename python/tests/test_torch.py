@@ -203,3 +203,26 @@ def test_cuda_tensors():
     u = torch.randn(4, 8, device="cuda")
     with pytest.raises(ValueError, match="CPU kernels only"):
         mt.mns_loss(u, u, torch.zeros(4, device="cuda"))
+
+
+def test_float32_tensors_reach_the_kernels_without_a_copy(monkeypatch):
+    """The op hands the kernels NumPy views of float32 contiguous tensors:
+    the arrays the native call receives share the tensors' memory."""
+    import numpy as np
+
+    import mixneg.torch as mtorch
+
+    seen = {}
+    real = mtorch._native.mns_loss
+
+    def spy(u, v, log_q, **kw):
+        seen.update(u=u, v=v, log_q=log_q, ids=kw.get("ids"))
+        return real(u, v, log_q, **kw)
+
+    monkeypatch.setattr(mtorch._native, "mns_loss", spy)
+    c = CASES[14]
+    u, v, log_q, ids, _ = c.arrays()
+    u, v, log_q = u.float().requires_grad_(), v.float(), log_q.float()
+    mt.mns_loss(u, v, log_q, ids=ids).backward()
+    for name, t in (("u", u), ("v", v), ("log_q", log_q), ("ids", ids)):
+        assert np.shares_memory(seen[name], t.detach().numpy()), name
