@@ -10,7 +10,11 @@
 //! B[h(y)] ← (1 − α)·B[h(y)] + α·(t − A[h(y)]),   A[h(y)] ← t
 //! ```
 //!
-//! and p̂_y = 1/(steps between occurrences) = 1 / max_h B[h(y)] — in
+//! except that a bucket's first occurrence sets B to its gap since the start,
+//! t (A starts at 0), instead of blending it into the prior: with the prior
+//! B₀ = 10⁴ and α = 0.01, blending left p̂ 20–140× too small for items ranked
+//! 50–10 000 after a 2 300-step run (issue #14); the prior now only stands for
+//! never-seen items. p̂_y = 1/(steps between occurrences) = 1 / max_h B[h(y)] — in
 //! occurrences per step; divided by the batch size it is the probability
 //! that one draw from the training stream is y. Taking the max over hash
 //! functions undoes collisions (a collision only shortens gaps). An
@@ -93,7 +97,14 @@ impl FrequencyEstimator for StreamingEstimator {
                 let k = self.bucket(h, y);
                 // An item seen twice in one batch: a gap of 0 steps is a
                 // frequency of one per step per occurrence; keep the update.
-                self.b[h][k] = (1.0 - self.alpha) * self.b[h][k] + self.alpha * (t - self.a[h][k]);
+                // A bucket's first occurrence (A = 0: steps count from 1)
+                // replaces the prior with the gap since the start.
+                let gap = t - self.a[h][k];
+                self.b[h][k] = if self.a[h][k] == 0.0 {
+                    gap
+                } else {
+                    (1.0 - self.alpha) * self.b[h][k] + self.alpha * gap
+                };
                 self.a[h][k] = t;
             }
         }
@@ -133,11 +144,26 @@ impl FrequencyEstimator for StreamingEstimator {
     }
 }
 
-/// Exact counts: p̂_y = count(y) / total draws.
-#[derive(Debug, Clone, Default)]
+/// Exact counts, add-one smoothed over the corpus:
+/// p̂_y = (count(y) + 1) / (total draws + |C|). (A floor of 1e-12 for unseen
+/// items, as before issue #14, gave an item's first appearance a +27.6-nat
+/// jump in its column's correction.)
+#[derive(Debug, Clone)]
 pub struct ExactCounts {
     counts: std::collections::HashMap<u32, u64>,
     total: u64,
+    corpus: u64,
+}
+
+impl ExactCounts {
+    /// Counts over a corpus of `corpus` items (≥ 1).
+    pub fn new(corpus: usize) -> Self {
+        Self {
+            counts: Default::default(),
+            total: 0,
+            corpus: corpus.max(1) as u64,
+        }
+    }
 }
 
 impl FrequencyEstimator for ExactCounts {
@@ -173,10 +199,7 @@ impl FrequencyEstimator for ExactCounts {
     }
 
     fn prob(&self, item: u32) -> f64 {
-        if self.total == 0 {
-            return 0.0;
-        }
-        *self.counts.get(&item).unwrap_or(&0) as f64 / self.total as f64
+        (*self.counts.get(&item).unwrap_or(&0) + 1) as f64 / (self.total + self.corpus) as f64
     }
 }
 
@@ -206,6 +229,20 @@ pub fn log_q(
         .collect()
 }
 
+/// log Q for uniform-only negatives: the first `b` candidates are the
+/// batch's positives, pushed out of every other row by +10⁴ (the loss keeps
+/// each row's own positive uncorrected); the `b_prime` uniform draws from a
+/// corpus of `corpus` items have log Q = ln(B′/|C|), the expected number of
+/// times a given item is drawn, so that the sampled sum estimates the
+/// corpus's (with 0, as before issue #14, the negatives weighed |C|/B′ too
+/// little).
+pub fn uniform_only_log_q(b: usize, b_prime: usize, corpus: usize) -> Vec<f32> {
+    let lq = (b_prime as f64 / corpus.max(1) as f64).ln() as f32;
+    let mut v = vec![1e4f32; b];
+    v.resize(b + b_prime, lq);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +268,7 @@ mod tests {
             cdf.partition_point(|&c| c < x).min(items as usize - 1) as u32
         };
         let mut st = StreamingEstimator::new(4096, 3, 0.01, 1000.0);
-        let mut ex = ExactCounts::default();
+        let mut ex = ExactCounts::new(items as usize);
         for _ in 0..steps {
             let b: Vec<u32> = (0..batch).map(|_| draw()).collect();
             st.observe(&b);
@@ -273,20 +310,72 @@ mod tests {
 
     #[test]
     fn q_modes() {
-        let mut ex = ExactCounts::default();
+        // A corpus of 100 items; 4 draws seen: add-one smoothing gives
+        // p = (count + 1)/(4 + 100).
+        let mut ex = ExactCounts::new(100);
         ex.observe(&[1, 1, 2, 3]);
         let cands = [1u32, 2, 9, 1];
-        // b = 2 positives, b' = 2 uniform draws, corpus of 100 items.
+        let p = |c: f64| (c + 1.0) / 104.0;
+        // b = 2 positives, b' = 2 uniform draws.
         let none = log_q(QMode::None, &ex, &cands, 2, 100);
         assert!(none.iter().all(|&x| x == 0.0));
         let uni = log_q(QMode::Unigram, &ex, &cands, 2, 100);
-        assert!((uni[0] - 0.5f32.ln()).abs() < 1e-6 && (uni[1] - 0.25f32.ln()).abs() < 1e-6);
         assert!(
-            (uni[2] - (1e-12f64.ln() as f32)).abs() < 1e-3,
-            "never seen: floored"
+            (uni[0] - p(2.0).ln() as f32).abs() < 1e-6
+                && (uni[1] - p(1.0).ln() as f32).abs() < 1e-6
         );
+        // Never seen: one pseudo-count, not a 1e-12 floor.
+        assert!((uni[2] - p(0.0).ln() as f32).abs() < 1e-6);
         let mix = log_q(QMode::Mixture, &ex, &cands, 2, 100);
         let want = |p: f64| ((2.0 * p + 2.0 / 100.0) / 4.0).ln() as f32;
-        assert!((mix[0] - want(0.5)).abs() < 1e-6 && (mix[2] - want(0.0)).abs() < 1e-6);
+        assert!((mix[0] - want(p(2.0))).abs() < 1e-6 && (mix[2] - want(p(0.0))).abs() < 1e-6);
+    }
+
+    /// Issue #14: with the prior blended in, an item seen every g steps kept
+    /// p̂ far below 1/g for ~1/α occurrences. The first occurrence now sets
+    /// the gap, so p̂ is right after a handful of occurrences, short run or
+    /// not; an item never seen keeps the prior.
+    #[test]
+    fn first_occurrence_sets_the_gap() {
+        let (gap, batch) = (50u32, 10usize);
+        let mut st = StreamingEstimator::new(1 << 12, 2, 0.01, 1e4);
+        // 300 steps: item 5 every 50 steps (first at step 50), 6 items seen.
+        for t in 1..=300u32 {
+            let mut b = vec![1000 + t; batch];
+            if t % gap == 0 {
+                b[0] = 5;
+            }
+            st.observe(&b);
+        }
+        let want = 1.0 / (gap as f64 * batch as f64);
+        let got = st.prob(5);
+        assert!(
+            (got - want).abs() <= 0.01 * want,
+            "p̂ = {got:.3e}, want {want:.3e}"
+        );
+        // Never seen: the prior, 1/(10⁴·B).
+        let prior = st.prob(99_999);
+        assert!(
+            (prior - 1.0 / (1e4 * batch as f64)).abs() < 1e-12,
+            "{prior}"
+        );
+        // The old blend would have given (after 6 hits, α = 0.01) a gap of
+        // ~0.94·10⁴ + 0.06·50: p̂ ~190× too small.
+    }
+
+    #[test]
+    fn uniform_only_negatives_are_corrected() {
+        let v = uniform_only_log_q(3, 2, 200);
+        assert_eq!(&v[..3], &[1e4; 3]);
+        assert!(
+            v[3..].iter().all(|&x| (x - (0.01f32).ln()).abs() < 1e-6),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn add_one_smoothing_before_any_draw() {
+        let ex = ExactCounts::new(40);
+        assert_eq!(ex.prob(3), 1.0 / 40.0);
     }
 }

@@ -37,6 +37,15 @@ pub enum Negatives {
     UniformOnly,
 }
 
+/// How the positive's own logit is corrected (with mixed negatives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PositiveCorrection {
+    /// Subtract log Q from the positive too (Yi et al. 2019, TFRS).
+    Yi,
+    /// Leave the positive uncorrected (eq. 5 of the MNS paper).
+    Eq5,
+}
+
 /// Which frequency estimator feeds log Q.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Estimator {
@@ -67,6 +76,10 @@ pub struct TrainConfig {
     /// How log Q is computed.
     #[arg(long, value_enum, default_value_t = QMode::Mixture)]
     pub q_mode: QMode,
+    /// The positive's correction with mixed negatives (uniform-only
+    /// negatives always leave it uncorrected).
+    #[arg(long, value_enum, default_value_t = PositiveCorrection::Yi)]
+    pub positive_correction: PositiveCorrection,
     /// Frequency estimator for p̂.
     #[arg(long, value_enum, default_value_t = Estimator::Streaming)]
     pub estimator: Estimator,
@@ -195,7 +208,7 @@ pub fn train_on(
             cfg.estimator_alpha,
             1e4,
         )),
-        Estimator::Exact => Box::new(ExactCounts::default()),
+        Estimator::Exact => Box::new(ExactCounts::new(data.n_items)),
     };
     let cls = eval::classes(data);
     let mut rng = data::Rng::new(cfg.seed ^ 0xBA7C);
@@ -314,14 +327,18 @@ pub fn train_on(
             let mut cands: Vec<u32> = idx.iter().map(|&k| data.train[k].1).collect();
             cands.extend((0..cfg.b_prime).map(|_| rng.below(data.n_items) as u32));
             let b = cfg.batch;
-            let mut log_q = freq::log_q(cfg.q_mode, est.as_ref(), &cands, b, data.n_items);
-            let correct_positive = cfg.negatives == Negatives::Mixed;
-            if cfg.negatives == Negatives::UniformOnly {
-                // Uniform negatives need no correction; other rows' positives
-                // are pushed out of every row (s_ij − 10⁴), the diagonal kept.
-                log_q.iter_mut().take(b).for_each(|q| *q = 1e4);
-                log_q.iter_mut().skip(b).for_each(|q| *q = 0.0);
-            }
+            let (log_q, correct_positive) = match cfg.negatives {
+                Negatives::Mixed => (
+                    freq::log_q(cfg.q_mode, est.as_ref(), &cands, b, data.n_items),
+                    cfg.positive_correction == PositiveCorrection::Yi,
+                ),
+                // The diagonal must stay uncorrected: its +10⁴ removes the
+                // other rows' positives (freq::uniform_only_log_q).
+                Negatives::UniformOnly => (
+                    freq::uniform_only_log_q(b, cfg.b_prime, data.n_items),
+                    false,
+                ),
+            };
             est.observe(&cands[..b]);
             let uf: Vec<&[u64]> = users
                 .iter()

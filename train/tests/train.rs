@@ -18,6 +18,7 @@ fn small() -> TrainConfig {
         b_prime: 128,
         negatives: Negatives::Mixed,
         q_mode: QMode::Mixture,
+        positive_correction: train::PositiveCorrection::Yi,
         estimator: train::Estimator::Streaming,
         estimator_alpha: 0.01,
         temperature: 0.05,
@@ -225,4 +226,42 @@ fn killed_run_resumes_to_the_same_result() {
     let (ok, err) = run_cli(&other);
     assert!(!ok && err.contains("another configuration"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--positive-correction eq5` reaches the loss: the same run with the
+/// positive left uncorrected trains to a different loss (each positive's
+/// logit differs by its log Q, which is far from 0 for every item).
+#[test]
+fn positive_correction_is_applied() {
+    let mut cfg = small();
+    cfg.epochs = 1;
+    cfg.synth.users = 400;
+    let (_, yi) = train::train(&cfg, &CpuBackend::new()).unwrap();
+    cfg.positive_correction = train::PositiveCorrection::Eq5;
+    let (_, eq5) = train::train(&cfg, &CpuBackend::new()).unwrap();
+    let (a, b) = (yi.last().unwrap().loss, eq5.last().unwrap().loss);
+    assert!((a - b).abs() > 1e-3 * a.abs(), "Yi {a} vs eq5 {b}");
+}
+
+/// No test pair repeats one of its user's training items (evaluation
+/// excludes those, so such a pair could never be hit), in the synthetic
+/// world and in logs.
+#[test]
+fn test_pairs_never_repeat_a_training_item() {
+    use std::collections::HashSet;
+    let d = data::synthetic(&small().synth, 3);
+    let seen: HashSet<(u32, u32)> = d.train.iter().copied().collect();
+    assert!(!d.test.is_empty());
+    assert!(d.test.iter().all(|p| !seen.contains(p)));
+    let kept = data::drop_seen_test_pairs(&[(0, 1), (1, 2)], vec![(0, 1), (0, 2), (1, 2), (1, 1)]);
+    assert_eq!(kept, vec![(0, 2), (1, 1)]);
+    // A log whose last event of user a repeats an earlier item of a.
+    let dir = std::env::temp_dir().join(format!("mixneg-repeat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("log.csv");
+    std::fs::write(&csv, "user,item,t\na,x,1\na,y,2\na,x,3\nb,x,1\nb,z,2\n").unwrap();
+    let d = data::read_logs(&csv).unwrap();
+    // a's last event (x) repeats a training item and is dropped; b's (z) stays.
+    assert_eq!(d.test.len(), 1);
+    std::fs::remove_dir_all(&dir).ok();
 }
