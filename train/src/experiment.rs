@@ -1,140 +1,312 @@
-//! `mixneg experiment`: batch softmax with and without logQ, MNS at
-//! B′/B ∈ {0.5, 1, 2, 4} and uniform-only negatives, over several seeds at an
-//! equal budget.
+//! `mixneg experiment`: the MNS experiment of EXPERIMENTS.md on one world
+//! (a synthetic world, or logs) over several seeds, at an equal budget (the
+//! same epochs over the same training stream) and with exact Q
+//! (`--estimator log`, so that the frequency estimator is not a confound).
+//!
+//! Configurations ([`configurations`]): batch softmax without correction
+//! and with unigram logQ; MNS at B′/B ∈ {¼, ½, 1, 2, 4, 8} at fixed B, and
+//! at fixed B + B′ = 2B (the paper held the effective sample count fixed);
+//! uniform negatives only (B′ = B); and the paper's production baseline, an
+//! id-only item tower trained with sampled softmax over the corpus (uniform
+//! negatives, B′ = B, logQ-corrected). Each seed draws its own world (for
+//! synthetic data) and its own initialization and sampling; every
+//! configuration of a seed sees the same world, so differences between
+//! configurations are paired by seed. Beside the models: the popularity
+//! list, the attainable ceiling and the planted model of each seed's world.
 
+use crate::data::Dataset;
 use crate::freq::QMode;
-use crate::{Error, Negatives, TrainConfig};
+use crate::{Error, Estimator, ItemFeatures, Negatives, TrainConfig, eval};
 use mixneg::Backend;
 use std::path::Path;
 use std::time::Instant;
 
-/// Runs the experiment's configurations over `seeds` seeds with the fused
-/// loss on `be`; writes `results.csv`, one metrics CSV per run and
-/// `table.md` (mean ± 95% CI) to `out`, and prints the table.
-pub fn run(base: &TrainConfig, seeds: u64, out: &Path, be: &dyn Backend) -> Result<(), Error> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let b = base.batch;
-    // (name, B′, negatives, Q mode); equal budget: same epochs and batches of B stream positives.
-    let configs: Vec<(String, usize, Negatives, QMode)> = vec![
-        (
-            "batch softmax, no correction".into(),
-            0,
-            Negatives::Mixed,
-            QMode::None,
-        ),
-        (
-            "batch softmax, unigram logQ".into(),
-            0,
-            Negatives::Mixed,
-            QMode::Unigram,
-        ),
-        (
-            "MNS B'/B = 0.5".into(),
-            b / 2,
-            Negatives::Mixed,
-            QMode::Mixture,
-        ),
-        ("MNS B'/B = 1".into(), b, Negatives::Mixed, QMode::Mixture),
-        (
-            "MNS B'/B = 2".into(),
-            2 * b,
-            Negatives::Mixed,
-            QMode::Mixture,
-        ),
-        (
-            "MNS B'/B = 4".into(),
-            4 * b,
-            Negatives::Mixed,
-            QMode::Mixture,
-        ),
-        (
-            "uniform negatives only, B' = B".into(),
-            b,
-            Negatives::UniformOnly,
-            QMode::None,
-        ),
+/// One configuration of the experiment.
+#[derive(Debug, Clone)]
+pub struct Configuration {
+    /// Its name in tables.
+    pub name: String,
+    /// Family: `batch`, `mns-fixed-b`, `mns-fixed-total`, `uniform` or
+    /// `production`.
+    pub family: &'static str,
+    /// B′/B.
+    pub ratio: f64,
+    /// B.
+    pub batch: usize,
+    /// B′.
+    pub b_prime: usize,
+    /// Negatives.
+    pub negatives: Negatives,
+    /// log Q.
+    pub q_mode: QMode,
+    /// Item features.
+    pub item_features: ItemFeatures,
+}
+
+/// The name of the configuration every other one is compared with:
+/// corrected batch softmax.
+pub const REFERENCE: &str = "batch softmax, logQ";
+
+/// The configurations for stream batch `b`.
+pub fn configurations(b: usize) -> Vec<Configuration> {
+    let c = |name: String, family, ratio, batch, b_prime, negatives, q_mode, item_features| {
+        Configuration {
+            name,
+            family,
+            ratio,
+            batch,
+            b_prime,
+            negatives,
+            q_mode,
+            item_features,
+        }
+    };
+    let (mx, all) = (Negatives::Mixed, ItemFeatures::All);
+    let mut v = vec![
+        c("batch softmax, no correction".into(), "batch", 0.0, b, 0, mx, QMode::None, all),
+        c(REFERENCE.into(), "batch", 0.0, b, 0, mx, QMode::Unigram, all),
     ];
-    let mut csv = String::from(
-        "config,seed,recall10,recall50,recall100,head100,tail100,fresh100,intrusion10,intrusion100,loss,examples_per_s,loss_share\n",
-    );
-    let mut rows: Vec<(String, Vec<[f64; 8]>)> = vec![];
-    for (name, bp, neg, q) in &configs {
-        let mut runs = vec![];
-        for seed in 1..=seeds {
+    let ratios = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0];
+    for r in ratios {
+        let bp = (r * b as f64).round() as usize;
+        v.push(c(format!("MNS B'/B = {r}"), "mns-fixed-b", r, b, bp, mx, QMode::Mixture, all));
+    }
+    for r in ratios.into_iter().filter(|&r| r != 1.0) {
+        // B + B′ = 2b (r = 1 is the fixed-B run above).
+        let bb = ((2 * b) as f64 / (1.0 + r)).round().max(1.0) as usize;
+        v.push(c(
+            format!("MNS B'/B = {r}, B+B' = {}", 2 * b),
+            "mns-fixed-total",
+            r,
+            bb,
+            2 * b - bb,
+            mx,
+            QMode::Mixture,
+            all,
+        ));
+    }
+    let un = Negatives::UniformOnly;
+    v.push(c("uniform negatives only".into(), "uniform", 1.0, b, b, un, QMode::None, all));
+    v.push(c(
+        "production: id-only items, sampled softmax".into(),
+        "production",
+        1.0,
+        b,
+        b,
+        un,
+        QMode::None,
+        ItemFeatures::Id,
+    ));
+    v
+}
+
+/// Runs every configuration whose name is one of `only` (all when
+/// empty) over seeds 1..=`seeds` on the world of `base` (or its logs) with
+/// the fused loss on `be`; writes `results.csv` (a row per configuration
+/// and seed), `baselines.csv` (popularity, ceiling and planted model per
+/// seed), one metrics CSV per run and `table.md` (means with 95% intervals,
+/// and paired differences against [`REFERENCE`]) to `out`, and prints the
+/// table.
+pub fn run(
+    base: &TrainConfig,
+    seeds: u64,
+    only: &[String],
+    out: &Path,
+    be: &dyn Backend,
+) -> Result<(), Error> {
+    if seeds == 0 {
+        return Err("--seeds must be at least 1".into());
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let configs: Vec<Configuration> = configurations(base.batch)
+        .into_iter()
+        .filter(|c| only.is_empty() || only.iter().any(|o| c.name == *o))
+        .collect();
+    if configs.is_empty() {
+        return Err(format!("--only {only:?} matches no configuration").into());
+    }
+    let head = eval::COLUMNS.join(",");
+    let mut csv = format!("config,family,ratio,batch,b_prime,seed,{head},loss,seconds\n");
+    let mut bcsv = format!("baseline,seed,{head}\n");
+    let logs = match &base.logs {
+        Some(p) => Some(crate::load_logs(p, base)?),
+        None => None,
+    };
+    // results[config][seed], baselines[name][seed].
+    let mut results: Vec<Vec<[f64; 14]>> = vec![vec![]; configs.len()];
+    let mut baselines: Vec<(String, Vec<[f64; 14]>)> = vec![];
+    for seed in 1..=seeds {
+        let synth;
+        let data: &Dataset = match &logs {
+            Some(d) => d,
+            None => {
+                synth = crate::data::synthetic(&base.synth, seed);
+                &synth
+            }
+        };
+        let mut add = |name: &str, m: Option<eval::Metrics>| {
+            if let Some(m) = m {
+                let v = m.columns();
+                bcsv += &format!("{name},{seed},{}\n", join(&v));
+                match baselines.iter_mut().find(|b| b.0 == name) {
+                    Some(b) => b.1.push(v),
+                    None => baselines.push((name.to_string(), vec![v])),
+                }
+                println!("seed {seed} {name:<34} {}", m.summary());
+            }
+        };
+        add("popularity list", Some(crate::popularity_metrics(data)));
+        add("attainable ceiling", crate::ceiling_metrics(data));
+        add("planted model (all known)", crate::oracle_metrics(data));
+        for (k, c) in configs.iter().enumerate() {
             let mut cfg = base.clone();
-            cfg.b_prime = *bp;
-            cfg.negatives = *neg;
-            cfg.q_mode = *q;
+            cfg.batch = c.batch;
+            cfg.b_prime = c.b_prime;
+            cfg.negatives = c.negatives;
+            cfg.q_mode = c.q_mode;
+            cfg.item_features = c.item_features;
+            cfg.estimator = Estimator::Log;
             cfg.seed = seed;
             cfg.quiet = true;
-            cfg.metrics = Some(out.join(format!("run-{}-seed{seed}.csv", slug(name))));
-            // One checkpoint directory per configuration and seed: each run
-            // resumes its own (a shared one belongs to the first run only).
+            cfg.eval_final_only = true;
+            cfg.metrics = Some(out.join(format!("run-{}-seed{seed}.csv", slug(&c.name))));
             cfg.checkpoint = base
                 .checkpoint
                 .as_ref()
-                .map(|d| d.join(format!("{}-seed{seed}", slug(name))));
+                .map(|d| d.join(format!("{}-seed{seed}", slug(&c.name))));
             let t = Instant::now();
-            let (_, reps) = crate::train(&cfg, be)?;
+            let reps = crate::train_on(&cfg, be, data)?;
             let r = reps.last().expect("epochs");
-            let v = r.metrics.headline();
+            let secs = t.elapsed().as_secs_f64();
+            let v = r.metrics.columns();
             println!(
-                "{name:<34} seed {seed}: recall@10/50/100 {:.4} {:.4} {:.4}, tail intrusion@10 {:.3} ({:.0} s)",
-                v[0],
-                v[1],
-                v[2],
-                v[6],
-                t.elapsed().as_secs_f64()
+                "seed {seed} {:<34} {} ({secs:.0} s)",
+                c.name,
+                r.metrics.summary()
             );
             csv += &format!(
-                "{},{seed},{},{},{},{},{},{},{},{},{},{},{}\n",
-                name,
-                v[0],
-                v[1],
-                v[2],
-                v[3],
-                v[4],
-                v[5],
-                v[6],
-                v[7],
-                r.loss,
-                r.examples_per_s,
-                r.loss_share
+                "{},{},{},{},{},{seed},{},{},{secs}\n",
+                c.name,
+                c.family,
+                c.ratio,
+                c.batch,
+                c.b_prime,
+                join(&v),
+                r.loss
             );
-            runs.push(v);
+            results[k].push(v);
         }
-        rows.push((name.clone(), runs));
     }
-    let p = out.join("results.csv");
-    std::fs::write(&p, csv).map_err(|e| Error::io(&p, e))?;
-    // Mean ± 95% CI (Student t, n − 1 degrees of freedom).
-    let t95 = |n: usize| match n {
-        2 => 12.706,
-        3 => 4.303,
-        4 => 3.182,
-        5 => 2.776,
-        6 => 2.571,
-        _ => 1.96,
-    };
-    let mut md = String::from(
-        "| configuration | Recall@10 | Recall@50 | Recall@100 | head R@100 | tail R@100 | fresh R@100 | tail intrusion@10 | tail intrusion@100 |\n|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for (name, runs) in &rows {
-        md += &format!("| {name} |");
-        for c in 0..8 {
-            let n = runs.len();
-            let mean = runs.iter().map(|r| r[c]).sum::<f64>() / n as f64;
-            let sd = (runs.iter().map(|r| (r[c] - mean).powi(2)).sum::<f64>()
-                / (n.max(2) - 1) as f64)
-                .sqrt();
-            md += &format!(" {mean:.4} ± {:.4} |", t95(n) * sd / (n as f64).sqrt());
-        }
-        md += "\n";
+    for (name, text) in [("results.csv", &csv), ("baselines.csv", &bcsv)] {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
     }
+    let md = table(&configs, &results, &baselines);
     let p = out.join("table.md");
     std::fs::write(&p, &md).map_err(|e| Error::io(&p, e))?;
     println!("\n{md}");
     Ok(())
+}
+
+fn join(v: &[f64]) -> String {
+    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Two-sided 95% quantile of Student's t with `df` degrees of freedom.
+pub fn t95(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    if df == 0 {
+        f64::NAN
+    } else {
+        T.get(df - 1).copied().unwrap_or(1.96)
+    }
+}
+
+/// Mean and half-width of the 95% interval (Student t) of `x`.
+pub fn mean_ci(x: &[f64]) -> (f64, f64) {
+    let n = x.len();
+    let mean = x.iter().sum::<f64>() / n.max(1) as f64;
+    if n < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (mean, t95(n - 1) * (var / n as f64).sqrt())
+}
+
+/// The columns of the tables: (index in [`eval::COLUMNS`], title).
+const SHOWN: [(usize, &str); 8] = [
+    (2, "Recall@100"),
+    (1, "Recall@50"),
+    (3, "NDCG@10"),
+    (6, "true mass@100"),
+    (9, "fresh R@100"),
+    (11, "low-q intrusion@100"),
+    (13, "unlogged intrusion@100"),
+    (0, "Recall@10"),
+];
+
+fn table(
+    configs: &[Configuration],
+    results: &[Vec<[f64; 14]>],
+    baselines: &[(String, Vec<[f64; 14]>)],
+) -> String {
+    let n = results.first().map_or(0, |r| r.len());
+    let mut md = format!("Means over {n} seeds ± the half-width of their 95% interval.\n\n| configuration |");
+    let cols: Vec<&str> = SHOWN.iter().map(|s| s.1).collect();
+    md += &format!(" {} |\n|---|{}\n", cols.join(" | "), "---|".repeat(SHOWN.len()));
+    let row = |name: &str, runs: &[[f64; 14]]| {
+        let mut s = format!("| {name} |");
+        for &(c, _) in &SHOWN {
+            let x: Vec<f64> = runs.iter().map(|r| r[c]).collect();
+            let (m, h) = mean_ci(&x);
+            if m.is_nan() {
+                s += " — |";
+            } else {
+                s += &format!(" {m:.4} ± {h:.4} |");
+            }
+        }
+        s + "\n"
+    };
+    for (name, runs) in baselines {
+        md += &row(&format!("*{name}*"), runs);
+    }
+    for (c, runs) in configs.iter().zip(results) {
+        md += &row(&c.name, runs);
+    }
+    if let Some(r) = configs.iter().position(|c| c.name == REFERENCE) {
+        md += &format!(
+            "\nPaired differences against *{REFERENCE}* (same seed, same world): mean ± 95% interval; \
+             **bold** where the interval excludes 0.\n\n| configuration |"
+        );
+        md += &format!(" Δ {} |\n|---|{}\n", cols.join(" | Δ "), "---|".repeat(SHOWN.len()));
+        for (c, runs) in configs.iter().zip(results) {
+            if c.name == REFERENCE {
+                continue;
+            }
+            md += &format!("| {} |", c.name);
+            for &(col, _) in &SHOWN {
+                let d: Vec<f64> = runs
+                    .iter()
+                    .zip(&results[r])
+                    .map(|(a, b)| a[col] - b[col])
+                    .collect();
+                let (m, h) = mean_ci(&d);
+                if m.is_nan() {
+                    md += " — |";
+                } else if h < m.abs() {
+                    md += &format!(" **{m:+.4} ± {h:.4}** |");
+                } else {
+                    md += &format!(" {m:+.4} ± {h:.4} |");
+                }
+            }
+            md += "\n";
+        }
+    }
+    md
 }
 
 fn slug(s: &str) -> String {

@@ -203,6 +203,51 @@ impl FrequencyEstimator for ExactCounts {
     }
 }
 
+/// p known in advance: the add-one smoothed counts of the whole training log,
+/// p_j = (c_j + 1)/(T + |C|) — `--estimator log`, so that the estimator is
+/// not a confound of an experiment. Observing batches changes nothing.
+#[derive(Debug, Clone)]
+pub struct LogCounts {
+    p: Vec<f64>,
+}
+
+impl LogCounts {
+    /// From the training log's items over a corpus of `corpus` items (every
+    /// item < `corpus`).
+    pub fn new(items: impl IntoIterator<Item = u32>, corpus: usize) -> Self {
+        let mut c = vec![0u64; corpus.max(1)];
+        let mut t = 0u64;
+        for i in items {
+            c[i as usize] += 1;
+            t += 1;
+        }
+        let z = (t + c.len() as u64) as f64;
+        Self {
+            p: c.iter().map(|&k| (k + 1) as f64 / z).collect(),
+        }
+    }
+}
+
+impl FrequencyEstimator for LogCounts {
+    fn observe(&mut self, _items: &[u32]) {}
+
+    fn prob(&self, item: u32) -> f64 {
+        self.p.get(item as usize).copied().unwrap_or(0.0)
+    }
+
+    fn state(&self) -> Vec<Vec<f64>> {
+        vec![]
+    }
+
+    fn set_state(&mut self, state: Vec<Vec<f64>>) -> Result<(), Error> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err("log-count state is malformed".into())
+        }
+    }
+}
+
 /// log Q_j for one batch's candidates: the first `b` are stream positives,
 /// the rest uniform draws from a corpus of `corpus` items. Probabilities are
 /// floored at 1e-12 so that log Q stays finite for never-seen items.

@@ -15,14 +15,15 @@ pub mod eval;
 pub mod experiment;
 pub mod freq;
 pub mod io;
+pub mod recbole;
 mod report;
 pub mod tower;
 
 use data::Dataset;
 pub use error::Error;
-use freq::{ExactCounts, FrequencyEstimator, QMode, StreamingEstimator};
+use freq::{ExactCounts, FrequencyEstimator, LogCounts, QMode, StreamingEstimator};
 use mixneg::{Backend, MnsInput, MnsOutput, ReferenceBackend};
-use report::{CSV_HEADER, csv_line, parse_csv_line, write_csv};
+use report::{csv_header, csv_line, parse_csv_line, write_csv};
 use std::time::Instant;
 use tower::{Optimizer, Tower};
 
@@ -46,13 +47,26 @@ pub enum PositiveCorrection {
     Eq5,
 }
 
+/// Which item features the item tower sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ItemFeatures {
+    /// Every feature field.
+    All,
+    /// The id alone (an id-only embedding table: the production baseline of
+    /// the MNS paper).
+    Id,
+}
+
 /// Which frequency estimator feeds log Q.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Estimator {
     /// Yi et al.'s streaming, hashed estimator.
     Streaming,
-    /// Exact counts.
+    /// Exact counts of the batches seen so far (add-one smoothed).
     Exact,
+    /// The exact counts of the whole training log, known in advance
+    /// (add-one smoothed): no estimation error at all.
+    Log,
 }
 
 /// Everything a training run needs (the flags of `mixneg train`).
@@ -64,6 +78,12 @@ pub struct TrainConfig {
     /// The synthetic world.
     #[command(flatten)]
     pub synth: data::SynthConfig,
+    /// How RecBole atomic files are read and split.
+    #[command(flatten)]
+    pub log_cfg: recbole::LogConfig,
+    /// Which item features the item tower sees.
+    #[arg(long, value_enum, default_value_t = ItemFeatures::All)]
+    pub item_features: ItemFeatures,
     /// B: stream positives per batch.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
@@ -122,6 +142,10 @@ pub struct TrainConfig {
     /// Largest accepted relative error of the fused kernel in that check.
     #[arg(long, default_value_t = 1e-3)]
     pub verify_tolerance: f64,
+    /// Evaluate only after the last epoch (and the random model of epoch 0
+    /// not at all): the experiment's runs.
+    #[arg(long)]
+    pub eval_final_only: bool,
     /// Per-epoch metrics as CSV to this file.
     #[arg(long)]
     pub metrics: Option<std::path::PathBuf>,
@@ -177,11 +201,22 @@ pub fn train(
     backend: &dyn Backend,
 ) -> Result<(Dataset, Vec<EpochReport>), Error> {
     let data = match &cfg.logs {
-        Some(p) => data::read_logs(p)?,
+        Some(p) => load_logs(p, cfg)?,
         None => data::synthetic(&cfg.synth, cfg.seed),
     };
     let reports = train_on(cfg, backend, &data)?;
     Ok((data, reports))
+}
+
+/// Read the logs of `--logs`: RecBole atomic files when the path ends in
+/// `.inter` ([`recbole::read`], with `cfg.log_cfg`), else the plain formats
+/// of [`data::read_logs`].
+pub fn load_logs(path: &std::path::Path, cfg: &TrainConfig) -> Result<Dataset, Error> {
+    if path.extension().is_some_and(|e| e == "inter") {
+        recbole::read(path, &cfg.log_cfg)
+    } else {
+        data::read_logs(path)
+    }
 }
 
 /// Train on a given dataset.
@@ -190,6 +225,17 @@ pub fn train_on(
     backend: &dyn Backend,
     data: &Dataset,
 ) -> Result<Vec<EpochReport>, Error> {
+    let id_only;
+    let data = match cfg.item_features {
+        ItemFeatures::All => data,
+        ItemFeatures::Id => {
+            // Every dataset puts an item's id first among its features.
+            let mut d = data.clone();
+            d.item_feats.iter_mut().for_each(|f| f.truncate(1));
+            id_only = d;
+            &id_only
+        }
+    };
     if cfg.batch == 0 || (cfg.negatives == Negatives::UniformOnly && cfg.b_prime == 0) {
         return Err("need B ≥ 1, and B′ ≥ 1 with uniform-only negatives".into());
     }
@@ -209,6 +255,10 @@ pub fn train_on(
             1e4,
         )),
         Estimator::Exact => Box::new(ExactCounts::new(data.n_items)),
+        Estimator::Log => Box::new(LogCounts::new(
+            data.train.iter().map(|p| p.1),
+            data.n_items,
+        )),
     };
     let cls = eval::classes(data);
     let mut rng = data::Rng::new(cfg.seed ^ 0xBA7C);
@@ -229,7 +279,7 @@ pub fn train_on(
         Some(p) => {
             let mut f = std::fs::File::create(p).map_err(|e| Error::io(p, e))?;
             use std::io::Write;
-            writeln!(f, "{CSV_HEADER}").map_err(|e| e.to_string())?;
+            writeln!(f, "{}", csv_header()).map_err(|e| e.to_string())?;
             Some(f)
         }
         None => None,
@@ -270,7 +320,7 @@ pub fn train_on(
             );
         }
     }
-    if resume.is_none() {
+    if resume.is_none() && !cfg.eval_final_only {
         // The untrained towers, a random model: epoch 0.
         reports.push(EpochReport {
             epoch: 0,
@@ -417,7 +467,11 @@ pub fn train_on(
         let rep = EpochReport {
             epoch,
             loss: loss_sum / steps_per_epoch.max(1) as f64,
-            metrics: evaluate(data, &cls, &qt, &it),
+            metrics: if cfg.eval_final_only && epoch < cfg.epochs {
+                eval::Metrics::default()
+            } else {
+                evaluate(data, &cls, &qt, &it)
+            },
             examples_per_s: ((steps_per_epoch - first) * cfg.batch) as f64 / secs,
             loss_share: t_loss / secs,
             max_verify_error: max_err,
@@ -454,7 +508,9 @@ pub fn evaluate(data: &Dataset, cls: &[eval::Class], qt: &Tower, it: &Tower) -> 
     })
 }
 
-/// The planted model's own metrics (synthetic data): the ceiling.
+/// The planted model's own metrics (synthetic data): its test law with
+/// everything known, the fresh items' exposure and every item's quality
+/// included — an upper bound no learner reaches.
 pub fn oracle_metrics(data: &Dataset) -> Option<eval::Metrics> {
     let o = data.oracle.as_ref()?;
     let cls = eval::classes(data);
@@ -466,6 +522,117 @@ pub fn oracle_metrics(data: &Dataset) -> Option<eval::Metrics> {
             row.iter_mut()
                 .enumerate()
                 .for_each(|(i, x)| *x = o.score(u as usize, i));
+        });
+        s
+    }))
+}
+
+/// The popularity list: every user ranks the items by their training count
+/// (ties: lower index first), their own training items excluded.
+pub fn popularity_metrics(data: &Dataset) -> eval::Metrics {
+    let mut count = vec![0.0f32; data.n_items];
+    data.train.iter().for_each(|&(_, i)| count[i as usize] += 1.0);
+    let cls = eval::classes(data);
+    eval::evaluate(data, &cls, |users| {
+        count
+            .iter()
+            .copied()
+            .cycle()
+            .take(users.len() * data.n_items)
+            .collect()
+    })
+}
+
+/// The attainable ceiling (synthetic data): the planted model with what a
+/// learner can know — the item factors and the item term of every
+/// non-fresh item ([`data::Oracle::known_bias`]: no fresh item's exposure
+/// or quality), and each user's factor estimated from their training items
+/// as â_u = c·mean(b_j), the one scale c chosen from a grid by the
+/// likelihood of the second half of up to 512 users' training items given
+/// â from their first half (under the training law). Scores:
+/// ⟨â_u, b_i⟩/τ₀ + known_bias_i.
+pub fn ceiling_metrics(data: &Dataset) -> Option<eval::Metrics> {
+    let o = data.oracle.as_ref()?;
+    let (d, ni) = (o.dim, data.n_items);
+    let mut train_of: Vec<Vec<u32>> = vec![vec![]; data.n_users];
+    data.train
+        .iter()
+        .for_each(|&(u, i)| train_of[u as usize].push(i));
+    let mean_of = |items: &[u32]| -> Vec<f32> {
+        let mut a = vec![0.0f32; d];
+        for &j in items {
+            let b = &o.item_factors[j as usize * d..(j as usize + 1) * d];
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        }
+        let inv = 1.0 / items.len().max(1) as f32;
+        a.iter_mut().for_each(|x| *x *= inv / o.tau0);
+        a
+    };
+    // Fit c: â from the first half, likelihood of the second half.
+    let fit: Vec<u32> = (0..data.n_users as u32)
+        .filter(|&u| train_of[u as usize].len() >= 2)
+        .take(512)
+        .collect();
+    let a_half: Vec<f32> = fit
+        .iter()
+        .flat_map(|&u| {
+            let t = &train_of[u as usize];
+            mean_of(&t[..t.len() / 2])
+        })
+        .collect();
+    let mut dots = vec![0.0f32; fit.len() * ni];
+    tower::matmul(fit.len(), ni, d, &a_half, &o.item_factors, true, &mut dots);
+    let grid = [0.25f32, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0];
+    let fresh = &data.fresh;
+    let loglik = |c: f32| -> f64 {
+        use rayon::prelude::*;
+        dots.par_chunks(ni)
+            .zip(&fit)
+            .map(|(row, &u)| {
+                let z: Vec<f32> = row
+                    .iter()
+                    .zip(&o.known_bias)
+                    .map(|(x, b)| c * x + b)
+                    .collect();
+                let m = z
+                    .iter()
+                    .zip(fresh)
+                    .filter(|(_, f)| !**f)
+                    .map(|(x, _)| *x)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let lse = m as f64
+                    + z.iter()
+                        .zip(fresh)
+                        .filter(|(_, f)| !**f)
+                        .map(|(x, _)| ((x - m) as f64).exp())
+                        .sum::<f64>()
+                        .ln();
+                let t = &train_of[u as usize];
+                t[t.len() / 2..]
+                    .iter()
+                    .map(|&j| z[j as usize] as f64 - lse)
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    let c = grid
+        .iter()
+        .copied()
+        .map(|c| (c, loglik(c)))
+        .fold((1.0f32, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a })
+        .0;
+    let cls = eval::classes(data);
+    Some(eval::evaluate(data, &cls, |users| {
+        let a: Vec<f32> = users
+            .iter()
+            .flat_map(|&u| mean_of(&train_of[u as usize]))
+            .map(|x| c * x)
+            .collect();
+        let mut s = vec![0.0f32; users.len() * ni];
+        tower::matmul(users.len(), ni, d, &a, &o.item_factors, true, &mut s);
+        use rayon::prelude::*;
+        s.par_chunks_mut(ni).for_each(|row| {
+            row.iter_mut().zip(&o.known_bias).for_each(|(x, b)| *x += b)
         });
         s
     }))

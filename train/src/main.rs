@@ -93,8 +93,12 @@ enum Cmd {
         #[command(flatten)]
         cfg: Box<mixneg_train::TrainConfig>,
         /// Seeds per configuration.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         seeds: u64,
+        /// Run only the configurations of these names (`;`-separated, as in
+        /// table.md; default: all).
+        #[arg(long, value_delimiter = ';')]
+        only: Vec<String>,
         /// Output directory for results.csv, per-run metrics and table.md.
         #[arg(long, default_value = "experiments")]
         out: PathBuf,
@@ -130,7 +134,16 @@ enum BackendArg {
 
 /// The flags of `train` that `experiment` sets itself for each of its
 /// configurations; passing one is an error rather than silently ignored.
-const EXPERIMENT_SETS: [&str; 6] = ["b_prime", "negatives", "q_mode", "seed", "quiet", "metrics"];
+const EXPERIMENT_SETS: [&str; 8] = [
+    "b_prime",
+    "negatives",
+    "q_mode",
+    "seed",
+    "quiet",
+    "metrics",
+    "estimator",
+    "item_features",
+];
 
 fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
@@ -191,9 +204,14 @@ fn main() -> ExitCode {
             reps,
         } => gpu_bench(batch, b_prime, dim, reps),
         Cmd::Train { cfg, backend } => train(&cpu, &cfg, backend),
-        Cmd::Experiment { cfg, seeds, out } => cpu
+        Cmd::Experiment {
+            cfg,
+            seeds,
+            only,
+            out,
+        } => cpu
             .backend()
-            .and_then(|be| mixneg_train::experiment::run(&cfg, seeds, &out, &be)),
+            .and_then(|be| mixneg_train::experiment::run(&cfg, seeds, &only, &out, &be)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -413,11 +431,7 @@ fn print_report(r: &mixneg_train::EpochReport) {
             ),
         )
     };
-    let h = m.headline();
-    println!(
-        "{epoch:<9}  loss {loss}  recall@10/50/100 {:.4} {:.4} {:.4}  @100 head/tail/fresh {:.4} {:.4} {:.4}  tail intrusion@10 {:.3}{speed}",
-        h[0], h[1], h[2], h[3], h[4], h[5], h[6],
-    );
+    println!("{epoch:<9}  loss {loss}  {}{speed}", m.summary());
 }
 
 fn train(cpu: &CpuChoice, cfg: &mixneg_train::TrainConfig, which: BackendArg) -> Result<(), Error> {
@@ -446,11 +460,16 @@ fn train(cpu: &CpuChoice, cfg: &mixneg_train::TrainConfig, which: BackendArg) ->
     for r in &reports {
         print_report(r);
     }
+    println!(
+        "{:<25}{}",
+        "popularity list",
+        mixneg_train::popularity_metrics(&data).summary()
+    );
+    if let Some(c) = mixneg_train::ceiling_metrics(&data) {
+        println!("{:<25}{}", "attainable ceiling", c.summary());
+    }
     if let Some(o) = mixneg_train::oracle_metrics(&data) {
-        println!(
-            "oracle (planted factors): recall@10/50/100 {:.4} {:.4} {:.4}",
-            o.recall[0], o.recall[1], o.recall[2]
-        );
+        println!("{:<25}{}", "planted model (all known)", o.summary());
     }
     let steps = cfg.epochs * (data.train.len() / cfg.batch.max(1));
     let check = if cfg.verify_every == 0 || steps < cfg.verify_every {

@@ -1,6 +1,10 @@
-//! A tower: hashed sparse features → embedding bag (mean) → MLP (ReLU
-//! between layers) → optional L2 normalization, with its backward pass and
-//! the Adagrad / Adam updates. Dense products go through the `gemm` crate.
+//! A tower: hashed sparse features → embedding bag → MLP (ReLU between
+//! layers) → optional L2 normalization, with its backward pass and the
+//! Adagrad / Adam updates. Dense products go through the `gemm` crate.
+//!
+//! The bag pools each feature field on its own and sums the fields:
+//! x = Σ_f (1/n_f)·Σ_{h ∈ field f} E[h mod buckets], so an item's id weighs
+//! the same whatever its number of genres or title tokens ([`pool_weights`]).
 
 use rayon::prelude::*;
 
@@ -134,6 +138,26 @@ pub fn matmul_at_b(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [
     gemm_strided(k, n, m, a, k as isize, 1, b, 1, n as isize, c)
 }
 
+/// The embedding bag of one example's features: (row, weight) pairs with
+/// row = h mod `buckets` and weight 1/n_f, n_f the number of the example's
+/// features in h's field ([`crate::data::feature_field`]): each field is
+/// mean-pooled, and the fields are summed.
+pub fn pool_weights(feats: &[u64], buckets: usize) -> Vec<(usize, f32)> {
+    let mut per_field: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    for &h in feats {
+        *per_field
+            .entry(crate::data::feature_field(h))
+            .or_default() += 1;
+    }
+    feats
+        .iter()
+        .map(|&h| {
+            let n = per_field[&crate::data::feature_field(h)];
+            ((h % buckets as u64) as usize, 1.0 / n as f32)
+        })
+        .collect()
+}
+
 /// A dense layer y = x·W + b (W in×out).
 #[derive(Debug, Clone)]
 struct Dense {
@@ -163,8 +187,8 @@ pub struct Tower {
 #[derive(Debug)]
 pub struct Cache {
     rows: usize,
-    /// Bucket lists per example.
-    bags: Vec<Vec<usize>>,
+    /// (bucket, pooling weight) lists per example.
+    bags: Vec<Vec<(usize, f32)>>,
     /// Inputs of every layer (the first is the pooled embedding), each rows×fan_in.
     acts: Vec<Vec<f32>>,
     /// Pre-normalization output and norms, when L2-normalizing.
@@ -221,23 +245,17 @@ impl Tower {
     pub fn forward(&self, feats: &[&[u64]]) -> (Vec<f32>, Cache) {
         let rows = feats.len();
         let e = self.emb;
-        let bags: Vec<Vec<usize>> = feats
+        let bags: Vec<Vec<(usize, f32)>> = feats
             .iter()
-            .map(|f| {
-                f.iter()
-                    .map(|&h| (h % self.buckets as u64) as usize)
-                    .collect()
-            })
+            .map(|f| pool_weights(f, self.buckets))
             .collect();
         let mut x = vec![0.0f32; rows * e];
         x.par_chunks_mut(e).zip(&bags).for_each(|(dst, bag)| {
-            for &r in bag {
+            for &(r, w) in bag {
                 dst.iter_mut()
                     .zip(&self.table[r * e..(r + 1) * e])
-                    .for_each(|(d, &t)| *d += t);
+                    .for_each(|(d, &t)| *d += w * t);
             }
-            let inv = 1.0 / bag.len().max(1) as f32;
-            dst.iter_mut().for_each(|d| *d *= inv);
         });
         let mut acts = vec![];
         for (li, l) in self.layers.iter().enumerate() {
@@ -325,14 +343,13 @@ impl Tower {
             update(opt, lr, step, &mut l.b, &mut l.sb, 0, &db);
             g = dx;
         }
-        // Embedding rows: mean pooling spreads each example's gradient.
+        // Embedding rows: each gets its pooling weight of the example's gradient.
         let e = self.emb;
         let mut acc: std::collections::HashMap<usize, Vec<f32>> = std::collections::HashMap::new();
         for (bag, gr) in cache.bags.iter().zip(g.chunks(e)) {
-            let inv = 1.0 / bag.len().max(1) as f32;
-            for &r in bag {
+            for &(r, w) in bag {
                 let slot = acc.entry(r).or_insert_with(|| vec![0.0; e]);
-                slot.iter_mut().zip(gr).for_each(|(s, &v)| *s += v * inv);
+                slot.iter_mut().zip(gr).for_each(|(s, &v)| *s += v * w);
             }
         }
         let mut rows_touched: Vec<_> = acc.into_iter().collect();
