@@ -47,10 +47,10 @@ def main():
         ep = [r["epoch"] for r in rows]
         axes[0].plot(ep[1:], [r["loss"] for r in rows[1:]], "o-", label=name)
         axes[1].plot(ep, [r["recall100"] for r in rows], "o-", label=name)
-        axes[2].plot(ep, [r["intrusion10"] for r in rows], "o-", label=name)
+        axes[2].plot(ep, [r["lowq10"] for r in rows], "o-", label=name)
     axes[0].set_title("training loss")
     axes[1].set_title("Recall@100 (full corpus)")
-    axes[2].set_title("tail intrusion@10 (lower is better)")
+    axes[2].set_title("low-quality intrusion@10 (lower is better)")
     for a in axes:
         a.set_xlabel("epoch")
         a.grid(alpha=0.3)

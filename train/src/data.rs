@@ -505,7 +505,10 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
     let (nu, ni, d) = (cfg.users, cfg.items, cfg.latent_dim);
     let nc = cfg.categories.max(1);
     let sd = 1.0 / (d as f64).sqrt();
-    let (sw, sn) = (cfg.category_weight.sqrt(), (1.0 - cfg.category_weight).sqrt());
+    let (sw, sn) = (
+        cfg.category_weight.sqrt(),
+        (1.0 - cfg.category_weight).sqrt(),
+    );
     let centroids: Vec<f64> = (0..nc * d).map(|_| rng.normal() * sd).collect();
     let mixed = |rng: &mut Rng, n: usize| -> (Vec<f32>, Vec<u32>) {
         let cats: Vec<u32> = (0..n).map(|_| rng.below(nc) as u32).collect();
@@ -569,7 +572,11 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
         let (a, tau) = (&oracle.user_factors, oracle.tau0);
         let ab: Vec<f32> = blk
             .iter()
-            .flat_map(|&u| a[u as usize * d..(u as usize + 1) * d].iter().map(|x| x / tau))
+            .flat_map(|&u| {
+                a[u as usize * d..(u as usize + 1) * d]
+                    .iter()
+                    .map(|x| x / tau)
+            })
             .collect();
         let mut s = vec![0.0f32; blk.len() * ni];
         crate::tower::matmul(blk.len(), ni, d, &ab, &oracle.item_factors, true, &mut s);

@@ -222,10 +222,13 @@ where
                     // Training items score −∞ and are dropped after the
                     // selection (kk leaves room for them).
                     let seen = &train_of[u as usize];
-                    let mut cand: Vec<(f32, u32)> = (0..ni as u32).map(|i| (row[i as usize], i)).collect();
-                    seen.iter().for_each(|&i| cand[i as usize].0 = f32::NEG_INFINITY);
+                    let mut cand: Vec<(f32, u32)> =
+                        (0..ni as u32).map(|i| (row[i as usize], i)).collect();
+                    seen.iter()
+                        .for_each(|&i| cand[i as usize].0 = f32::NEG_INFINITY);
                     let kk = (kmax + seen.len()).min(cand.len());
-                    let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+                    let order =
+                        |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
                     if kk < cand.len() {
                         cand.select_nth_unstable_by(kk, order);
                     }
@@ -267,7 +270,10 @@ where
                         acc.lowq[q] = irrelevant(&|i| data.low_quality[i]);
                         acc.unlogged[q] = irrelevant(&|i| !logged[i]);
                         acc.mass[q] = match &probs {
-                            Some(p) => top.iter().map(|&(_, i)| p[bi * ni + i as usize] as f64).sum(),
+                            Some(p) => top
+                                .iter()
+                                .map(|&(_, i)| p[bi * ni + i as usize] as f64)
+                                .sum(),
                             None => f64::NAN,
                         };
                     }
@@ -292,7 +298,8 @@ where
         m.lowq_intrusion[q] = total.lowq[q] / nu;
         m.unlogged_intrusion[q] = total.unlogged[q] / nu;
         for c in 0..3 {
-            m.recall_by_class[c][q] = total.hits_by_class[c][q] / total.tests_by_class[c].max(1) as f64;
+            m.recall_by_class[c][q] =
+                total.hits_by_class[c][q] / total.tests_by_class[c].max(1) as f64;
         }
     }
     m

@@ -63,13 +63,40 @@ pub fn configurations(b: usize) -> Vec<Configuration> {
     };
     let (mx, all) = (Negatives::Mixed, ItemFeatures::All);
     let mut v = vec![
-        c("batch softmax, no correction".into(), "batch", 0.0, b, 0, mx, QMode::None, all),
-        c(REFERENCE.into(), "batch", 0.0, b, 0, mx, QMode::Unigram, all),
+        c(
+            "batch softmax, no correction".into(),
+            "batch",
+            0.0,
+            b,
+            0,
+            mx,
+            QMode::None,
+            all,
+        ),
+        c(
+            REFERENCE.into(),
+            "batch",
+            0.0,
+            b,
+            0,
+            mx,
+            QMode::Unigram,
+            all,
+        ),
     ];
     let ratios = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0];
     for r in ratios {
         let bp = (r * b as f64).round() as usize;
-        v.push(c(format!("MNS B'/B = {r}"), "mns-fixed-b", r, b, bp, mx, QMode::Mixture, all));
+        v.push(c(
+            format!("MNS B'/B = {r}"),
+            "mns-fixed-b",
+            r,
+            b,
+            bp,
+            mx,
+            QMode::Mixture,
+            all,
+        ));
     }
     for r in ratios.into_iter().filter(|&r| r != 1.0) {
         // B + B′ = 2b (r = 1 is the fixed-B run above).
@@ -86,7 +113,16 @@ pub fn configurations(b: usize) -> Vec<Configuration> {
         ));
     }
     let un = Negatives::UniformOnly;
-    v.push(c("uniform negatives only".into(), "uniform", 1.0, b, b, un, QMode::None, all));
+    v.push(c(
+        "uniform negatives only".into(),
+        "uniform",
+        1.0,
+        b,
+        b,
+        un,
+        QMode::None,
+        all,
+    ));
     v.push(c(
         "production: id-only items, sampled softmax".into(),
         "production",
@@ -120,7 +156,7 @@ pub fn run(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let configs: Vec<Configuration> = configurations(base.batch)
         .into_iter()
-        .filter(|c| only.is_empty() || only.iter().any(|o| c.name == *o))
+        .filter(|c| only.is_empty() || only.contains(&c.name))
         .collect();
     if configs.is_empty() {
         return Err(format!("--only {only:?} matches no configuration").into());
@@ -209,15 +245,18 @@ pub fn run(
 }
 
 fn join(v: &[f64]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Two-sided 95% quantile of Student's t with `df` degrees of freedom.
 pub fn t95(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     if df == 0 {
         f64::NAN
@@ -255,9 +294,15 @@ fn table(
     baselines: &[(String, Vec<[f64; 14]>)],
 ) -> String {
     let n = results.first().map_or(0, |r| r.len());
-    let mut md = format!("Means over {n} seeds ± the half-width of their 95% interval.\n\n| configuration |");
+    let mut md = format!(
+        "Means over {n} seeds ± the half-width of their 95% interval.\n\n| configuration |"
+    );
     let cols: Vec<&str> = SHOWN.iter().map(|s| s.1).collect();
-    md += &format!(" {} |\n|---|{}\n", cols.join(" | "), "---|".repeat(SHOWN.len()));
+    md += &format!(
+        " {} |\n|---|{}\n",
+        cols.join(" | "),
+        "---|".repeat(SHOWN.len())
+    );
     let row = |name: &str, runs: &[[f64; 14]]| {
         let mut s = format!("| {name} |");
         for &(c, _) in &SHOWN {
@@ -282,7 +327,11 @@ fn table(
             "\nPaired differences against *{REFERENCE}* (same seed, same world): mean ± 95% interval; \
              **bold** where the interval excludes 0.\n\n| configuration |"
         );
-        md += &format!(" Δ {} |\n|---|{}\n", cols.join(" | Δ "), "---|".repeat(SHOWN.len()));
+        md += &format!(
+            " Δ {} |\n|---|{}\n",
+            cols.join(" | Δ "),
+            "---|".repeat(SHOWN.len())
+        );
         for (c, runs) in configs.iter().zip(results) {
             if c.name == REFERENCE {
                 continue;

@@ -423,4 +423,19 @@ mod tests {
         let ex = ExactCounts::new(40);
         assert_eq!(ex.prob(3), 1.0 / 40.0);
     }
+
+    #[test]
+    fn log_counts_are_the_smoothed_counts_of_the_log() {
+        // Items 0, 0, 2 over a corpus of 4: (c + 1)/(3 + 4).
+        let mut lc = LogCounts::new([0u32, 0, 2], 4);
+        let want = [3.0 / 7.0, 1.0 / 7.0, 2.0 / 7.0, 1.0 / 7.0];
+        for (j, w) in want.iter().enumerate() {
+            assert!((lc.prob(j as u32) - w).abs() < 1e-15, "{j}");
+        }
+        // Known in advance: observing batches changes nothing.
+        lc.observe(&[1, 1, 1]);
+        assert!((lc.prob(1) - 1.0 / 7.0).abs() < 1e-15);
+        assert!((0..4).map(|j| lc.prob(j)).sum::<f64>() - 1.0 < 1e-12);
+        assert!(lc.set_state(vec![vec![1.0]]).is_err());
+    }
 }

@@ -255,10 +255,7 @@ pub fn train_on(
             1e4,
         )),
         Estimator::Exact => Box::new(ExactCounts::new(data.n_items)),
-        Estimator::Log => Box::new(LogCounts::new(
-            data.train.iter().map(|p| p.1),
-            data.n_items,
-        )),
+        Estimator::Log => Box::new(LogCounts::new(data.train.iter().map(|p| p.1), data.n_items)),
     };
     let cls = eval::classes(data);
     let mut rng = data::Rng::new(cfg.seed ^ 0xBA7C);
@@ -531,7 +528,9 @@ pub fn oracle_metrics(data: &Dataset) -> Option<eval::Metrics> {
 /// (ties: lower index first), their own training items excluded.
 pub fn popularity_metrics(data: &Dataset) -> eval::Metrics {
     let mut count = vec![0.0f32; data.n_items];
-    data.train.iter().for_each(|&(_, i)| count[i as usize] += 1.0);
+    data.train
+        .iter()
+        .for_each(|&(_, i)| count[i as usize] += 1.0);
     let cls = eval::classes(data);
     eval::evaluate(data, &cls, |users| {
         count
@@ -619,7 +618,10 @@ pub fn ceiling_metrics(data: &Dataset) -> Option<eval::Metrics> {
         .iter()
         .copied()
         .map(|c| (c, loglik(c)))
-        .fold((1.0f32, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a })
+        .fold(
+            (1.0f32, f64::NEG_INFINITY),
+            |a, b| if b.1 > a.1 { b } else { a },
+        )
         .0;
     let cls = eval::classes(data);
     Some(eval::evaluate(data, &cls, |users| {
@@ -631,9 +633,8 @@ pub fn ceiling_metrics(data: &Dataset) -> Option<eval::Metrics> {
         let mut s = vec![0.0f32; users.len() * ni];
         tower::matmul(users.len(), ni, d, &a, &o.item_factors, true, &mut s);
         use rayon::prelude::*;
-        s.par_chunks_mut(ni).for_each(|row| {
-            row.iter_mut().zip(&o.known_bias).for_each(|(x, b)| *x += b)
-        });
+        s.par_chunks_mut(ni)
+            .for_each(|row| row.iter_mut().zip(&o.known_bias).for_each(|(x, b)| *x += b));
         s
     }))
 }

@@ -23,8 +23,8 @@
 //!   rating, positive or not) is at most `--low-quality-rating` is
 //!   low-quality.
 
-use crate::data::{Dataset, Pair, drop_seen_test_pairs, feature, feature_str};
 use crate::Error;
+use crate::data::{Dataset, Pair, drop_seen_test_pairs, feature, feature_str};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -145,9 +145,9 @@ impl Atomic {
     /// Features of every row keyed by the `id` column: the id (field
     /// `field0`) first, then the other fields (`field0 + 1 + k`).
     fn features(&self, id: &str, field0: u64) -> Result<HashMap<String, Vec<u64>>, Error> {
-        let ic = self.col(id).ok_or_else(|| {
-            Error::Invalid(format!("{}: no {id} field", self.path.display()))
-        })?;
+        let ic = self
+            .col(id)
+            .ok_or_else(|| Error::Invalid(format!("{}: no {id} field", self.path.display())))?;
         let mut out = HashMap::new();
         for (line, row) in &self.rows {
             let mut f = vec![];
@@ -158,7 +158,9 @@ impl Atomic {
                 let field = field0 + 1 + k as u64;
                 let zip = self.names[k].contains("zip");
                 match self.types[k].as_str() {
-                    "token" if zip => f.push(feature_str(field, &v.chars().take(2).collect::<String>())),
+                    "token" if zip => {
+                        f.push(feature_str(field, &v.chars().take(2).collect::<String>()))
+                    }
                     "token" => f.push(feature_str(field, v)),
                     "token_seq" => f.extend(
                         v.split_whitespace()

@@ -4,7 +4,10 @@
 use crate::{EpochReport, Error, eval};
 
 pub(crate) fn csv_header() -> String {
-    format!("epoch,loss,{},examples_per_s,loss_share", eval::COLUMNS.join(","))
+    format!(
+        "epoch,loss,{},examples_per_s,loss_share",
+        eval::COLUMNS.join(",")
+    )
 }
 
 pub(crate) fn csv_line(r: &EpochReport) -> String {

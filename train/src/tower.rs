@@ -145,9 +145,7 @@ pub fn matmul_at_b(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [
 pub fn pool_weights(feats: &[u64], buckets: usize) -> Vec<(usize, f32)> {
     let mut per_field: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     for &h in feats {
-        *per_field
-            .entry(crate::data::feature_field(h))
-            .or_default() += 1;
+        *per_field.entry(crate::data::feature_field(h)).or_default() += 1;
     }
     feats
         .iter()

@@ -323,7 +323,7 @@ fn experiment_with_a_checkpoint_runs_every_configuration() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(st.status.success(), "{err}");
     let runs = std::fs::read_dir(&ck).unwrap().count();
-    assert_eq!(runs, 7, "one checkpoint directory per configuration");
+    assert_eq!(runs, 15, "one checkpoint directory per configuration");
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     let st = run();
     assert!(

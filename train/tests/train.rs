@@ -14,6 +14,8 @@ fn small() -> TrainConfig {
     TrainConfig {
         logs: None,
         synth,
+        log_cfg: Default::default(),
+        item_features: train::ItemFeatures::All,
         batch: 128,
         b_prime: 128,
         negatives: Negatives::Mixed,
@@ -33,6 +35,7 @@ fn small() -> TrainConfig {
         seed: 7,
         verify_every: 25,
         verify_tolerance: 1e-3,
+        eval_final_only: false,
         metrics: None,
         quiet: true,
         checkpoint: None,
@@ -161,7 +164,7 @@ fn results(csv: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(csv)
         .unwrap()
         .lines()
-        .map(|l| l.split(',').take(10).collect::<Vec<_>>().join(","))
+        .map(|l| l.split(',').take(16).collect::<Vec<_>>().join(","))
         .collect()
 }
 
