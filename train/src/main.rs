@@ -382,9 +382,12 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
     s.synchronize()?;
     let (free1, _) = ctx.mem_get_info()?;
     let mut ms = Vec::with_capacity(reps);
+    // Timing events: cudarc's `new_event(None)` creates them with
+    // CU_EVENT_DISABLE_TIMING, for which every elapsed_ms fails.
+    let timed = Some(mixneg::cuda::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     for _ in 0..reps.max(1) {
-        let t0 = ctx.new_event(None)?;
-        let t1 = ctx.new_event(None)?;
+        let t0 = ctx.new_event(timed)?;
+        let t1 = ctx.new_event(timed)?;
         t0.record(&s)?;
         gpu.mns_loss_device(&s, &x, &mut out)?;
         t1.record(&s)?;
