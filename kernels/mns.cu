@@ -53,6 +53,13 @@
 
 typedef long long i64;
 
+// Called after each __shared__ declaration: nothing on the GPU; on the CPU
+// emulator (tests/cuda_emu/emu.hpp) it poisons the object with NaN at every
+// block start, so that reading shared memory this block never wrote shows.
+#ifndef MNS_EMULATOR
+__device__ __forceinline__ void mns_smem_poison(void*, unsigned long long) {}
+#endif
+
 // The launch ABI: one parameter struct per kernel, passed by value. Mirrored
 // field for field by src/cuda/abi.rs (tests compare sizes and offsets with
 // NVRTC's and g++'s); every struct is free of implicit padding. Pointers
@@ -198,6 +205,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_fwd_f32(const MnsFwdPar
     float* __restrict__ part_m = p.part_m;
     float* __restrict__ part_s = p.part_s;
     __shared__ MnsTileSmem sm;
+    mns_smem_poison(&sm, sizeof sm);
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const i64 r0 = (i64)blockIdx.x * MNS_BM;
     const i64 split = blockIdx.y;
@@ -314,6 +322,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_loss_f32(const MnsLossP
     const i64 b = p.b;
     float* __restrict__ loss = p.loss;
     __shared__ double part[MNS_NT];
+    mns_smem_poison(part, sizeof part);
     double acc = 0.0;
     for (i64 i = threadIdx.x; i < b; i += MNS_NT) acc += (double)wloss[i];
     part[threadIdx.x] = acc;
@@ -353,6 +362,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(const MnsGradPar
     const float* __restrict__ gdiag = p.gdiag;
     float* __restrict__ d_u = p.out;
     __shared__ MnsBwdSmem sm;
+    mns_smem_poison(&sm, sizeof sm);
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const i64 r0 = (i64)blockIdx.x * MNS_BM;
     const i64 kc0 = (i64)blockIdx.y * MNS_KC;
@@ -400,6 +410,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradPar
     const float* __restrict__ gdiag = p.gdiag;
     float* __restrict__ d_v = p.out;
     __shared__ MnsBwdSmem sm;
+    mns_smem_poison(&sm, sizeof sm);
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const i64 c0 = (i64)blockIdx.x * MNS_BN;
     const i64 kc0 = (i64)blockIdx.y * MNS_KC;
@@ -444,6 +455,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradPar
 extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dtau_f32(const MnsDtauParams p)
 {
     __shared__ double part[MNS_NT];
+    mns_smem_poison(part, sizeof part);
     double acc = 0.0;
     for (i64 x = threadIdx.x; x < p.len; x += MNS_NT) acc += (double)p.u[x] * (double)p.d_u[x];
     part[threadIdx.x] = acc;

@@ -2,18 +2,36 @@
 // without a GPU: every CUDA thread of a block is an OS thread, blocks run one
 // after another (so `__shared__` can be a function-static), `__syncthreads`
 // is a block barrier and `__shfl_xor_sync` exchanges through a per-warp array
-// between two warp barriers. It checks the kernels' indexing, tiling,
-// masking, reductions and barrier discipline (a missing barrier shows up as a
-// data race or a wrong result); it says nothing about speed or the GPU
-// memory model beyond barriers.
+// between two warp barriers.
+//
+// Two things make a kernel bug show instead of hiding:
+//  * Shared memory is poisoned (every byte 0xFF: NaN as f32 and f64, -1 as
+//    an integer) at every block start, so a read of shared memory nobody of
+//    this block wrote gives NaN rather than a zero or the previous block's
+//    value. Kernels call `mns_smem_poison(&x, sizeof x)` after each
+//    `__shared__` declaration (a no-op on the GPU).
+//  * Warps run one at a time between block barriers, in an order drawn
+//    afresh for every segment from a generator seeded by MNS_EMU_SEED
+//    (default 1): the 32 threads of the running warp run concurrently, the
+//    other warps wait. So a missing `__syncthreads` between a write by one
+//    warp and a read (or an overwrite) by another is a wrong result for the
+//    orders that put them the wrong way round — deterministic for a seed,
+//    not left to the OS scheduler.
+// It says nothing about speed or the GPU memory model beyond barriers.
 #pragma once
 #include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <math.h>
+#include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
+
+#define MNS_EMULATOR 1
 
 struct EmuDim3 { unsigned x = 0, y = 0, z = 0; };
 inline thread_local EmuDim3 threadIdx, blockIdx;
@@ -21,7 +39,6 @@ inline EmuDim3 gridDim, blockDim;
 
 constexpr int EMU_THREADS = 256;
 constexpr int EMU_WARPS = EMU_THREADS / 32;
-inline std::barrier<>* emu_block_barrier = nullptr;
 inline std::barrier<>* emu_warp_barrier[EMU_WARPS];
 inline float emu_xchg[EMU_WARPS][32];
 
@@ -32,7 +49,88 @@ inline float emu_xchg[EMU_WARPS][32];
 #define __restrict__ __restrict
 #define __shared__ static
 
-inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+// ---- shared memory poisoning -------------------------------------------
+inline std::mutex emu_smem_mutex;
+inline std::vector<std::pair<void*, size_t>> emu_smem_regions;
+
+// Registers a `__shared__` object; the first call poisons it (every thread
+// of the block calls this before touching it, serialized here).
+inline void mns_smem_poison(void* p, unsigned long long bytes) {
+    std::lock_guard<std::mutex> g(emu_smem_mutex);
+    for (auto& r : emu_smem_regions)
+        if (r.first == p) return;
+    emu_smem_regions.emplace_back(p, (size_t)bytes);
+    std::memset(p, 0xFF, (size_t)bytes);
+}
+
+// ---- the warp scheduler ----------------------------------------------------
+struct EmuScheduler {
+    std::mutex m;
+    std::condition_variable cv[EMU_WARPS];  // one per warp: wake only the warp whose turn it is
+    int order[EMU_WARPS];
+    int turn = 0;           // index into order of the running warp
+    unsigned long long gen = 0;  // segment number
+    int arrived[EMU_WARPS];  // threads of each warp at the barrier ending this segment
+    int exited[EMU_WARPS];   // threads of each warp that returned
+    unsigned long long rng;
+
+    explicit EmuScheduler(unsigned long long seed) : rng(seed) {
+        for (int w = 0; w < EMU_WARPS; ++w) arrived[w] = exited[w] = 0;
+        shuffle();
+    }
+    unsigned long long next() {  // SplitMix64
+        unsigned long long z = (rng += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    void shuffle() {
+        for (int w = 0; w < EMU_WARPS; ++w) order[w] = w;
+        for (int w = EMU_WARPS - 1; w > 0; --w) std::swap(order[w], order[next() % (w + 1)]);
+    }
+    bool warp_done(int w) const { return arrived[w] + exited[w] == 32; }
+    // Under the lock: pass the turn on while the running warp is done; when
+    // every warp is, start the next segment (unless all have returned); wake
+    // the warp whose turn it now is.
+    void advance() {
+        const int before = turn;
+        const unsigned long long g0 = gen;
+        while (turn < EMU_WARPS && warp_done(order[turn])) ++turn;
+        if (turn == EMU_WARPS) {
+            bool all_exited = true;
+            for (int w = 0; w < EMU_WARPS; ++w) all_exited &= exited[w] == 32;
+            if (all_exited) return;
+            for (int w = 0; w < EMU_WARPS; ++w) arrived[w] = 0;
+            shuffle();
+            turn = 0;
+            ++gen;
+            while (turn < EMU_WARPS && exited[order[turn]] == 32) ++turn;
+        }
+        if ((turn != before || gen != g0) && turn < EMU_WARPS) cv[order[turn]].notify_all();
+    }
+    void wait_turn(std::unique_lock<std::mutex>& l, int w, unsigned long long g) {
+        cv[w].wait(l, [&] { return gen >= g && turn < EMU_WARPS && order[turn] == w; });
+    }
+    void start(int w) {
+        std::unique_lock<std::mutex> l(m);
+        wait_turn(l, w, 0);
+    }
+    void barrier(int w) {
+        std::unique_lock<std::mutex> l(m);
+        const unsigned long long g = gen + 1;
+        ++arrived[w];
+        advance();
+        wait_turn(l, w, g);
+    }
+    void exit(int w) {
+        std::unique_lock<std::mutex> l(m);
+        ++exited[w];
+        advance();
+    }
+};
+inline EmuScheduler* emu_sched = nullptr;
+
+inline void __syncthreads() { emu_sched->barrier(threadIdx.x / 32); }
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
 inline float __shfl_xor_sync(unsigned, float v, int m) {
     const int w = threadIdx.x / 32, l = threadIdx.x % 32;
@@ -43,23 +141,37 @@ inline float __shfl_xor_sync(unsigned, float v, int m) {
     return r;
 }
 
+inline unsigned long long emu_seed() {
+    const char* s = std::getenv("MNS_EMU_SEED");
+    return s ? std::strtoull(s, nullptr, 10) : 1ull;
+}
+
 // Run `kernel()` on a grid of (gx, gy) blocks of EMU_THREADS threads.
 template <class F>
 void emu_launch(unsigned gx, unsigned gy, F kernel) {
+    static unsigned long long launches = 0;
     gridDim = {gx, gy, 1};
     blockDim = {EMU_THREADS, 1, 1};
     for (unsigned by = 0; by < gy; ++by) {
         for (unsigned bx = 0; bx < gx; ++bx) {
-            std::barrier<> block(EMU_THREADS);
+            for (auto& r : emu_smem_regions) std::memset(r.first, 0xFF, r.second);
+            EmuScheduler sched(emu_seed() * 0x2545F4914F6CDD1Dull + (++launches));
+            emu_sched = &sched;
             std::vector<std::barrier<>*> warps;
             for (int w = 0; w < EMU_WARPS; ++w) warps.push_back(new std::barrier<>(32));
-            emu_block_barrier = &block;
             for (int w = 0; w < EMU_WARPS; ++w) emu_warp_barrier[w] = warps[w];
             std::vector<std::thread> ts;
             for (unsigned t = 0; t < EMU_THREADS; ++t)
-                ts.emplace_back([=] { threadIdx = {t, 0, 0}; blockIdx = {bx, by, 0}; kernel(); });
+                ts.emplace_back([=] {
+                    threadIdx = {t, 0, 0};
+                    blockIdx = {bx, by, 0};
+                    emu_sched->start(t / 32);
+                    kernel();
+                    emu_sched->exit(t / 32);
+                });
             for (auto& t : ts) t.join();
             for (auto* w : warps) delete w;
+            emu_sched = nullptr;
         }
     }
 }
