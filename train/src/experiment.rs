@@ -183,7 +183,7 @@ pub fn run(
         let mut add = |name: &str, m: Option<eval::Metrics>| {
             if let Some(m) = m {
                 let v = m.columns();
-                bcsv += &format!("{name},{seed},{}\n", join(&v));
+                bcsv += &format!("\"{name}\",{seed},{}\n", join(&v));
                 match baselines.iter_mut().find(|b| b.0 == name) {
                     Some(b) => b.1.push(v),
                     None => baselines.push((name.to_string(), vec![v])),
@@ -220,8 +220,9 @@ pub fn run(
                 c.name,
                 r.metrics.summary()
             );
+            // Names hold commas: quoted (RFC 4180).
             csv += &format!(
-                "{},{},{},{},{},{seed},{},{},{secs}\n",
+                "\"{}\",{},{},{},{},{seed},{},{},{secs}\n",
                 c.name,
                 c.family,
                 c.ratio,

@@ -302,12 +302,12 @@ fn paper_world_experiment_smoke() {
     let results = std::fs::read_to_string(d.join("results.csv")).unwrap();
     // Fixed B + B′ = 2B: B = 43, B′ = 85 at B′/B = 2.
     assert!(
-        results.contains("MNS B'/B = 2, B+B' = 128,mns-fixed-total,2,43,85,1,"),
+        results.contains("\"MNS B'/B = 2, B+B' = 128\",mns-fixed-total,2,43,85,1,"),
         "{results}"
     );
     let base = std::fs::read_to_string(d.join("baselines.csv")).unwrap();
     assert!(
-        base.contains("attainable ceiling,2,") && base.contains("planted model"),
+        base.contains("\"attainable ceiling\",2,") && base.contains("planted model"),
         "{base}"
     );
     // Passing a flag the experiment sets itself is refused.
