@@ -219,6 +219,65 @@ pub struct SynthConfig {
     pub fresh_exposure: f64,
 }
 
+impl SynthConfig {
+    /// An error naming the first flag whose value no world can be drawn
+    /// with (a count of 0, a share outside [0, 1], τ₀ ≤ 0, a non-finite
+    /// number, …); nothing is drawn before it.
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |flag: &str, v: String, want: &str| -> Result<(), Error> {
+            Err(Error::Invalid(format!("--{flag} {v}: {want}")))
+        };
+        for (flag, v) in [
+            ("users", self.users),
+            ("items", self.items),
+            ("latent-dim", self.latent_dim),
+            ("train-per-user", self.train_per_user),
+            ("feature-buckets", self.feature_buckets),
+            ("categories", self.categories),
+        ] {
+            if v == 0 {
+                return bad(flag, v.to_string(), "must be at least 1");
+            }
+        }
+        let unit = |flag: &str, v: f64, open_top: bool| -> Result<(), Error> {
+            if !(v.is_finite() && v >= 0.0 && (v < 1.0 || (!open_top && v == 1.0))) {
+                let want = if open_top {
+                    "must be in [0, 1)"
+                } else {
+                    "must be in [0, 1]"
+                };
+                return bad(flag, v.to_string(), want);
+            }
+            Ok(())
+        };
+        if let Some(f) = self.fresh_share {
+            unit("fresh-share", f, true)?;
+        }
+        unit("bad-share", self.bad_share, false)?;
+        unit("category-weight", self.category_weight, false)?;
+        for (flag, v) in [
+            ("zipf", self.zipf),
+            ("pop-bias", self.pop_bias),
+            ("feature-noise", self.feature_noise),
+            ("bad-penalty", self.bad_penalty),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(flag, v.to_string(), "must be a finite number ≥ 0");
+            }
+        }
+        if let Some(t) = self.affinity_temperature
+            && !(t.is_finite() && t > 0.0)
+        {
+            return bad("affinity-temperature", t.to_string(), "must be > 0");
+        }
+        let fe = self.fresh_exposure;
+        if !(fe.is_finite() && fe > 0.0 && fe <= 1.0) {
+            return bad("fresh-exposure", fe.to_string(), "must be in (0, 1]");
+        }
+        Ok(())
+    }
+}
+
 impl Default for SynthConfig {
     fn default() -> Self {
         Self {

@@ -166,7 +166,10 @@ pub fn run(
     let mut bcsv = format!("baseline,seed,{head}\n");
     let logs = match &base.logs {
         Some(p) => Some(crate::load_logs(p, base)?),
-        None => None,
+        None => {
+            base.synth.check()?;
+            None
+        }
     };
     // results[config][seed], baselines[name][seed].
     let mut results: Vec<Vec<[f64; 14]>> = vec![vec![]; configs.len()];

@@ -202,7 +202,10 @@ pub fn train(
 ) -> Result<(Dataset, Vec<EpochReport>), Error> {
     let data = match &cfg.logs {
         Some(p) => load_logs(p, cfg)?,
-        None => data::synthetic(&cfg.synth, cfg.seed),
+        None => {
+            cfg.synth.check()?;
+            data::synthetic(&cfg.synth, cfg.seed)
+        }
     };
     let reports = train_on(cfg, backend, &data)?;
     Ok((data, reports))

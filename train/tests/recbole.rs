@@ -318,3 +318,57 @@ fn paper_world_experiment_smoke() {
     assert!(!out.status.success());
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn a_world_that_cannot_be_drawn_is_a_clear_error() {
+    for (flag, value, want) in [
+        (
+            "--category-weight",
+            "2",
+            "--category-weight 2: must be in [0, 1]",
+        ),
+        ("--bad-share", "1.5", "--bad-share 1.5: must be in [0, 1]"),
+        ("--fresh-share", "1", "--fresh-share 1: must be in [0, 1)"),
+        (
+            "--fresh-exposure",
+            "0",
+            "--fresh-exposure 0: must be in (0, 1]",
+        ),
+        (
+            "--feature-buckets",
+            "0",
+            "--feature-buckets 0: must be at least 1",
+        ),
+        (
+            "--affinity-temperature=-1",
+            "",
+            "--affinity-temperature -1: must be > 0",
+        ),
+        (
+            "--bad-penalty",
+            "NaN",
+            "--bad-penalty NaN: must be a finite number",
+        ),
+    ] {
+        for cmd in ["train", "experiment"] {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"));
+            c.args([
+                cmd, "--world", "paper", "--users", "50", "--items", "200", flag,
+            ]);
+            if !value.is_empty() {
+                c.arg(value);
+            }
+            if cmd == "experiment" {
+                c.arg("--out")
+                    .arg(std::env::temp_dir().join("mixneg-never"));
+            }
+            let out = c.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains(want),
+                "{cmd} {flag} {value}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
