@@ -60,6 +60,55 @@ typedef long long i64;
 __device__ __forceinline__ void mns_smem_poison(void*, unsigned long long) {}
 #endif
 
+// Tensor-core building blocks (sm_80 and newer), behind device functions so
+// that NVRTC compiles the inline PTX and the CPU emulator its own version
+// (tests/cuda_emu/emu.hpp). mma.sync.m16n8k8 TF32 fragments, per PTX ISA,
+// with g = lane / 4 and t = lane % 4:
+//   A (16 x 8, row-major): a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4],
+//                          a3 = A[g+8][t+4];
+//   B (8 x 8, "col"):      b0 = B[t][g], b1 = B[t+4][g];
+//   C, D (16 x 8):         c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t],
+//                          c3 = C[g+8][2t+1].
+// 3xTF32: x = big + small + r with big = tf32(x), small = tf32(x - big),
+// |r| <= 2^-22 |x| (each rounding keeps 11 significant bits); a.b is then
+// big.big + big.small + small.big, the small.small term (<= 2^-22 |a b|)
+// dropped: f32-level accuracy from three TF32 products.
+#ifndef MNS_EMULATOR
+__device__ __forceinline__ unsigned mns_to_tf32(float x)
+{
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+// d += A.B for one m16n8k8 TF32 tile of the warp (every lane calls it).
+__device__ __forceinline__ void mns_mma_tf32(float d[4], const unsigned a[4], const unsigned b[2])
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// big = tf32(x), small = tf32(x - big), as 32-bit patterns.
+__device__ __forceinline__ void mns_split_tf32(float x, unsigned& big, unsigned& small)
+{
+    big = mns_to_tf32(x);
+    small = mns_to_tf32(x - __uint_as_float(big));
+}
+
+// d += A.B at f32 accuracy: three TF32 products, the small ones first.
+__device__ __forceinline__ void mns_mma_3xtf32(
+    float d[4], const unsigned a_big[4], const unsigned a_small[4],
+    const unsigned b_big[2], const unsigned b_small[2])
+{
+    mns_mma_tf32(d, a_small, b_big);
+    mns_mma_tf32(d, a_big, b_small);
+    mns_mma_tf32(d, a_big, b_big);
+}
+
 // The launch ABI: one parameter struct per kernel, passed by value. Mirrored
 // field for field by src/cuda/abi.rs (tests compare sizes and offsets with
 // NVRTC's and g++'s); every struct is free of implicit padding. Pointers

@@ -318,3 +318,66 @@ fn emulated_kernels_handle_the_numerical_edges() {
     c.name = "heavy duplicates".into();
     check(exe, &c, 132);
 }
+
+/// The tensor-core building blocks (mns_to_tf32, mns_split_tf32,
+/// mns_mma_tf32, mns_mma_3xtf32 of kernels/mns.cu, in the PTX fragment
+/// layouts) through kernels/mma_test.cu on the emulator: 3xTF32 within its
+/// derived bound and one TF32 pass outside it.
+///
+/// The bound, in units of 2⁻²²·Σ_k |a_ik b_kj|: the split x = big + small + r
+/// with |small| ≤ 2⁻¹¹|x| and |r| ≤ 2⁻²²|x| leaves big·r_b + small·small +
+/// small·r_b + r_a·b, at most 3 units; the 3K f32 FMAs of the accumulation
+/// add at most 2⁻²⁴ of Σ|ab| each, 3K/4 units. One TF32 pass errs by up to
+/// 2⁻¹¹ per product, 2¹¹ units.
+#[test]
+fn emulated_tensor_core_products_have_f32_accuracy_with_3xtf32() {
+    let Some(_) = emulator() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mma_emu");
+    let out = Command::new("g++")
+        .args([
+            "-O2",
+            "-std=c++20",
+            "-pthread",
+            "-Wall",
+            "-Wno-unknown-pragmas",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(root.join("tests/cuda_emu/mma.cpp"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (k, seed) in [(8, 1), (8, 2), (64, 3), (136, 4)] {
+        let out = Command::new(&exe)
+            .args([k.to_string(), seed.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(v.len(), 2, "{text}");
+        let bound = 3.0 + 3.0 * k as f64 / 4.0;
+        assert!(
+            v[0] <= bound,
+            "K = {k}: 3xTF32 error {} units > bound {bound}",
+            v[0]
+        );
+        assert!(
+            v[1] > bound,
+            "K = {k}: one TF32 pass {} units within the 3xTF32 bound {bound}",
+            v[1]
+        );
+    }
+}

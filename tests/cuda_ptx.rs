@@ -185,3 +185,50 @@ fn parameter_structs_have_the_host_layout() {
         }
     }
 }
+
+/// The tensor-core building blocks compile to `cvt.rna.tf32.f32` and
+/// `mma.sync.m16n8k8` TF32 for sm_80 and sm_90 (through the test kernel of
+/// kernels/mma_test.cu, appended to the source), without spills.
+#[test]
+fn tensor_core_building_blocks_compile_to_mma_sync() {
+    if !nvrtc() {
+        return;
+    }
+    let src = format!(
+        "{}\n{}",
+        include_str!("../kernels/mns.cu"),
+        include_str!("../kernels/mma_test.cu")
+    );
+    for arch in ["sm_80", "sm_90"] {
+        let c = cuda::compile_source(&src, arch, true).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let ptx = &c.ptx;
+        assert!(
+            ptx.contains("cvt.rna.tf32.f32"),
+            "{arch}: no cvt.rna.tf32.f32"
+        );
+        let mmas = ptx
+            .matches("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32")
+            .count();
+        assert!(
+            mmas >= 4,
+            "{arch}: {mmas} mma.sync in the test kernel (3 + 1 per step)"
+        );
+        let log = &c.log;
+        let at = log
+            .find("mns_test_mma")
+            .unwrap_or_else(|| panic!("{arch}: {log}"));
+        let frame = log[at..]
+            .lines()
+            .find(|l| l.contains("stack frame"))
+            .unwrap_or_else(|| panic!("{arch}: {log}"));
+        let nums: Vec<u64> = frame
+            .split(|ch: char| !ch.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(
+            nums.len() >= 3 && nums[..3].iter().all(|&x| x == 0),
+            "{arch}: {frame}"
+        );
+    }
+}

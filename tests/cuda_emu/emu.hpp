@@ -141,6 +141,43 @@ inline float __shfl_xor_sync(unsigned, float v, int m) {
     return r;
 }
 
+inline unsigned __float_as_uint(float x) { unsigned u; std::memcpy(&u, &x, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+
+// cvt.rna.tf32.f32: keep 10 explicit mantissa bits, rounding the magnitude
+// to nearest with ties away from zero; infinities and NaNs pass through.
+inline unsigned mns_to_tf32(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7F800000u) == 0x7F800000u) return u;
+    return (u + 0x1000u) & 0xFFFFE000u;
+}
+
+// mma.sync.m16n8k8 TF32 (fragment layout in kernels/mns.cu): every lane
+// posts its fragments, the warp meets, each lane computes its four results
+// from the whole tiles (products and sums in f32, k in order), and the warp meets again before the buffers are reused.
+inline unsigned emu_mma_a[EMU_WARPS][32][4], emu_mma_b[EMU_WARPS][32][2];
+inline void mns_mma_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    for (int r = 0; r < 4; ++r) emu_mma_a[w][l][r] = a[r];
+    for (int r = 0; r < 2; ++r) emu_mma_b[w][l][r] = b[r];
+    emu_warp_barrier[w]->arrive_and_wait();
+    // The tensor core reads a .tf32 operand's top 19 bits (the low 13 ignored).
+    auto A = [&](int row, int k) {  // A[row][k]: lane 4*(row%8) + k%4, register row/8 + 2*(k/4)
+        return __uint_as_float(emu_mma_a[w][4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)] & 0xFFFFE000u);
+    };
+    auto B = [&](int k, int col) {  // B[k][col]: lane 4*col + k%4, register k/4
+        return __uint_as_float(emu_mma_b[w][4 * col + k % 4][k / 4] & 0xFFFFE000u);
+    };
+    const int g = l / 4, t = l % 4;
+    for (int r = 0; r < 4; ++r) {
+        const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+        float acc = d[r];
+        for (int k = 0; k < 8; ++k) acc = std::fma(A(row, k), B(k, col), acc);
+        d[r] = acc;
+    }
+    emu_warp_barrier[w]->arrive_and_wait();
+}
+
 inline unsigned long long emu_seed() {
     const char* s = std::getenv("MNS_EMU_SEED");
     return s ? std::strtoull(s, nullptr, 10) : 1ull;
