@@ -1,4 +1,4 @@
-// A test kernel of the tensor-core building blocks of mns.cu (appended to it
+// Test kernels of the tensor-core and cp.async building blocks of mns.cu (appended to it
 // by tests/cuda_ptx.rs for NVRTC and ptxas, and by tests/cuda_emu/mma.cpp for
 // the CPU emulator; never part of the backend). Warp w of the block computes
 // D_w = A_w . B_w for A_w (16 x k) and B_w (k x 8), row-major, k a multiple
@@ -34,5 +34,36 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_test_mma(const MnsMmaTe
         const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
         d3[row * 8 + col] = acc3[r];
         d1[row * 8 + col] = acc1[r];
+    }
+}
+
+// out[c*1024 + j] = 2 in[c*1024 + (j + 37) % 1024] + 1 for `chunks` chunks of
+// 1024 floats, staged through a two-stage cp.async pipeline in shared memory
+// (each thread copies one 16-byte piece per chunk and reads another thread's).
+struct MnsCpAsyncTestParams {
+    const float* in;
+    float* out;
+    i64 chunks;
+};
+
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_test_cp_async(const MnsCpAsyncTestParams p)
+{
+    __shared__ __align__(16) float buf[2][1024];
+    mns_smem_poison(buf, sizeof buf);
+    const int tid = threadIdx.x;
+    mns_cp_async16(&buf[0][4 * tid], p.in + 4 * tid);
+    mns_cp_async_commit();
+    for (i64 c = 0; c < p.chunks; ++c) {
+        if (c + 1 < p.chunks) {
+            mns_cp_async16(&buf[(c + 1) % 2][4 * tid], p.in + (c + 1) * 1024 + 4 * tid);
+            mns_cp_async_commit();
+            mns_cp_async_wait<1>();  // chunk c has landed, c + 1 may be in flight
+        } else {
+            mns_cp_async_wait<0>();
+        }
+        __syncthreads();  // every thread's piece of chunk c
+        for (int j = tid; j < 1024; j += MNS_NT)
+            p.out[c * 1024 + j] = 2.0f * buf[c % 2][(j + 37) % 1024] + 1.0f;
+        __syncthreads();  // before chunk c + 2 overwrites this stage
     }
 }

@@ -92,6 +92,28 @@ __device__ __forceinline__ void mns_mma_tf32(float d[4], const unsigned a[4], co
 }
 #endif
 
+// cp.async (sm_80 and newer): 16-byte copies from global to shared memory
+// that complete asynchronously; mns_cp_async_commit closes a group of them
+// and mns_cp_async_wait<N> waits until at most N of this thread's groups are
+// still in flight. Other threads' copies are visible only after their wait
+// and a __syncthreads.
+#ifndef MNS_EMULATOR
+__device__ __forceinline__ void mns_cp_async16(void* smem, const void* gmem)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void mns_cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void mns_cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+#endif
+
 // big = tf32(x), small = tf32(x - big), as 32-bit patterns.
 __device__ __forceinline__ void mns_split_tf32(float x, unsigned& big, unsigned& small)
 {

@@ -186,9 +186,10 @@ fn parameter_structs_have_the_host_layout() {
     }
 }
 
-/// The tensor-core building blocks compile to `cvt.rna.tf32.f32` and
-/// `mma.sync.m16n8k8` TF32 for sm_80 and sm_90 (through the test kernel of
-/// kernels/mma_test.cu, appended to the source), without spills.
+/// The tensor-core and cp.async building blocks compile to
+/// `cvt.rna.tf32.f32`, `mma.sync.m16n8k8` TF32 and `cp.async` for sm_80 and
+/// sm_90 (through the test kernels of kernels/mma_test.cu, appended to the
+/// source), without spills.
 #[test]
 fn tensor_core_building_blocks_compile_to_mma_sync() {
     if !nvrtc() {

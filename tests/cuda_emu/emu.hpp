@@ -48,6 +48,7 @@ inline float emu_xchg[EMU_WARPS][32];
 #define __launch_bounds__(x)
 #define __restrict__ __restrict
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 // ---- shared memory poisoning -------------------------------------------
 inline std::mutex emu_smem_mutex;
@@ -178,6 +179,24 @@ inline void mns_mma_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
     emu_warp_barrier[w]->arrive_and_wait();
 }
 
+// cp.async: a copy is only queued; it lands when a wait retires its group,
+// so shared memory read too early still holds its poison (or older data).
+struct EmuCopy { void* dst; const void* src; };
+inline thread_local std::vector<std::vector<EmuCopy>> emu_groups;  // committed, oldest first
+inline thread_local std::vector<EmuCopy> emu_open_group;
+inline void mns_cp_async16(void* smem, const void* gmem) { emu_open_group.push_back({smem, gmem}); }
+inline void mns_cp_async_commit() {
+    emu_groups.push_back(std::move(emu_open_group));
+    emu_open_group.clear();
+}
+template <int N>
+inline void mns_cp_async_wait() {
+    while (emu_groups.size() > (size_t)N) {
+        for (auto& c : emu_groups.front()) std::memcpy(c.dst, c.src, 16);
+        emu_groups.erase(emu_groups.begin());
+    }
+}
+
 inline unsigned long long emu_seed() {
     const char* s = std::getenv("MNS_EMU_SEED");
     return s ? std::strtoull(s, nullptr, 10) : 1ull;
@@ -204,6 +223,8 @@ void emu_launch(unsigned gx, unsigned gy, F kernel) {
                     blockIdx = {bx, by, 0};
                     emu_sched->start(t / 32);
                     kernel();
+                    emu_groups.clear();  // copies never waited for are never seen
+                    emu_open_group.clear();
                     emu_sched->exit(t / 32);
                 });
             for (auto& t : ts) t.join();

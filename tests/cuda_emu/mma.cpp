@@ -1,8 +1,9 @@
 // Runs kernels/mma_test.cu on the CPU emulator: 8 warps, each D = A.B of a
 // 16 x k and a k x 8 matrix of seeded values spanning six binades, and
 // prints, for 3xTF32 and for one TF32 pass, the largest error over every
-// output as a multiple of |A||B| = sum_k |a_ik b_kj| times 2^-22:
-//   mma_emu K SEED  ->  "3xtf32 R3 tf32 R1"
+// output as a multiple of |A||B| = sum_k |a_ik b_kj| times 2^-22, and the
+// number of wrong outputs of the cp.async pipeline test kernel:
+//   mma_emu K SEED  ->  "3xtf32 R3 tf32 R1 cp_async_wrong W"
 #include "emu.hpp"
 #include "../../kernels/mns.cu"
 #include "../../kernels/mma_test.cu"
@@ -45,6 +46,16 @@ int main(int argc, char** argv) {
                 r3 = std::fmax(r3, std::fabs(d3[w * 128 + i * 8 + j] - exact) / unit);
                 r1 = std::fmax(r1, std::fabs(d1[w * 128 + i * 8 + j] - exact) / unit);
             }
-    printf("3xtf32 %.4f tf32 %.4f\n", r3, r1);
+    // The cp.async pipeline: 5 chunks of 1024 floats.
+    const long long chunks = 5;
+    std::vector<float> in(chunks * 1024), out(chunks * 1024, 0.0f);
+    for (auto& x : in) x = value();
+    MnsCpAsyncTestParams q{in.data(), out.data(), chunks};
+    emu_launch(1, 1, [&] { mns_test_cp_async(q); });
+    long long wrong = 0;
+    for (long long c = 0; c < chunks; ++c)
+        for (int j = 0; j < 1024; ++j)
+            wrong += out[c * 1024 + j] != 2.0f * in[c * 1024 + (j + 37) % 1024] + 1.0f;
+    printf("3xtf32 %.4f tf32 %.4f cp_async_wrong %lld\n", r3, r1, wrong);
     return 0;
 }
