@@ -381,5 +381,7 @@ fn emulated_tensor_core_and_cp_async_building_blocks() {
             "K = {k}: one TF32 pass {} units within the 3xTF32 bound {bound}",
             v[1]
         );
+        // The two-stage cp.async pipeline kernel: every output exact.
+        assert_eq!(v[2], 0.0, "cp.async pipeline: {} wrong outputs", v[2]);
     }
 }
