@@ -18,38 +18,44 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// Compiles `tests/cuda_emu/<source>` with g++ into the test's temporary
+/// directory as `exe`; Err(g++'s error) when g++ cannot be run, a panic when
+/// it runs and fails.
+fn compile_cxx(source: &str, exe: &str) -> Result<PathBuf, std::io::Error> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(exe);
+    let o = Command::new("g++")
+        .args([
+            "-O2",
+            "-std=c++20",
+            "-pthread",
+            "-Wall",
+            "-Wno-unknown-pragmas",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(root.join("tests/cuda_emu").join(source))
+        .output()?;
+    assert!(
+        o.status.success(),
+        "{source} does not compile:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(exe)
+}
+
 fn emulator() -> Option<&'static Path> {
     static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mns_emu");
-        let out = Command::new("g++")
-            .args([
-                "-O2",
-                "-std=c++20",
-                "-pthread",
-                "-Wall",
-                "-Wno-unknown-pragmas",
-                "-o",
-            ])
-            .arg(&exe)
-            .arg(root.join("tests/cuda_emu/harness.cpp"))
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(exe),
-            Ok(o) => panic!(
-                "the emulator does not compile:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => {
-                let msg = format!("no C++ compiler (g++: {e})");
-                assert!(
-                    std::env::var("REQUIRE_CXX").as_deref() != Ok("1"),
-                    "REQUIRE_CXX=1 but {msg}"
-                );
-                skip(&msg);
-                None
-            }
+    EXE.get_or_init(|| match compile_cxx("harness.cpp", "mns_emu") {
+        Ok(exe) => Some(exe),
+        Err(e) => {
+            let msg = format!("no C++ compiler (g++: {e})");
+            assert!(
+                std::env::var("REQUIRE_CXX").as_deref() != Ok("1"),
+                "REQUIRE_CXX=1 but {msg}"
+            );
+            skip(&msg);
+            None
         }
     })
     .as_deref()
@@ -334,26 +340,7 @@ fn emulated_kernels_handle_the_numerical_edges() {
 #[test]
 fn emulated_tensor_core_and_cp_async_building_blocks() {
     let Some(_) = emulator() else { return };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mma_emu");
-    let out = Command::new("g++")
-        .args([
-            "-O2",
-            "-std=c++20",
-            "-pthread",
-            "-Wall",
-            "-Wno-unknown-pragmas",
-            "-o",
-        ])
-        .arg(&exe)
-        .arg(root.join("tests/cuda_emu/mma.cpp"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let exe = compile_cxx("mma.cpp", "mma_emu").unwrap();
     for (k, seed) in [(8, 1), (8, 2), (64, 3), (136, 4)] {
         let out = Command::new(&exe)
             .args([k.to_string(), seed.to_string()])

@@ -24,6 +24,17 @@ fn nvrtc() -> bool {
     false
 }
 
+/// A ptxas "N bytes stack frame, S bytes spill stores, L bytes spill loads"
+/// line with N = S = L = 0.
+fn no_stack_or_spill(line: &str) -> bool {
+    let nums: Vec<u64> = line
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    nums.len() >= 3 && nums[..3].iter().all(|&x| x == 0)
+}
+
 #[test]
 fn kernels_compile_without_spills() {
     if !nvrtc() {
@@ -58,15 +69,7 @@ fn kernels_compile_without_spills() {
             c.log
         );
         for line in frames {
-            let nums: Vec<u64> = line
-                .split(|ch: char| !ch.is_ascii_digit())
-                .filter(|s| !s.is_empty())
-                .map(|s| s.parse().unwrap())
-                .collect();
-            assert!(
-                nums.len() >= 3 && nums[..3].iter().all(|&x| x == 0),
-                "{arch}: stack or spill: {line}"
-            );
+            assert!(no_stack_or_spill(line), "{arch}: stack or spill: {line}");
         }
         let used = c
             .log
@@ -214,22 +217,18 @@ fn tensor_core_building_blocks_compile_to_mma_sync() {
             mmas >= 4,
             "{arch}: {mmas} mma.sync in the test kernel (3 + 1 per step)"
         );
-        let log = &c.log;
-        let at = log
-            .find("mns_test_mma")
-            .unwrap_or_else(|| panic!("{arch}: {log}"));
-        let frame = log[at..]
-            .lines()
-            .find(|l| l.contains("stack frame"))
-            .unwrap_or_else(|| panic!("{arch}: {log}"));
-        let nums: Vec<u64> = frame
-            .split(|ch: char| !ch.is_ascii_digit())
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert!(
-            nums.len() >= 3 && nums[..3].iter().all(|&x| x == 0),
-            "{arch}: {frame}"
-        );
+        // ptxas reports each kernel's "Compiling entry function" and then its
+        // stack-frame line.
+        for kernel in ["mns_test_mma", "mns_test_cp_async"] {
+            let log = &c.log;
+            let at = log
+                .find(kernel)
+                .unwrap_or_else(|| panic!("{arch}: no {kernel} in {log}"));
+            let frame = log[at..]
+                .lines()
+                .find(|l| l.contains("stack frame"))
+                .unwrap_or_else(|| panic!("{arch}: {log}"));
+            assert!(no_stack_or_spill(frame), "{arch}: {kernel}: {frame}");
+        }
     }
 }

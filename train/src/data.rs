@@ -333,6 +333,12 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
+    /// Shuffle `v` in place (Fisher–Yates, from the last element down).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
         let (a, b) = (self.unif().max(1e-300), self.unif());
@@ -427,9 +433,7 @@ fn zipf_world(cfg: &SynthConfig, seed: u64) -> Dataset {
     let itf: Vec<f32> = (0..ni * d).map(|_| (rng.normal() * sd) as f32).collect();
     // Random popularity ranks; Zipf weights.
     let mut rank: Vec<usize> = (0..ni).collect();
-    for i in (1..ni).rev() {
-        rank.swap(i, rng.below(i + 1));
-    }
+    rng.shuffle(&mut rank);
     let log_pop: Vec<f32> = rank
         .iter()
         .map(|&r| (-cfg.zipf * ((r + 1) as f64).ln()) as f32)
@@ -497,21 +501,36 @@ fn zipf_world(cfg: &SynthConfig, seed: u64) -> Dataset {
             test.push((u as u32, draw(&mut rng, u, &all_cdf, &all_idx)));
         }
     }
-    // Interleave users in log order (a stream, not user by user).
-    for i in (1..train.len()).rev() {
-        train.swap(i, rng.below(i + 1));
-    }
-    let (user_feats, item_feats) = featurize(&mut rng, cfg, &oracle, None);
+    let low_quality = vec![false; ni];
+    finish(&mut rng, cfg, oracle, None, train, test, fresh, low_quality)
+}
+
+/// The common end of both worlds: the training stream shuffled into log
+/// order (a stream, not user by user), the features, the test pairs that
+/// repeat a training item dropped.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    rng: &mut Rng,
+    cfg: &SynthConfig,
+    oracle: Oracle,
+    category: Option<&[u32]>,
+    mut train: Vec<Pair>,
+    test: Vec<Pair>,
+    fresh: Vec<bool>,
+    low_quality: Vec<bool>,
+) -> Dataset {
+    rng.shuffle(&mut train);
+    let (user_feats, item_feats) = featurize(rng, cfg, &oracle, category);
     let test = drop_seen_test_pairs(&train, test);
     Dataset {
-        n_users: nu,
-        n_items: ni,
+        n_users: cfg.users,
+        n_items: cfg.items,
         user_feats,
         item_feats,
         train,
         test,
         fresh,
-        low_quality: vec![false; ni],
+        low_quality,
         oracle: Some(oracle),
     }
 }
@@ -584,9 +603,7 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
     let (uf, _) = mixed(&mut rng, nu);
     let (itf, item_cat) = mixed(&mut rng, ni);
     let mut rank: Vec<usize> = (0..ni).collect();
-    for i in (1..ni).rev() {
-        rank.swap(i, rng.below(i + 1));
-    }
+    rng.shuffle(&mut rank);
     let bad: Vec<bool> = (0..ni).map(|_| rng.unif() < cfg.bad_share).collect();
     let fresh_share = cfg.fresh_share.unwrap_or(0.03);
     let fresh: Vec<bool> = bad
@@ -688,22 +705,16 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
             test.extend(b);
         }
     }
-    for i in (1..train.len()).rev() {
-        train.swap(i, rng.below(i + 1));
-    }
-    let (user_feats, item_feats) = featurize(&mut rng, cfg, &oracle, Some(&item_cat));
-    let test = drop_seen_test_pairs(&train, test);
-    Dataset {
-        n_users: nu,
-        n_items: ni,
-        user_feats,
-        item_feats,
+    finish(
+        &mut rng,
+        cfg,
+        oracle,
+        Some(&item_cat),
         train,
         test,
         fresh,
-        low_quality: bad,
-        oracle: Some(oracle),
-    }
+        bad,
+    )
 }
 
 /// The test pairs whose item is not among the same user's training items.

@@ -342,9 +342,7 @@ pub fn train_on(
         }
         let epoch_rng = rng.state();
         let mut order: Vec<usize> = (0..data.train.len()).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i + 1));
-        }
+        rng.shuffle(&mut order);
         if let Some(st) = resuming {
             rng = data::Rng::from_state(st.rng);
         }

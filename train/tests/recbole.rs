@@ -7,6 +7,10 @@ use mixneg_train::data::feature_field;
 use mixneg_train::recbole::{LogConfig, Split, read};
 use std::path::{Path, PathBuf};
 
+fn mixneg() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"))
+}
+
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mixneg-recbole-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -183,7 +187,7 @@ fn write_medium(d: &Path) -> PathBuf {
 fn train_and_experiment_run_on_recbole_files() {
     let d = dir("cli");
     let inter = write_medium(&d);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"))
+    let out = mixneg()
         .args([
             "train",
             "--quiet",
@@ -216,7 +220,7 @@ fn train_and_experiment_run_on_recbole_files() {
         assert!(text.contains(m), "{m}: {text}");
     }
     let exp = d.join("exp");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"))
+    let out = mixneg()
         .args([
             "experiment",
             "--seeds",
@@ -252,7 +256,7 @@ fn train_and_experiment_run_on_recbole_files() {
     );
     assert!(table.contains("| MNS B'/B = 1 |"), "{table}");
     // A configuration name that does not exist is an error, not an empty run.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"))
+    let out = mixneg()
         .args([
             "experiment",
             "--seeds",
@@ -274,7 +278,7 @@ fn train_and_experiment_run_on_recbole_files() {
 #[test]
 fn paper_world_experiment_smoke() {
     let d = dir("paper");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"))
+    let out = mixneg()
         .args([
             "experiment",
             "--seeds",
@@ -311,7 +315,7 @@ fn paper_world_experiment_smoke() {
         "{base}"
     );
     // Passing a flag the experiment sets itself is refused.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"))
+    let out = mixneg()
         .args(["experiment", "--estimator", "exact"])
         .output()
         .unwrap();
@@ -351,7 +355,7 @@ fn a_world_that_cannot_be_drawn_is_a_clear_error() {
         ),
     ] {
         for cmd in ["train", "experiment"] {
-            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mixneg"));
+            let mut c = mixneg();
             c.args([
                 cmd, "--world", "paper", "--users", "50", "--items", "200", flag,
             ]);
