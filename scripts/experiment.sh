@@ -5,7 +5,7 @@
 # exact Q, equal budget; then the plots (experiments/*.png; matplotlib is
 # installed into benches/peers/.venv if missing).
 #   scripts/experiment.sh            the whole experiment into experiments/
-#   scripts/experiment.sh --smoke    a 1-minute version into target/experiment-smoke/
+#   scripts/experiment.sh --smoke    a short version (~15 s) into target/experiment-smoke/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet -p mixneg-train
