@@ -53,6 +53,37 @@ pub struct MnsInput<'a> {
     pub correct_positive: bool,
     /// o: query i's positive is candidate i + o (0 ≤ o ≤ N − B).
     pub positive_offset: usize,
+    /// The arithmetic the products may use ([`Precision`]; default F32).
+    pub precision: Precision,
+}
+
+/// The arithmetic of the three products (the logits U·Vᵀ, G·V and Gᵀ·U).
+/// Every tier accumulates in f32 and computes exp, the row merge and the
+/// loss as the f32 path does; the tiers differ only in how the products'
+/// factors are rounded. Only the CUDA tensor-core path implements the
+/// lower tiers; the CPU backend refuses them ([`MnsError::Precision`]) and
+/// the reference computes everything in f64 whatever is asked.
+///
+/// Error bounds, per product term a·b with unit roundoff u of the tier
+/// (derivation in docs/design.md §11):
+///
+/// * `F32` (default): f32 accuracy. On tensor cores each product is
+///   3xTF32 — a = big + small + r with big = tf32(a), small = tf32(a − big),
+///   |r| ≤ 2⁻²²|a|, and a·b ≈ big·big + big·small + small·big — which errs
+///   by at most (3 + 3K/4)·2⁻²²·Σ|a_k b_k| against plain f32's K·2⁻²⁴·Σ|a_k b_k|,
+///   and passes the same tolerance policy as the f32 kernels.
+/// * `Tf32`: one TF32 pass (both factors rounded to 11 significant bits,
+///   u = 2⁻¹¹): a logit errs by up to 2·2⁻¹¹·Σ_k|u_k v_k|/τ, about 2¹³ times
+///   f32's; what PyTorch computes with `allow_tf32`. Tested against a plain
+///   implementation that rounds the same factors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Precision {
+    /// f32 accuracy (3xTF32 on tensor cores).
+    #[default]
+    F32,
+    /// One TF32 pass: factors rounded to 11 significant bits, f32 sums.
+    Tf32,
 }
 
 impl<'a> MnsInput<'a> {
@@ -69,7 +100,15 @@ impl<'a> MnsInput<'a> {
             temperature: 1.0,
             correct_positive: true,
             positive_offset: 0,
+            precision: Precision::F32,
         }
+    }
+
+    /// The arithmetic of the products (default [`Precision::F32`]).
+    #[must_use]
+    pub fn precision(mut self, p: Precision) -> Self {
+        self.precision = p;
+        self
     }
 
     /// Remove accidental hits using these N item ids.
@@ -204,6 +243,7 @@ impl<'a> MnsInput<'a> {
             temperature: t,
             correct_positive: self.correct_positive,
             positive_offset: self.positive_offset,
+            precision: self.precision,
         })
     }
 }
@@ -321,9 +361,20 @@ pub struct Problem<'a> {
     pub correct_positive: bool,
     /// o: row i's positive is column i + o (o ≤ N − B).
     pub positive_offset: usize,
+    /// The arithmetic the products may use.
+    pub precision: Precision,
 }
 
 impl Problem<'_> {
+    /// Err([`MnsError::Precision`]) unless the problem asks for
+    /// [`Precision::F32`]: for backends that compute in f32 only.
+    pub fn f32_only(&self, backend: &'static str) -> Result<(), MnsError> {
+        match self.precision {
+            Precision::F32 => Ok(()),
+            precision => Err(MnsError::Precision { backend, precision }),
+        }
+    }
+
     /// Weight of row i (1 when no weights were given).
     #[inline]
     pub fn weight(&self, i: usize) -> f32 {

@@ -11,9 +11,9 @@
 
 mod common;
 use common::*;
-use mixneg::MnsOutput;
 use mixneg::cuda::Plan;
 use mixneg::cuda::abi::{self, Buffers};
+use mixneg::{MnsOutput, Precision};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -61,19 +61,23 @@ fn emulator() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// Run one case on the emulated kernels: the launch list of
-/// `mixneg::cuda::abi::launches` for the grid plan of a GPU of `sms`
-/// multiprocessors — exactly what the backend launches — with buffer
-/// numbers for device addresses.
-fn run(exe: &Path, case: &Case, sms: usize) -> MnsOutput {
-    run_launches(exe, case, sms, false)
+/// The SIMT plan, or the tensor-core plan at the case's precision (K ≤ 128).
+fn plan_for(case: &Case, sms: usize, tc: bool) -> Plan {
+    let (b, n, k) = (case.b(), case.n(), case.k);
+    if tc {
+        Plan::tensor_core(b, n, k, sms, case.precision).expect("K <= 128")
+    } else {
+        Plan::new(b, n, k, sms)
+    }
 }
 
-/// [`run`], or with `forward_only` the first three launches only (forward,
-/// row merge, loss) — what the backend's forward-only call launches.
-fn run_launches(exe: &Path, case: &Case, sms: usize, forward_only: bool) -> MnsOutput {
+/// Run one case on the emulated kernels: the launch list of
+/// `mixneg::cuda::abi::launches` for `plan` — exactly what the backend
+/// launches — with buffer numbers for device addresses; with
+/// `forward_only` the first three only (forward, row merge, loss), what the
+/// backend's forward-only call launches.
+fn run_launches(exe: &Path, case: &Case, plan: &Plan, forward_only: bool) -> MnsOutput {
     let (b, n, k) = (case.b(), case.n(), case.k);
-    let plan = Plan::new(b, n, k, sms);
     // Buffers in this order; a pointer field holds its number + 1.
     let f32s = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|v| v.to_le_bytes()).collect() };
     let mut bufs: Vec<(usize, Option<Vec<u8>>)> = vec![];
@@ -98,6 +102,9 @@ fn run_launches(exe: &Path, case: &Case, sms: usize, forward_only: bool) -> MnsO
     }
     a.part_m = add(4 * plan.splits * b, None);
     a.part_s = add(4 * plan.splits * b, None);
+    if plan.tc.is_some() {
+        a.part_o = add(4 * plan.splits * b * k, None);
+    }
     a.lse = add(4 * b, None);
     a.row_loss = add(4 * b, None);
     a.top1 = add(4 * b, None);
@@ -114,7 +121,7 @@ fn run_launches(exe: &Path, case: &Case, sms: usize, forward_only: bool) -> MnsO
         correct_positive: case.correct_positive,
         positive_offset: case.positive_offset,
     };
-    let all = abi::launches(&plan, (b, n, k), opt, &a);
+    let all = abi::launches(plan, (b, n, k), opt, &a);
     let launches = &all[..if forward_only { 3 } else { all.len() }];
     let mut buf: Vec<u8> = vec![];
     buf.extend((bufs.len() as u64).to_le_bytes());
@@ -129,15 +136,23 @@ fn run_launches(exe: &Path, case: &Case, sms: usize, forward_only: bool) -> MnsO
     buf.extend((launches.len() as u64).to_le_bytes());
     for l in launches {
         let p = l.params.bytes();
-        for x in [l.kernel as u32, l.grid.0, l.grid.1, p.len() as u32] {
+        for x in [
+            l.kernel as u32,
+            l.grid.0,
+            l.grid.1,
+            l.threads,
+            l.smem,
+            p.len() as u32,
+        ] {
             buf.extend(x.to_le_bytes());
         }
         buf.extend(p);
     }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let tag = format!(
-        "{}-{b}-{n}-{k}-{sms}-{:?}",
+        "{}-{b}-{n}-{k}-{}-{:?}",
         std::process::id(),
+        plan.splits,
         std::thread::current().id()
     );
     let (inp, outp) = (
@@ -197,11 +212,28 @@ fn parameter_structs_have_the_host_layout() {
     assert_eq!(got, want, "g++ layout (left) vs src/cuda/abi.rs (right)");
 }
 
+/// The SIMT kernels on `case` against the f64 reference.
 fn check(exe: &Path, case: &Case, sms: usize) {
+    check_plan(exe, case, &plan_for(case, sms, false), "simt");
+}
+
+/// The SIMT kernels and, where K ≤ 128, the tensor-core kernels at the
+/// case's precision (F32: 3xTF32) — both under the same f32 policy.
+fn check_paths(exe: &Path, case: &Case, sms: usize) {
+    check(exe, case, sms);
+    if case.k <= 128 {
+        check_plan(exe, case, &plan_for(case, sms, true), "tensor cores");
+    }
+}
+
+fn check_plan(exe: &Path, case: &Case, plan: &Plan, path: &str) {
     let want = mixneg::reference::mns_loss_f64(&case.input()).unwrap();
-    let out = run(exe, case, sms);
+    let out = run_launches(exe, case, plan, false);
     let ctx = Case {
-        name: format!("{} [emulated cuda, {sms} SMs]", case.name),
+        name: format!(
+            "{} [emulated cuda, {path}, {} splits]",
+            case.name, plan.splits
+        ),
         ..case.clone()
     };
     assert_output(&ctx, &out, want.loss, &want.d_u, &want.d_v, &want.lse);
@@ -239,16 +271,80 @@ fn emulated_kernels_match_the_reference_on_awkward_shapes() {
     }
 }
 
+/// The tensor-core kernels (3xTF32 and one-pass TF32) against the f64
+/// reference on the same awkward shapes, each K class (≤ 32, ≤ 64, ≤ 128),
+/// K a multiple of 4 (cp.async staging) and not (plain loads), one to many
+/// column splits (the flash-decoding merge of O). F32 passes the f32
+/// policy; TF32 the same policy measured against a plain implementation
+/// that rounds the same factors to TF32.
+#[test]
+fn emulated_tensor_core_kernels_match_the_reference_on_awkward_shapes() {
+    let Some(exe) = emulator() else { return };
+    for (b, bp, k, sms) in [
+        (1, 0, 1, 1),
+        (1, 7, 3, 132),
+        (3, 0, 7, 4),
+        (17, 203, 9, 132),
+        (64, 64, 64, 1),
+        (65, 130, 65, 8),
+        (113, 1000, 32, 132),
+        (70, 30, 128, 2),
+        (9, 140, 100, 1),
+    ] {
+        let c = random_case(21, b, bp, k);
+        for precision in [Precision::F32, Precision::Tf32] {
+            let c = c.at(precision);
+            check_plan(exe, &c, &plan_for(&c, sms, true), "tensor cores");
+        }
+    }
+}
+
+/// One TF32 pass is not f32: the TF32 tier's output fails the f32 policy on
+/// an ordinary case (so the F32 tier's pass is not the policy being blind
+/// to tensor-core rounding).
+#[test]
+fn emulated_tf32_fails_the_f32_policy() {
+    let Some(exe) = emulator() else { return };
+    let c = random_case(26, 40, 100, 64);
+    let plan = Plan::tensor_core(c.b(), c.n(), c.k, 4, Precision::Tf32).unwrap();
+    let out = run_launches(exe, &c, &plan, false);
+    let want = mixneg::reference::mns_loss_f64(&c.input()).unwrap();
+    let (bound, _, _) = tensor_bound("d_u", &c, &want.d_u);
+    let err = l2_err(&out.d_u, &want.d_u);
+    assert!(
+        err > bound,
+        "TF32 dU error {err:.3e} within the f32 bound {bound:.3e}"
+    );
+}
+
+/// The harness runs kernel i as `mixneg::cuda::KERNELS[i]`.
+#[test]
+fn harness_numbers_the_kernels_as_the_backend() {
+    let Some(exe) = emulator() else { return };
+    let out = Command::new(exe).arg("--kernels").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        mixneg::cuda::KERNELS.to_vec()
+    );
+}
+
 /// The forward-only launches (forward, row merge, loss) give the full call's
 /// loss, lse, ℓ and top-1 bit for bit.
 #[test]
 fn emulated_forward_only_is_the_full_call_without_gradients() {
     let Some(exe) = emulator() else { return };
-    for (b, bp, k, sms, o) in [(1, 7, 3, 1, 7), (65, 130, 65, 8, 64)] {
+    for (b, bp, k, sms, o, tc) in [
+        (1, 7, 3, 1, 7, false),
+        (65, 130, 65, 8, 64, false),
+        (65, 130, 65, 8, 64, true),
+    ] {
         let mut c = random_case(8, b, bp, k);
         c.positive_offset = o;
-        let full = run_launches(exe, &c, sms, false);
-        let fwd = run_launches(exe, &c, sms, true);
+        let plan = plan_for(&c, sms, tc);
+        let full = run_launches(exe, &c, &plan, false);
+        let fwd = run_launches(exe, &c, &plan, true);
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(fwd.loss.to_bits(), full.loss.to_bits());
         assert_eq!(bits(&fwd.lse), bits(&full.lse));
@@ -272,7 +368,7 @@ fn emulated_kernels_take_a_positive_offset() {
                 c.correct_positive = cp;
                 c.ids = Some((0..b + bp).map(|j| (j % 5) as i64).collect());
                 c.name = format!("offset {o} of {bp}, cp={cp} (B={b}, K={k})");
-                check(exe, &c, sms);
+                check_paths(exe, &c, sms);
             }
         }
     }
@@ -282,10 +378,13 @@ fn emulated_kernels_take_a_positive_offset() {
 fn emulated_kernels_pass_every_vector() {
     let Some(exe) = emulator() else { return };
     for (case, exp) in load_vectors() {
-        for sms in [1, 132] {
-            let out = run(exe, &case, sms);
+        for (sms, tc) in [(1, false), (132, false), (1, true), (132, true)] {
+            if tc && case.k > 128 {
+                continue;
+            }
+            let out = run_launches(exe, &case, &plan_for(&case, sms, tc), false);
             let ctx = Case {
-                name: format!("{} [emulated cuda, {sms} SMs]", case.name),
+                name: format!("{} [emulated cuda, {sms} SMs, tc={tc}]", case.name),
                 ..case.clone()
             };
             assert_output(&ctx, &out, exp.loss, &exp.d_u, &exp.d_v, &exp.lse);
@@ -302,27 +401,29 @@ fn emulated_kernels_handle_the_numerical_edges() {
     c.temperature = 1.0;
     c.row_weight = Some((0..40).map(|i| (i % 3) as f32).collect());
     c.name = "uncorrected, weights with zeros".into();
-    check(exe, &c, 16);
+    check_paths(exe, &c, 16);
 
     let mut c = random_case(23, 20, 44, 8);
     c.u.iter_mut().for_each(|x| *x *= 30.0);
     c.v.iter_mut().for_each(|x| *x *= 30.0);
     c.temperature = 1.0;
     c.name = "huge logits".into();
-    check(exe, &c, 4);
+    check_paths(exe, &c, 4);
 
     let mut c = random_case(24, 6, 9, 5);
     c.ids = Some(vec![7; 15]);
     c.name = "every row fully removed".into();
-    let out = run(exe, &c, 3);
-    assert_eq!(out.loss, 0.0);
-    assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0));
-    assert!(out.top1.iter().all(|&t| t));
+    for tc in [false, true] {
+        let out = run_launches(exe, &c, &plan_for(&c, 3, tc), false);
+        assert_eq!(out.loss, 0.0, "tc={tc}");
+        assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0), "tc={tc}");
+        assert!(out.top1.iter().all(|&t| t), "tc={tc}");
+    }
 
     let mut c = random_case(25, 30, 60, 8);
     c.ids = Some((0..90).map(|j| (j % 3) as i64).collect());
     c.name = "heavy duplicates".into();
-    check(exe, &c, 132);
+    check_paths(exe, &c, 132);
 }
 
 /// The tensor-core building blocks (mns_to_tf32, mns_split_tf32,

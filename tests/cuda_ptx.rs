@@ -117,6 +117,11 @@ fn parameter_structs_have_the_host_layout() {
         ("mns_du_f32", "MnsGradParams"),
         ("mns_dv_f32", "MnsGradParams"),
         ("mns_dtau_f32", "MnsDtauParams"),
+        ("mns_du_merge_f32", "MnsMergeParams"),
+        ("mns_fwd_tc_k32_f32", "MnsFwdParams"),
+        ("mns_dv_tc_k32_f32", "MnsGradParams"),
+        ("mns_fwd_tc_k128_tf32", "MnsFwdParams"),
+        ("mns_dv_tc_k128_tf32", "MnsGradParams"),
     ];
     for arch in ["sm_80", "sm_90"] {
         let ptx = cuda::compile(arch, false).unwrap().ptx;
@@ -178,7 +183,8 @@ fn parameter_structs_have_the_host_layout() {
                     "{arch}: {kernel} loads offset {off}, which is no field of {name}"
                 );
             }
-            let unused = |f: &str| f.ends_with("pad");
+            // The SIMT forward has no partial O to write.
+            let unused = |f: &str| f.ends_with("pad") || (kernel == "mns_fwd_f32" && f == "part_o");
             for &(f, o) in fields.iter().filter(|(f, _)| !unused(f)) {
                 assert!(
                     loads.iter().any(|&(off, n)| off <= o && o < off + n),
@@ -229,6 +235,88 @@ fn tensor_core_building_blocks_compile_to_mma_sync() {
                 .find(|l| l.contains("stack frame"))
                 .unwrap_or_else(|| panic!("{arch}: {log}"));
             assert!(no_stack_or_spill(frame), "{arch}: {kernel}: {frame}");
+        }
+    }
+}
+
+/// The tensor-core kernels are what they say: each forward and dV kernel's
+/// PTX has mma.sync TF32 (three times as many in the 3xTF32 `f32` kernels
+/// as in the one-pass `tf32` ones), cp.async staging with its waits, and no
+/// static shared memory; and the occupancy ptxas's register counts and the
+/// dynamic shared memory allow on an H100/H200 (sm_90: 64 Ki registers and
+/// 228 KiB shared memory an SM, 1 KiB of it reserved a block) is printed
+/// and at least one block of 4 warps an SM.
+#[test]
+fn tensor_core_kernels_use_mma_and_cp_async() {
+    if !nvrtc() {
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        let c = cuda::compile(arch, true).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let body = |kernel: &str| -> String {
+            let start = c
+                .ptx
+                .find(&format!(".entry {kernel}("))
+                .unwrap_or_else(|| panic!("{arch}: no .entry {kernel}"));
+            let b = &c.ptx[start..];
+            b[..b[1..].find(".entry ").map_or(b.len(), |e| e + 1)].to_string()
+        };
+        let mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32";
+        for class in ["k32", "k64", "k128"] {
+            for kind in ["fwd", "dv"] {
+                let f32 = body(&format!("mns_{kind}_tc_{class}_f32"));
+                let tf32 = body(&format!("mns_{kind}_tc_{class}_tf32"));
+                let (m3, m1) = (f32.matches(mma).count(), tf32.matches(mma).count());
+                assert!(
+                    m1 > 0 && m3 == 3 * m1,
+                    "{arch} {kind} {class}: {m3} mma.sync in f32, {m1} in tf32"
+                );
+                for b in [&f32, &tf32] {
+                    assert!(
+                        b.contains("cp.async.cg.shared.global"),
+                        "{arch} {kind} {class}"
+                    );
+                    assert!(b.contains("cp.async.wait_group"), "{arch} {kind} {class}");
+                }
+            }
+        }
+        // Registers per kernel from ptxas's log, then blocks an SM.
+        let mut at = 0;
+        let log = &c.log;
+        while let Some(i) = log[at..].find("Compiling entry function '") {
+            let from = at + i + "Compiling entry function '".len();
+            let name = &log[from..from + log[from..].find('\'').unwrap()];
+            at = from;
+            let Some(class) = ["k32", "k64", "k128"]
+                .iter()
+                .position(|c| name.contains(&format!("_tc_{c}_")))
+            else {
+                continue;
+            };
+            let used = log[from..]
+                .lines()
+                .find(|l| l.contains("Used") && l.contains("registers"))
+                .unwrap();
+            let regs: usize = used
+                .split_whitespace()
+                .skip_while(|w| *w != "Used")
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
+            let kp = [32, 64, 128][class];
+            let smem = cuda::tc_smem_bytes(kp);
+            // Registers go to warps in units of 256 (8 a thread).
+            let per_block = 4 * (32 * regs).div_ceil(256) * 256;
+            let by_regs = 65536 / per_block;
+            let by_smem = (228 * 1024) / (smem + 1024);
+            let blocks = by_regs.min(by_smem);
+            eprintln!(
+                "{arch} {name}: {regs} registers, {smem} B dynamic shared memory (K = {kp}): \
+                 {by_regs} blocks/SM by registers, {by_smem} by shared memory (sm_90 limits) -> {} warps/SM",
+                4 * blocks
+            );
+            assert!(blocks >= 1, "{arch} {name}: does not fit an SM");
         }
     }
 }

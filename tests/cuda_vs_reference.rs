@@ -155,6 +155,7 @@ fn device_entry_point_matches_host_entry_point() {
         temperature: c.temperature,
         correct_positive: true,
         positive_offset: c.positive_offset,
+        precision: mixneg::Precision::F32,
     };
     let mut out = DeviceOutput::zeros(&s, c.b(), c.n(), c.k).unwrap();
     be.mns_loss_device(&s, &x, &mut out).unwrap();

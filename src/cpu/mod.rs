@@ -318,6 +318,7 @@ impl Backend for CpuBackend {
         // backend's pool.
         self.in_pool(|| {
             let p = input.validate()?;
+            p.f32_only(self.name())?;
             out.check_shape(p.b, p.n, p.k)?;
             self.dispatch(&p, out, false);
             Ok(())
@@ -327,6 +328,7 @@ impl Backend for CpuBackend {
     fn mns_forward(&self, input: &MnsInput<'_>) -> Result<MnsForward, MnsError> {
         self.in_pool(|| {
             let p = input.validate()?;
+            p.f32_only(self.name())?;
             // Per-row buffers only: no gradient is formed.
             let mut out = MnsOutput::filled(p.b, 0, 0, 0.0);
             self.dispatch(&p, &mut out, true);

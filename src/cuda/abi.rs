@@ -54,6 +54,39 @@ pub struct FwdParams {
     pub part_m: u64,
     /// splits × B partial sums (out).
     pub part_s: u64,
+    /// splits × B × K partial O = Σ_j e^{s_ij − m} v_j (out; tensor-core
+    /// forward only, 0 for `mns_fwd_f32`).
+    pub part_o: u64,
+}
+
+/// `mns_du_merge_f32` (`MnsMergeParams`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MergeParams {
+    /// N×K candidates.
+    pub v: u64,
+    /// splits × B partial maxima (in).
+    pub part_m: u64,
+    /// splits × B × K partial O (in).
+    pub part_o: u64,
+    /// B row maxima (in).
+    pub mrow: u64,
+    /// B coefficients (in).
+    pub coef: u64,
+    /// B diagonal terms (in).
+    pub gdiag: u64,
+    /// B×K ∂L/∂U (out).
+    pub d_u: u64,
+    /// B.
+    pub b: i64,
+    /// K.
+    pub k: i64,
+    /// o: row r's positive is column r + o.
+    pub offset: i64,
+    /// Column splits of the forward kernel.
+    pub splits: i32,
+    /// Explicit padding (0).
+    pub pad: i32,
 }
 
 /// `mns_rows_f32` (`MnsRowsParams`).
@@ -98,8 +131,9 @@ pub struct RowsParams {
     pub correct_positive: i32,
     /// Column splits of the forward kernel.
     pub splits: i32,
-    /// Explicit padding to a multiple of 8 bytes (0).
-    pub pad: i32,
+    /// 1: s_ii from TF32-rounded factors (the one-pass TF32 tier, whose
+    /// other logits are formed so; ℓ = lse − s_ii keeps its cancellation).
+    pub tf32: i32,
 }
 
 /// `mns_loss_f32` (`MnsLossParams`).
@@ -159,6 +193,8 @@ unsafe impl cudarc::driver::DeviceRepr for LossParams {}
 unsafe impl cudarc::driver::DeviceRepr for GradParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for DtauParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for MergeParams {}
 
 /// The parameters of one launch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -173,6 +209,8 @@ pub enum Params {
     Grad(GradParams),
     /// `mns_dtau_f32`.
     Dtau(DtauParams),
+    /// `mns_du_merge_f32`.
+    Merge(MergeParams),
 }
 
 fn logit_bytes(x: &Logits, out: &mut Vec<u8>) {
@@ -197,6 +235,17 @@ impl Params {
                 o.extend(p.cols_per_split.to_le_bytes());
                 o.extend(p.part_m.to_le_bytes());
                 o.extend(p.part_s.to_le_bytes());
+                o.extend(p.part_o.to_le_bytes());
+            }
+            Params::Merge(p) => {
+                for a in [p.v, p.part_m, p.part_o, p.mrow, p.coef, p.gdiag, p.d_u] {
+                    o.extend(a.to_le_bytes());
+                }
+                for a in [p.b, p.k, p.offset] {
+                    o.extend(a.to_le_bytes());
+                }
+                o.extend(p.splits.to_le_bytes());
+                o.extend(p.pad.to_le_bytes());
             }
             Params::Rows(p) => {
                 for a in [
@@ -220,7 +269,7 @@ impl Params {
                 o.extend(p.k.to_le_bytes());
                 o.extend(p.offset.to_le_bytes());
                 o.extend(p.inv_tau.to_le_bytes());
-                for a in [p.correct_positive, p.splits, p.pad] {
+                for a in [p.correct_positive, p.splits, p.tf32] {
                     o.extend(a.to_le_bytes());
                 }
             }
@@ -248,13 +297,17 @@ impl Params {
 }
 
 /// One kernel launch: the kernel (an index into [`super::KERNELS`]), its
-/// grid of 256-thread blocks and its parameters.
+/// grid, block size, dynamic shared memory and parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Launch {
     /// Index into [`super::KERNELS`].
     pub kernel: usize,
     /// Grid (x, y).
     pub grid: (u32, u32),
+    /// Threads a block.
+    pub threads: u32,
+    /// Dynamic shared memory a block, bytes.
+    pub smem: u32,
     /// The kernel's parameter struct.
     pub params: Params,
 }
@@ -272,6 +325,8 @@ pub struct Buffers {
     pub row_weight: u64,
     pub part_m: u64,
     pub part_s: u64,
+    /// splits × B × K (tensor-core path only; 0 otherwise).
+    pub part_o: u64,
     pub lse: u64,
     pub row_loss: u64,
     pub top1: u64,
@@ -297,8 +352,10 @@ pub struct Options {
     pub positive_offset: usize,
 }
 
-/// The launch sequence of one call on a B×N×K problem: forward, row merge,
-/// loss, dU, dV, ∂L/∂τ, on one stream in this order.
+/// The launch sequence of one call on a B×N×K problem, on one stream in
+/// this order. SIMT path: forward, row merge, loss, dU, dV, ∂L/∂τ.
+/// Tensor-core path (`plan.tc`): forward + O, row merge, loss, dU merge,
+/// dV, ∂L/∂τ. Either way the first three are the forward-only call.
 pub fn launches(
     plan: &Plan,
     (b, n, k): (usize, usize, usize),
@@ -327,74 +384,114 @@ pub fn launches(
         gdiag: a.gdiag,
         out,
     };
-    [
-        Launch {
-            kernel: 0,
-            grid: plan.fwd_grid,
-            params: Params::Fwd(FwdParams {
-                x,
-                cols_per_split: plan.cols_per_split as i64,
-                part_m: a.part_m,
-                part_s: a.part_s,
-            }),
-        },
-        Launch {
-            kernel: 1,
-            grid: (plan.rows_grid, 1),
-            params: Params::Rows(RowsParams {
-                u: a.u,
-                v: a.v,
-                log_q: a.log_q,
-                row_weight: a.row_weight,
-                part_m: a.part_m,
-                part_s: a.part_s,
-                lse: a.lse,
-                row_loss: a.row_loss,
-                top1: a.top1,
-                wloss: a.wloss,
-                mrow: a.mrow,
-                coef: a.coef,
-                gdiag: a.gdiag,
-                b: b as i64,
-                k: k as i64,
-                offset,
-                inv_tau,
-                correct_positive: correct_positive as i32,
-                splits: plan.splits as i32,
-                pad: 0,
-            }),
-        },
-        Launch {
-            kernel: 2,
-            grid: (1, 1),
-            params: Params::Loss(LossParams {
-                wloss: a.wloss,
-                loss: a.loss,
-                b: b as i64,
-            }),
-        },
-        Launch {
-            kernel: 3,
-            grid: plan.du_grid,
-            params: Params::Grad(grad(a.d_u)),
-        },
-        Launch {
-            kernel: 4,
-            grid: plan.dv_grid,
-            params: Params::Grad(grad(a.d_v)),
-        },
-        Launch {
-            kernel: 5,
-            grid: (1, 1),
-            params: Params::Dtau(DtauParams {
-                u: a.u,
-                d_u: a.d_u,
-                d_temperature: a.d_temperature,
-                len: (b * k) as i64,
-                inv_tau: 1.0 / temperature as f64,
-            }),
-        },
-    ]
+    let simt = |kernel: usize, grid: (u32, u32), params: Params| Launch {
+        kernel,
+        grid,
+        threads: super::THREADS,
+        smem: 0,
+        params,
+    };
+    let fwd = Params::Fwd(FwdParams {
+        x,
+        cols_per_split: plan.cols_per_split as i64,
+        part_m: a.part_m,
+        part_s: a.part_s,
+        part_o: if plan.tc.is_some() { a.part_o } else { 0 },
+    });
+    let rows = simt(
+        1,
+        (plan.rows_grid, 1),
+        Params::Rows(RowsParams {
+            u: a.u,
+            v: a.v,
+            log_q: a.log_q,
+            row_weight: a.row_weight,
+            part_m: a.part_m,
+            part_s: a.part_s,
+            lse: a.lse,
+            row_loss: a.row_loss,
+            top1: a.top1,
+            wloss: a.wloss,
+            mrow: a.mrow,
+            coef: a.coef,
+            gdiag: a.gdiag,
+            b: b as i64,
+            k: k as i64,
+            offset,
+            inv_tau,
+            correct_positive: correct_positive as i32,
+            splits: plan.splits as i32,
+            tf32: plan.tc.is_some_and(|t| t.tf32) as i32,
+        }),
+    );
+    let loss = simt(
+        2,
+        (1, 1),
+        Params::Loss(LossParams {
+            wloss: a.wloss,
+            loss: a.loss,
+            b: b as i64,
+        }),
+    );
+    let dtau = simt(
+        5,
+        (1, 1),
+        Params::Dtau(DtauParams {
+            u: a.u,
+            d_u: a.d_u,
+            d_temperature: a.d_temperature,
+            len: (b * k) as i64,
+            inv_tau: 1.0 / temperature as f64,
+        }),
+    );
+    match plan.tc {
+        None => [
+            simt(0, plan.fwd_grid, fwd),
+            rows,
+            loss,
+            simt(3, plan.du_grid, Params::Grad(grad(a.d_u))),
+            simt(4, plan.dv_grid, Params::Grad(grad(a.d_v))),
+            dtau,
+        ],
+        Some(tc) => {
+            let tensor = |kernel: usize, grid: (u32, u32), params: Params| Launch {
+                kernel,
+                grid,
+                threads: super::TC_THREADS,
+                smem: tc.smem,
+                params,
+            };
+            [
+                tensor(tc.fwd_kernel(), plan.fwd_grid, fwd),
+                rows,
+                loss,
+                simt(
+                    6,
+                    (tc.merge_grid, 1),
+                    Params::Merge(MergeParams {
+                        v: a.v,
+                        part_m: a.part_m,
+                        part_o: a.part_o,
+                        mrow: a.mrow,
+                        coef: a.coef,
+                        gdiag: a.gdiag,
+                        d_u: a.d_u,
+                        b: b as i64,
+                        k: k as i64,
+                        offset,
+                        splits: plan.splits as i32,
+                        pad: 0,
+                    }),
+                ),
+                tensor(
+                    tc.dv_kernel(),
+                    (plan.dv_grid.0, 1),
+                    Params::Grad(grad(a.d_v)),
+                ),
+                dtau,
+            ]
+        }
+    }
 }
 
 /// One struct of [`layout`]: its C name, its size and (field, offset) pairs.
@@ -423,6 +520,7 @@ pub fn layout() -> Vec<StructLayout> {
         ("cols_per_split", offset_of!(FwdParams, cols_per_split)),
         ("part_m", offset_of!(FwdParams, part_m)),
         ("part_s", offset_of!(FwdParams, part_s)),
+        ("part_o", offset_of!(FwdParams, part_o)),
     ]);
     let mut grad = x(offset_of!(GradParams, x));
     grad.extend([
@@ -456,7 +554,7 @@ pub fn layout() -> Vec<StructLayout> {
                 ("inv_tau", offset_of!(RowsParams, inv_tau)),
                 ("correct_positive", offset_of!(RowsParams, correct_positive)),
                 ("splits", offset_of!(RowsParams, splits)),
-                ("pad", offset_of!(RowsParams, pad)),
+                ("tf32", offset_of!(RowsParams, tf32)),
             ],
         ),
         (
@@ -480,6 +578,24 @@ pub fn layout() -> Vec<StructLayout> {
                 ("inv_tau", offset_of!(DtauParams, inv_tau)),
             ],
         ),
+        (
+            "MnsMergeParams",
+            size_of::<MergeParams>(),
+            vec![
+                ("v", offset_of!(MergeParams, v)),
+                ("part_m", offset_of!(MergeParams, part_m)),
+                ("part_o", offset_of!(MergeParams, part_o)),
+                ("mrow", offset_of!(MergeParams, mrow)),
+                ("coef", offset_of!(MergeParams, coef)),
+                ("gdiag", offset_of!(MergeParams, gdiag)),
+                ("d_u", offset_of!(MergeParams, d_u)),
+                ("b", offset_of!(MergeParams, b)),
+                ("k", offset_of!(MergeParams, k)),
+                ("offset", offset_of!(MergeParams, offset)),
+                ("splits", offset_of!(MergeParams, splits)),
+                ("pad", offset_of!(MergeParams, pad)),
+            ],
+        ),
     ]
 }
 
@@ -491,21 +607,27 @@ mod tests {
     #[test]
     fn byte_images_are_the_whole_structs() {
         let a = Buffers::default();
-        let plan = Plan::new(100, 300, 70, 4);
         let opt = Options {
             temperature: 2.0,
             correct_positive: true,
             positive_offset: 3,
         };
-        for l in launches(&plan, (100, 300, 70), opt, &a) {
-            let size = match l.params {
-                Params::Fwd(_) => std::mem::size_of::<FwdParams>(),
-                Params::Rows(_) => std::mem::size_of::<RowsParams>(),
-                Params::Loss(_) => std::mem::size_of::<LossParams>(),
-                Params::Grad(_) => std::mem::size_of::<GradParams>(),
-                Params::Dtau(_) => std::mem::size_of::<DtauParams>(),
-            };
-            assert_eq!(l.params.bytes().len(), size, "{l:?}");
+        let plans = [
+            Plan::new(100, 300, 70, 4),
+            Plan::tensor_core(100, 300, 70, 4, crate::Precision::F32).unwrap(),
+        ];
+        for plan in plans {
+            for l in launches(&plan, (100, 300, 70), opt, &a) {
+                let size = match l.params {
+                    Params::Fwd(_) => std::mem::size_of::<FwdParams>(),
+                    Params::Rows(_) => std::mem::size_of::<RowsParams>(),
+                    Params::Loss(_) => std::mem::size_of::<LossParams>(),
+                    Params::Grad(_) => std::mem::size_of::<GradParams>(),
+                    Params::Dtau(_) => std::mem::size_of::<DtauParams>(),
+                    Params::Merge(_) => std::mem::size_of::<MergeParams>(),
+                };
+                assert_eq!(l.params.bytes().len(), size, "{l:?}");
+            }
         }
         // And the layout lists every field once, in increasing order, with
         // no gap (each field 8 bytes, or 4 for the f32/i32 ones).
@@ -516,6 +638,7 @@ mod tests {
                 let four = (f.ends_with("inv_tau") && name != "MnsDtauParams")
                     || f.ends_with("correct_positive")
                     || f.ends_with("splits")
+                    || f.ends_with("tf32")
                     || f.ends_with("pad");
                 end += if four { 4 } else { 8 };
             }

@@ -33,7 +33,7 @@ use compile::cubin_for;
 pub use compile::{Compiled, compile, compile_source};
 pub use compile::{is_available, nvrtc_available};
 #[doc(hidden)]
-pub use plan::Plan;
+pub use plan::{Plan, Tc, tc_smem_bytes};
 
 use crate::{Backend, ErrorSource, MnsError, MnsInput, MnsOutput};
 use cudarc::driver::{
@@ -50,20 +50,38 @@ pub use cudarc;
 /// The kernel source, embedded at build time.
 pub const SOURCE: &str = include_str!("../../kernels/mns.cu");
 
-/// Every kernel in [`SOURCE`], in launch order.
-pub const KERNELS: [&str; 6] = [
+/// Every kernel in [`SOURCE`]: the SIMT path's six in launch order, the
+/// tensor-core path's dU merge, then (forward, dV) of each tensor-core class
+/// (K ≤ 32, 64, 128) and precision (3xTF32 `f32`, one-pass `tf32`). The
+/// emulator's harness lists the same names in the same order (tested).
+pub const KERNELS: [&str; 19] = [
     "mns_fwd_f32",
     "mns_rows_f32",
     "mns_loss_f32",
     "mns_du_f32",
     "mns_dv_f32",
     "mns_dtau_f32",
+    "mns_du_merge_f32",
+    "mns_fwd_tc_k32_f32",
+    "mns_dv_tc_k32_f32",
+    "mns_fwd_tc_k32_tf32",
+    "mns_dv_tc_k32_tf32",
+    "mns_fwd_tc_k64_f32",
+    "mns_dv_tc_k64_f32",
+    "mns_fwd_tc_k64_tf32",
+    "mns_dv_tc_k64_tf32",
+    "mns_fwd_tc_k128_f32",
+    "mns_dv_tc_k128_f32",
+    "mns_fwd_tc_k128_tf32",
+    "mns_dv_tc_k128_tf32",
 ];
 
 /// Rows / columns of a logit tile and the dU/dV component slice (`mns.cu`).
 const TILE: usize = 64;
-/// Threads per block of every kernel.
+/// Threads per block of the SIMT kernels and the merges.
 const THREADS: u32 = 256;
+/// Threads per block of the tensor-core kernels (4 warps of 16 rows).
+const TC_THREADS: u32 = 128;
 
 /// Device-resident input of [`CudaBackend::mns_loss_device`]; the same
 /// meaning as [`MnsInput`].
@@ -87,6 +105,8 @@ pub struct DeviceInput<'a> {
     pub correct_positive: bool,
     /// o: query i's positive is candidate i + o (0 ≤ o ≤ N − B).
     pub positive_offset: usize,
+    /// The products' arithmetic ([`crate::Precision`]).
+    pub precision: crate::Precision,
 }
 
 /// Device-resident results of [`CudaBackend::mns_loss_device`].
@@ -188,6 +208,7 @@ pub struct CudaBackend {
     funcs: Vec<CudaFunction>,
     sms: usize,
     arch: String,
+    tensor_cores: bool,
 }
 
 impl CudaBackend {
@@ -200,7 +221,7 @@ impl CudaBackend {
         let module = ctx
             .load_module(Ptx::from_binary(cubin_for(&arch)?))
             .map_err(cuda_err)?;
-        let funcs = KERNELS
+        let funcs: Vec<CudaFunction> = KERNELS
             .iter()
             .map(|k| module.load_function(k).map_err(cuda_err))
             .collect::<Result<_, _>>()?;
@@ -209,6 +230,19 @@ impl CudaBackend {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(cuda_err)? as usize;
+        let tensor_cores = major >= 8;
+        if tensor_cores {
+            // Opt in to the dynamic shared memory each tensor-core kernel
+            // needs at the largest K of its class (above the 48 KiB default).
+            for (i, f) in funcs.iter().enumerate().skip(7) {
+                let kp = plan::TC_CLASSES[(i - 7) / 4];
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    plan::tc_smem_bytes(kp) as i32,
+                )
+                .map_err(cuda_err)?;
+            }
+        }
         let stream = ctx.default_stream();
         Ok(Self {
             ctx,
@@ -216,13 +250,30 @@ impl CudaBackend {
             funcs,
             sms,
             arch,
+            tensor_cores,
         })
     }
 
-    /// The grid plan this backend uses for a B×N×K problem.
+    /// Use the tensor-core kernels where they apply (`true`, the default on
+    /// sm_80 and newer) or always the SIMT kernels (`false`: the check of
+    /// the fast path, and a comparison point). Without tensor cores, or
+    /// for K > 128, the SIMT kernels run at f32 whatever the precision.
+    pub fn set_tensor_cores(&mut self, yes: bool) {
+        self.tensor_cores = yes && self.arch_major() >= 8;
+    }
+
+    fn arch_major(&self) -> u32 {
+        self.arch[3..self.arch.len() - 1].parse().unwrap_or(0)
+    }
+
+    /// The grid plan this backend uses for a B×N×K problem at `precision`:
+    /// the tensor-core kernels when enabled and K ≤ 128, else the SIMT ones.
     #[doc(hidden)]
-    pub fn plan(&self, b: usize, n: usize, k: usize) -> Plan {
-        Plan::new(b, n, k, self.sms)
+    pub fn plan(&self, b: usize, n: usize, k: usize, precision: crate::Precision) -> Plan {
+        self.tensor_cores
+            .then(|| Plan::tensor_core(b, n, k, self.sms, precision))
+            .flatten()
+            .unwrap_or_else(|| Plan::new(b, n, k, self.sms))
     }
 
     /// The device's architecture, e.g. `sm_90`.
@@ -274,9 +325,14 @@ impl CudaBackend {
         out: &mut DeviceOutput,
         forward_only: bool,
     ) -> Result<(), MnsError> {
-        let plan = self.plan(b, n, k);
+        let plan = self.plan(b, n, k, x.precision);
         let part_m = stream.alloc_zeros::<f32>(plan.splits * b)?;
         let part_s = stream.alloc_zeros::<f32>(plan.splits * b)?;
+        let part_o = stream.alloc_zeros::<f32>(if plan.tc.is_some() {
+            plan.splits * b * k
+        } else {
+            1
+        })?;
         let [wloss, mrow, coef, gdiag] = [(); 4].map(|()| stream.alloc_zeros::<f32>(b));
         let (wloss, mrow, coef, gdiag) = (wloss?, mrow?, coef?, gdiag?);
         // Device addresses for the parameter structs. Each guard keeps
@@ -289,6 +345,7 @@ impl CudaBackend {
         let row_weight = x.row_weight.map(|s| s.device_ptr(stream));
         let (part_m, _g1) = part_m.device_ptr(stream);
         let (part_s, _g2) = part_s.device_ptr(stream);
+        let (part_o, _g14) = part_o.device_ptr(stream);
         let (wloss, _g3) = wloss.device_ptr(stream);
         let (mrow, _g4) = mrow.device_ptr(stream);
         let (coef, _g5) = coef.device_ptr(stream);
@@ -308,6 +365,7 @@ impl CudaBackend {
             row_weight: row_weight.as_ref().map_or(0, |(p, _)| *p),
             part_m,
             part_s,
+            part_o,
             lse,
             row_loss,
             top1,
@@ -337,20 +395,25 @@ impl CudaBackend {
                 abi::Params::Loss(p) => lb.arg(p),
                 abi::Params::Grad(p) => lb.arg(p),
                 abi::Params::Dtau(p) => lb.arg(p),
+                abi::Params::Merge(p) => lb.arg(p),
             };
             let cfg = LaunchConfig {
                 grid_dim: (l.grid.0, l.grid.1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
+                block_dim: (l.threads, 1, 1),
+                shared_mem_bytes: l.smem,
             };
             // SAFETY: each kernel takes exactly one parameter struct, the
             // one `abi::launches` pairs with it (its layout is the `.cu`
             // struct's, tested); every address in it is a live buffer of
             // this context with the length the kernel indexes (u B·K, v N·K,
             // log_q and ids N, row_weight B — checked in mns_loss_device —
-            // part_* splits·B, the per-row buffers B, d_u B·K, d_v N·K, loss and d_temperature
-            // 1), or null for an absent optional input, which the kernels
-            // test before reading.
+            // part_m/part_s splits·B, part_o splits·B·K on the tensor-core
+            // path, the per-row buffers B, d_u B·K, d_v N·K, loss and
+            // d_temperature 1), or null for an absent optional input, which
+            // the kernels test before reading; a tensor-core launch's
+            // dynamic shared memory (`tc_smem_bytes` of its K) is within
+            // what the constructor opted its kernel in to (the size for the
+            // largest K of its class).
             unsafe { lb.launch(cfg) }?;
         }
         Ok(())
@@ -410,6 +473,7 @@ impl CudaBackend {
             temperature: p.temperature,
             correct_positive: p.correct_positive,
             positive_offset: p.positive_offset,
+            precision: p.precision,
         };
         let mut d = DeviceOutput::zeros(s, p.b, p.n, p.k)?;
         f(&dev, &mut d)?;

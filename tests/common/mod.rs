@@ -21,6 +21,9 @@ pub struct Case {
     pub correct_positive: bool,
     /// o: query i's positive is candidate i + o.
     pub positive_offset: usize,
+    /// The products' arithmetic; the plain baseline of the tolerance policy
+    /// rounds the same factors ([`naive_f32`]).
+    pub precision: mixneg::Precision,
     /// [`magnitudes`], computed once.
     pub mags: std::sync::OnceLock<Mags>,
     /// [`naive_f32`] in its three variants, computed once.
@@ -49,13 +52,26 @@ impl Case {
             temperature_text: temperature.to_string(),
             correct_positive: true,
             positive_offset: 0,
+            precision: mixneg::Precision::F32,
             mags: Default::default(),
             naive: Default::default(),
         }
     }
 
+    /// This case at another precision tier (its plain baselines recomputed
+    /// for that tier).
+    pub fn at(&self, precision: mixneg::Precision) -> Case {
+        Case {
+            name: format!("{} [{precision:?}]", self.name),
+            precision,
+            naive: Default::default(),
+            ..self.clone()
+        }
+    }
+
     pub fn input(&self) -> MnsInput<'_> {
         let mut x = MnsInput::new(&self.u, &self.v, &self.log_q, self.k)
+            .precision(self.precision)
             .temperature(self.temperature)
             .correct_positive(self.correct_positive)
             .positive_offset(self.positive_offset);
@@ -221,6 +237,7 @@ pub fn load_vectors() -> Vec<(Case, Expected)> {
                 temperature_text: meta["temperature"].clone(),
                 correct_positive: meta["correct_positive"] == "true",
                 positive_offset: 0,
+                precision: mixneg::Precision::F32,
                 mags: Default::default(),
                 naive: Default::default(),
             };
@@ -346,6 +363,10 @@ pub enum Naive {
 /// of all logits.
 pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
     let (b, n, k) = (case.b(), case.n(), case.k);
+    // A lower tier rounds both factors of every product term (what a
+    // framework's TF32 matmuls do): u and v in the logits, g and v (u) in
+    // dU (dV).
+    let r = |x: f32| round_to(case.precision, x);
     let tau = case.temperature;
     let inv_tau = 1.0 / tau;
     let alt = variant == Naive::ReversedFma;
@@ -373,7 +394,7 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
             let (ui, vj) = (&case.u[i * k..(i + 1) * k], &case.v[j * k..(j + 1) * k]);
             for t in 0..k {
                 let c = at(t, k);
-                d = madd(ui[c], vj[c], d);
+                d = madd(r(ui[c]), r(vj[c]), d);
             }
             let d = scale(d);
             *sj = if j == pos && !case.correct_positive {
@@ -398,16 +419,17 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
                 &mut out.d_u[i * k..(i + 1) * k],
                 &case.v[j * k..(j + 1) * k],
             );
+            let g = r(g);
             du.iter_mut()
                 .zip(vj)
-                .for_each(|(d, &x)| *d = madd(g, x, *d));
+                .for_each(|(d, &x)| *d = madd(g, r(x), *d));
             let (dv, ui) = (
                 &mut out.d_v[j * k..(j + 1) * k],
                 &case.u[i * k..(i + 1) * k],
             );
             dv.iter_mut()
                 .zip(ui)
-                .for_each(|(d, &x)| *d = madd(g, x, *d));
+                .for_each(|(d, &x)| *d = madd(g, r(x), *d));
         }
     }
     out.loss = wl / b as f32;
@@ -418,6 +440,18 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
     }
     out.d_temperature = -scale(dot);
     out
+}
+
+/// x rounded as `precision` rounds a product's factor: unchanged for F32;
+/// for TF32 to 10 explicit mantissa bits, to nearest with ties away from
+/// zero (`cvt.rna.tf32.f32`).
+pub fn round_to(precision: mixneg::Precision, x: f32) -> f32 {
+    match precision {
+        mixneg::Precision::Tf32 if x.is_finite() => {
+            f32::from_bits(x.to_bits().wrapping_add(0x1000) & 0xFFFF_E000)
+        }
+        _ => x,
+    }
 }
 
 /// Per-case magnitudes in f64 that the policy needs (see above).
@@ -584,7 +618,7 @@ pub fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
 }
 
 /// ‖x − ref‖₂ in f64.
-fn l2_err(got: &[f32], want: &[f64]) -> f64 {
+pub fn l2_err(got: &[f32], want: &[f64]) -> f64 {
     got.iter()
         .zip(want)
         .map(|(&g, &w)| (g as f64 - w).powi(2))

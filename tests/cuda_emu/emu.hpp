@@ -23,6 +23,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <math.h>
@@ -37,7 +38,7 @@ struct EmuDim3 { unsigned x = 0, y = 0, z = 0; };
 inline thread_local EmuDim3 threadIdx, blockIdx;
 inline EmuDim3 gridDim, blockDim;
 
-constexpr int EMU_THREADS = 256;
+constexpr int EMU_THREADS = 256;  // the largest block; a launch may use fewer (whole warps)
 constexpr int EMU_WARPS = EMU_THREADS / 32;
 inline std::barrier<>* emu_warp_barrier[EMU_WARPS];
 inline float emu_xchg[EMU_WARPS][32];
@@ -74,8 +75,9 @@ struct EmuScheduler {
     int arrived[EMU_WARPS];  // threads of each warp at the barrier ending this segment
     int exited[EMU_WARPS];   // threads of each warp that returned
     unsigned long long rng;
+    int nwarps;  // warps of this launch's blocks
 
-    explicit EmuScheduler(unsigned long long seed) : rng(seed) {
+    EmuScheduler(unsigned long long seed, int warps) : rng(seed), nwarps(warps) {
         for (int w = 0; w < EMU_WARPS; ++w) arrived[w] = exited[w] = 0;
         shuffle();
     }
@@ -86,8 +88,8 @@ struct EmuScheduler {
         return z ^ (z >> 31);
     }
     void shuffle() {
-        for (int w = 0; w < EMU_WARPS; ++w) order[w] = w;
-        for (int w = EMU_WARPS - 1; w > 0; --w) std::swap(order[w], order[next() % (w + 1)]);
+        for (int w = 0; w < nwarps; ++w) order[w] = w;
+        for (int w = nwarps - 1; w > 0; --w) std::swap(order[w], order[next() % (w + 1)]);
     }
     bool warp_done(int w) const { return arrived[w] + exited[w] == 32; }
     // Under the lock: pass the turn on while the running warp is done; when
@@ -96,21 +98,21 @@ struct EmuScheduler {
     void advance() {
         const int before = turn;
         const unsigned long long g0 = gen;
-        while (turn < EMU_WARPS && warp_done(order[turn])) ++turn;
-        if (turn == EMU_WARPS) {
+        while (turn < nwarps && warp_done(order[turn])) ++turn;
+        if (turn == nwarps) {
             bool all_exited = true;
-            for (int w = 0; w < EMU_WARPS; ++w) all_exited &= exited[w] == 32;
+            for (int w = 0; w < nwarps; ++w) all_exited &= exited[w] == 32;
             if (all_exited) return;
-            for (int w = 0; w < EMU_WARPS; ++w) arrived[w] = 0;
+            for (int w = 0; w < nwarps; ++w) arrived[w] = 0;
             shuffle();
             turn = 0;
             ++gen;
-            while (turn < EMU_WARPS && exited[order[turn]] == 32) ++turn;
+            while (turn < nwarps && exited[order[turn]] == 32) ++turn;
         }
-        if ((turn != before || gen != g0) && turn < EMU_WARPS) cv[order[turn]].notify_all();
+        if ((turn != before || gen != g0) && turn < nwarps) cv[order[turn]].notify_all();
     }
     void wait_turn(std::unique_lock<std::mutex>& l, int w, unsigned long long g) {
-        cv[w].wait(l, [&] { return gen >= g && turn < EMU_WARPS && order[turn] == w; });
+        cv[w].wait(l, [&] { return gen >= g && turn < nwarps && order[turn] == w; });
     }
     void start(int w) {
         std::unique_lock<std::mutex> l(m);
@@ -197,27 +199,43 @@ inline void mns_cp_async_wait() {
     }
 }
 
+// The block's dynamic shared memory: one buffer of the largest size a GPU
+// of this crate's targets grants (227 KiB), poisoned like static shared
+// memory at every block start.
+constexpr unsigned long long EMU_DYNAMIC_SMEM = 227 * 1024;
+inline unsigned char* mns_dynamic_smem() {
+    alignas(16) static unsigned char buf[EMU_DYNAMIC_SMEM];
+    mns_smem_poison(buf, sizeof buf);
+    return buf;
+}
+
 inline unsigned long long emu_seed() {
     const char* s = std::getenv("MNS_EMU_SEED");
     return s ? std::strtoull(s, nullptr, 10) : 1ull;
 }
 
-// Run `kernel()` on a grid of (gx, gy) blocks of EMU_THREADS threads.
+// Run `kernel()` on a grid of (gx, gy) blocks of `threads` threads (a
+// multiple of 32, at most EMU_THREADS).
 template <class F>
-void emu_launch(unsigned gx, unsigned gy, F kernel) {
+void emu_launch(unsigned gx, unsigned gy, unsigned threads, F kernel) {
     static unsigned long long launches = 0;
+    if (threads == 0 || threads % 32 || threads > (unsigned)EMU_THREADS) {
+        std::fprintf(stderr, "emu_launch: %u threads a block\n", threads);
+        std::exit(2);
+    }
+    const int nwarps = (int)threads / 32;
     gridDim = {gx, gy, 1};
-    blockDim = {EMU_THREADS, 1, 1};
+    blockDim = {threads, 1, 1};
     for (unsigned by = 0; by < gy; ++by) {
         for (unsigned bx = 0; bx < gx; ++bx) {
             for (auto& r : emu_smem_regions) std::memset(r.first, 0xFF, r.second);
-            EmuScheduler sched(emu_seed() * 0x2545F4914F6CDD1Dull + (++launches));
+            EmuScheduler sched(emu_seed() * 0x2545F4914F6CDD1Dull + (++launches), nwarps);
             emu_sched = &sched;
             std::vector<std::barrier<>*> warps;
-            for (int w = 0; w < EMU_WARPS; ++w) warps.push_back(new std::barrier<>(32));
-            for (int w = 0; w < EMU_WARPS; ++w) emu_warp_barrier[w] = warps[w];
+            for (int w = 0; w < nwarps; ++w) warps.push_back(new std::barrier<>(32));
+            for (int w = 0; w < nwarps; ++w) emu_warp_barrier[w] = warps[w];
             std::vector<std::thread> ts;
-            for (unsigned t = 0; t < EMU_THREADS; ++t)
+            for (unsigned t = 0; t < threads; ++t)
                 ts.emplace_back([=] {
                     threadIdx = {t, 0, 0};
                     blockIdx = {bx, by, 0};
@@ -233,3 +251,5 @@ void emu_launch(unsigned gx, unsigned gy, F kernel) {
         }
     }
 }
+template <class F>
+void emu_launch(unsigned gx, unsigned gy, F kernel) { emu_launch(gx, gy, EMU_THREADS, kernel); }

@@ -5,11 +5,14 @@
 //                        u64 nbuf, then per buffer: u64 bytes, u8 has_data,
 //                        [bytes of data]  (zero-filled when has_data = 0);
 //                        u64 nlaunch, then per launch: u32 kernel, u32 grid_x,
-//                        u32 grid_y, u32 param_bytes, [param struct bytes]
+//                        u32 grid_y, u32 threads, u32 dynamic_smem_bytes,
+//                        u32 param_bytes, [param struct bytes]
 //                      with every pointer field holding a buffer number + 1
 //                      (0: null). OUT receives every buffer's bytes in order.
 //   mns_emu --layout   print "Struct size" and "Struct.field offset" lines of
 //                      the parameter structs, as this compiler lays them out.
+//   mns_emu --kernels  print the kernel names, one a line, in the order of
+//                      their numbers (src/cuda/mod.rs's KERNELS).
 #include "emu.hpp"
 #include "../../kernels/mns.cu"
 #include <cstddef>
@@ -25,7 +28,8 @@ template <class T> static T take(FILE* f) {
     return x;
 }
 
-static std::vector<std::vector<unsigned long long>> bufs;  // 8-byte aligned storage
+struct alignas(16) Chunk { unsigned char b[16]; };
+static std::vector<std::vector<Chunk>> bufs;  // 16-byte aligned storage, as cudaMalloc's
 
 // A pointer field read from the file holds a buffer number + 1.
 template <class P> static void fix(P*& ptr) {
@@ -50,6 +54,7 @@ static int layout() {
     FIELD(MnsFwdParams, x.ids); FIELD(MnsFwdParams, x.b); FIELD(MnsFwdParams, x.n);
     FIELD(MnsFwdParams, x.k); FIELD(MnsFwdParams, x.offset); FIELD(MnsFwdParams, x.inv_tau); FIELD(MnsFwdParams, x.pad);
     FIELD(MnsFwdParams, cols_per_split); FIELD(MnsFwdParams, part_m); FIELD(MnsFwdParams, part_s);
+    FIELD(MnsFwdParams, part_o);
     printf("MnsRowsParams %zu\n", sizeof(MnsRowsParams));
     FIELD(MnsRowsParams, u); FIELD(MnsRowsParams, v); FIELD(MnsRowsParams, log_q);
     FIELD(MnsRowsParams, row_weight); FIELD(MnsRowsParams, part_m); FIELD(MnsRowsParams, part_s);
@@ -57,7 +62,7 @@ static int layout() {
     FIELD(MnsRowsParams, wloss); FIELD(MnsRowsParams, mrow); FIELD(MnsRowsParams, coef);
     FIELD(MnsRowsParams, gdiag); FIELD(MnsRowsParams, b); FIELD(MnsRowsParams, k); FIELD(MnsRowsParams, offset);
     FIELD(MnsRowsParams, inv_tau); FIELD(MnsRowsParams, correct_positive);
-    FIELD(MnsRowsParams, splits); FIELD(MnsRowsParams, pad);
+    FIELD(MnsRowsParams, splits); FIELD(MnsRowsParams, tf32);
     printf("MnsLossParams %zu\n", sizeof(MnsLossParams));
     FIELD(MnsLossParams, wloss); FIELD(MnsLossParams, loss); FIELD(MnsLossParams, b);
     printf("MnsGradParams %zu\n", sizeof(MnsGradParams));
@@ -69,11 +74,28 @@ static int layout() {
     printf("MnsDtauParams %zu\n", sizeof(MnsDtauParams));
     FIELD(MnsDtauParams, u); FIELD(MnsDtauParams, d_u); FIELD(MnsDtauParams, d_temperature);
     FIELD(MnsDtauParams, len); FIELD(MnsDtauParams, inv_tau);
+    printf("MnsMergeParams %zu\n", sizeof(MnsMergeParams));
+    FIELD(MnsMergeParams, v); FIELD(MnsMergeParams, part_m); FIELD(MnsMergeParams, part_o);
+    FIELD(MnsMergeParams, mrow); FIELD(MnsMergeParams, coef); FIELD(MnsMergeParams, gdiag);
+    FIELD(MnsMergeParams, d_u); FIELD(MnsMergeParams, b); FIELD(MnsMergeParams, k);
+    FIELD(MnsMergeParams, offset); FIELD(MnsMergeParams, splits); FIELD(MnsMergeParams, pad);
+    return 0;
+}
+
+// Kernels 7, 8, ...: (forward, dV) of each tensor-core class, in this order.
+struct TcPair { const char* fwd; const char* dv; void (*f)(const MnsFwdParams); void (*d)(const MnsGradParams); };
+#define TC(KN, PN) {"mns_fwd_tc_" #KN "_" #PN, "mns_dv_tc_" #KN "_" #PN, mns_fwd_tc_##KN##_##PN, mns_dv_tc_##KN##_##PN}
+static const TcPair tc_kernels[] = {TC(k32, f32), TC(k32, tf32), TC(k64, f32), TC(k64, tf32), TC(k128, f32), TC(k128, tf32)};
+static const char* simt_kernels[] = {"mns_fwd_f32", "mns_rows_f32", "mns_loss_f32", "mns_du_f32", "mns_dv_f32", "mns_dtau_f32", "mns_du_merge_f32"};
+static int kernels() {
+    for (auto* k : simt_kernels) printf("%s\n", k);
+    for (auto& t : tc_kernels) printf("%s\n%s\n", t.fwd, t.dv);
     return 0;
 }
 
 int main(int argc, char** argv) {
     if (argc == 2 && strcmp(argv[1], "--layout") == 0) return layout();
+    if (argc == 2 && strcmp(argv[1], "--kernels") == 0) return kernels();
     if (argc != 3) die("usage: mns_emu IN OUT | mns_emu --layout");
     FILE* in = fopen(argv[1], "rb");
     if (!in) { perror(argv[1]); return 2; }
@@ -82,46 +104,68 @@ int main(int argc, char** argv) {
     for (unsigned long long i = 0; i < nbuf; ++i) {
         const auto bytes = take<unsigned long long>(in);
         const auto has = take<unsigned char>(in);
-        bufs.emplace_back((bytes + 7) / 8, 0ull);
+        bufs.emplace_back((bytes + 15) / 16, Chunk{});
         sizes.push_back(bytes);
         if (has && bytes && fread(bufs.back().data(), 1, bytes, in) != bytes) die("short input");
     }
     const auto nlaunch = take<unsigned long long>(in);
     for (unsigned long long l = 0; l < nlaunch; ++l) {
         const auto kernel = take<unsigned>(in), gx = take<unsigned>(in), gy = take<unsigned>(in);
+        const auto threads = take<unsigned>(in), smem = take<unsigned>(in);
         const auto bytes = take<unsigned>(in);
+        if (smem > EMU_DYNAMIC_SMEM) die("more dynamic shared memory than a block can have");
+        const unsigned ntc = sizeof tc_kernels / sizeof tc_kernels[0];
+        if (kernel >= 7 && kernel < 7 + 2 * ntc) {
+            const auto& tc = tc_kernels[(kernel - 7) / 2];
+            if ((kernel - 7) % 2 == 0) {
+                auto p = params<MnsFwdParams>(in, bytes);
+                fix(p.x); fix(p.part_m); fix(p.part_s); fix(p.part_o);
+                emu_launch(gx, gy, threads, [&] { tc.f(p); });
+            } else {
+                auto p = params<MnsGradParams>(in, bytes);
+                fix(p.x); fix(p.mrow); fix(p.coef); fix(p.gdiag); fix(p.out);
+                emu_launch(gx, gy, threads, [&] { tc.d(p); });
+            }
+            continue;
+        }
         switch (kernel) {
         case 0: {
             auto p = params<MnsFwdParams>(in, bytes);
-            fix(p.x); fix(p.part_m); fix(p.part_s);
-            emu_launch(gx, gy, [&] { mns_fwd_f32(p); });
+            fix(p.x); fix(p.part_m); fix(p.part_s); fix(p.part_o);
+            emu_launch(gx, gy, threads, [&] { mns_fwd_f32(p); });
             break;
         }
         case 1: {
             auto p = params<MnsRowsParams>(in, bytes);
             fix(p.u); fix(p.v); fix(p.log_q); fix(p.row_weight); fix(p.part_m); fix(p.part_s);
             fix(p.lse); fix(p.row_loss); fix(p.top1); fix(p.wloss); fix(p.mrow); fix(p.coef); fix(p.gdiag);
-            emu_launch(gx, gy, [&] { mns_rows_f32(p); });
+            emu_launch(gx, gy, threads, [&] { mns_rows_f32(p); });
             break;
         }
         case 2: {
             auto p = params<MnsLossParams>(in, bytes);
             fix(p.wloss); fix(p.loss);
-            emu_launch(gx, gy, [&] { mns_loss_f32(p); });
+            emu_launch(gx, gy, threads, [&] { mns_loss_f32(p); });
             break;
         }
         case 3:
         case 4: {
             auto p = params<MnsGradParams>(in, bytes);
             fix(p.x); fix(p.mrow); fix(p.coef); fix(p.gdiag); fix(p.out);
-            if (kernel == 3) emu_launch(gx, gy, [&] { mns_du_f32(p); });
-            else emu_launch(gx, gy, [&] { mns_dv_f32(p); });
+            if (kernel == 3) emu_launch(gx, gy, threads, [&] { mns_du_f32(p); });
+            else emu_launch(gx, gy, threads, [&] { mns_dv_f32(p); });
             break;
         }
         case 5: {
             auto p = params<MnsDtauParams>(in, bytes);
             fix(p.u); fix(p.d_u); fix(p.d_temperature);
-            emu_launch(gx, gy, [&] { mns_dtau_f32(p); });
+            emu_launch(gx, gy, threads, [&] { mns_dtau_f32(p); });
+            break;
+        }
+        case 6: {
+            auto p = params<MnsMergeParams>(in, bytes);
+            fix(p.v); fix(p.part_m); fix(p.part_o); fix(p.mrow); fix(p.coef); fix(p.gdiag); fix(p.d_u);
+            emu_launch(gx, gy, threads, [&] { mns_du_merge_f32(p); });
             break;
         }
         default: die("unknown kernel");

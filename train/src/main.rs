@@ -376,41 +376,62 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
         temperature: 0.05,
         correct_positive: true,
         positive_offset: 0,
+        precision: mixneg::Precision::F32,
     };
-    let mut out = DeviceOutput::zeros(&s, b, n, k)?;
-    gpu.mns_loss_device(&s, &x, &mut out)?; // warm-up
-    s.synchronize()?;
-    let (free1, _) = ctx.mem_get_info()?;
-    let mut ms = Vec::with_capacity(reps);
-    // Timing events: cudarc's `new_event(None)` creates them with
-    // CU_EVENT_DISABLE_TIMING, for which every elapsed_ms fails.
-    let timed = Some(mixneg::cuda::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    for _ in 0..reps.max(1) {
-        let t0 = ctx.new_event(timed)?;
-        let t1 = ctx.new_event(timed)?;
-        t0.record(&s)?;
-        gpu.mns_loss_device(&s, &x, &mut out)?;
-        t1.record(&s)?;
-        t1.synchronize()?;
-        ms.push(t0.elapsed_ms(&t1)? as f64);
+    let mut gpu = gpu;
+    // Every path this GPU has, side by side on the same data: the SIMT
+    // kernels, then the tensor-core ones at each precision.
+    let mut paths = vec![("simt f32", false, mixneg::Precision::F32)];
+    if gpu.plan(b, n, k, mixneg::Precision::F32).tc.is_some() {
+        paths.push(("tc f32", true, mixneg::Precision::F32));
+        paths.push(("tc tf32", true, mixneg::Precision::Tf32));
     }
-    ms.sort_by(f64::total_cmp);
-    let med = ms[ms.len() / 2];
-    let loss = s.clone_dtoh(&out.loss)?[0];
-    let flops = 6.0 * b as f64 * n as f64 * k as f64;
-    // Inputs, outputs and the per-call scratch (splits·B·2 + 3·B floats).
-    let plan = gpu.plan(b, n, k);
-    let bytes = 4 * (2 * (b + n) * k + n * 3 + b * 6 + 2 * plan.splits * b);
-    println!(
-        "mixneg cuda {}: B = {b}, B' = {bp}, K = {k}: loss {loss:.6}, median {med:.3} ms over {} runs, \
-         {:.2} effective TFLOP/s, device memory {:.1} MiB (buffers) / {:.1} MiB (driver delta), GPU total {:.0} GiB",
-        gpu.arch(),
-        ms.len(),
-        flops / med / 1e9,
-        bytes as f64 / (1u64 << 20) as f64,
-        (free0.saturating_sub(free1)) as f64 / (1u64 << 20) as f64,
-        total as f64 / (1u64 << 30) as f64
-    );
+    for (name, tc, precision) in paths {
+        gpu.set_tensor_cores(tc);
+        let x = DeviceInput { precision, ..x };
+        let mut out = DeviceOutput::zeros(&s, b, n, k)?;
+        gpu.mns_loss_device(&s, &x, &mut out)?; // warm-up
+        s.synchronize()?;
+        let (free1, _) = ctx.mem_get_info()?;
+        let mut ms = Vec::with_capacity(reps);
+        // Timing events: cudarc's `new_event(None)` creates them with
+        // CU_EVENT_DISABLE_TIMING, for which every elapsed_ms fails.
+        let timed = Some(mixneg::cuda::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        for _ in 0..reps.max(1) {
+            let t0 = ctx.new_event(timed)?;
+            let t1 = ctx.new_event(timed)?;
+            t0.record(&s)?;
+            gpu.mns_loss_device(&s, &x, &mut out)?;
+            t1.record(&s)?;
+            t1.synchronize()?;
+            ms.push(t0.elapsed_ms(&t1)? as f64);
+        }
+        ms.sort_by(f64::total_cmp);
+        let med = ms[ms.len() / 2];
+        let loss = s.clone_dtoh(&out.loss)?[0];
+        // Useful work: the three products, 6·B·N·K (the tensor-core path
+        // does 8·B·N·K, recomputing the logits once for dV).
+        let flops = 6.0 * b as f64 * n as f64 * k as f64;
+        // Inputs, outputs and the per-call scratch (splits·B·2 + 3·B
+        // floats, and splits·B·K partial O on the tensor-core path).
+        let plan = gpu.plan(b, n, k, precision);
+        let part_o = if plan.tc.is_some() {
+            plan.splits * b * k
+        } else {
+            0
+        };
+        let bytes = 4 * (2 * (b + n) * k + n * 3 + b * 6 + 2 * plan.splits * b + part_o);
+        println!(
+            "mixneg cuda {} [{name}]: B = {b}, B' = {bp}, K = {k}: loss {loss:.6}, median {med:.3} ms over {} runs, \
+             {:.2} effective TFLOP/s, device memory {:.1} MiB (buffers) / {:.1} MiB (driver delta), GPU total {:.0} GiB",
+            gpu.arch(),
+            ms.len(),
+            flops / med / 1e9,
+            bytes as f64 / (1u64 << 20) as f64,
+            (free0.saturating_sub(free1)) as f64 / (1u64 << 20) as f64,
+            total as f64 / (1u64 << 30) as f64
+        );
+    }
     Ok(())
 }
 
