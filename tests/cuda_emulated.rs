@@ -274,7 +274,8 @@ fn emulated_kernels_match_the_reference_on_awkward_shapes() {
 /// The tensor-core kernels (3xTF32 and one-pass TF32) against the f64
 /// reference on the same awkward shapes, each K class (≤ 32, ≤ 64, ≤ 128),
 /// K a multiple of 4 (cp.async staging) and not (plain loads), one to many
-/// column splits (the flash-decoding merge of O). F32 passes the f32
+/// column splits (the flash-decoding merge of O), and splits long enough
+/// that both stages of each kernel's pipeline are refilled. F32 passes the f32
 /// policy; TF32 the same policy measured against a plain implementation
 /// that rounds the same factors to TF32.
 #[test]
@@ -290,6 +291,12 @@ fn emulated_tensor_core_kernels_match_the_reference_on_awkward_shapes() {
         (113, 1000, 32, 132),
         (70, 30, 128, 2),
         (9, 140, 100, 1),
+        // One split of 7 column tiles and 3 row tiles for dV: each
+        // pipeline stage is refilled (cp.async at K = 20, plain loads at
+        // K = 19, class 128 at K = 72).
+        (150, 250, 20, 1),
+        (150, 250, 19, 1),
+        (130, 70, 72, 1),
     ] {
         let c = random_case(21, b, bp, k);
         for precision in [Precision::F32, Precision::Tf32] {

@@ -31,6 +31,19 @@ fn gpu() -> Option<&'static CudaBackend> {
     }
 }
 
+/// A second backend on the same device that always runs the SIMT kernels
+/// (the check of the tensor-core path, which `gpu()` runs on sm_80+).
+fn simt_gpu() -> Option<&'static CudaBackend> {
+    static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    gpu()?;
+    GPU.get_or_init(|| {
+        let mut b = CudaBackend::new(0).ok()?;
+        b.set_tensor_cores(false);
+        Some(b)
+    })
+    .as_ref()
+}
+
 fn check(be: &CudaBackend, case: &Case) {
     let want = reference::mns_loss_f64(&case.input()).unwrap();
     let _ = magnitudes(case); // computed once, carried by the clones below
@@ -52,7 +65,11 @@ fn check(be: &CudaBackend, case: &Case) {
     );
     assert_eq!(fwd.lse, out.lse, "{}: forward lse", ctx.name);
     assert_eq!(fwd.row_loss, out.row_loss, "{}: forward row loss", ctx.name);
-    // And against the CPU backend: both f32, each within the policy of the truth.
+    // And against the CPU backend: both f32, each within the policy of the
+    // truth (the CPU computes F32 only, and a lower tier may flip near-ties).
+    if case.precision != mixneg::Precision::F32 {
+        return;
+    }
     let cpu = CpuBackend::new().mns_loss(&case.input()).unwrap();
     let agree = out
         .top1
@@ -84,6 +101,22 @@ fn shape_sweep() {
         }
     }
     check(be, &random_case(3, 512, 1536, 64));
+}
+
+/// The same sweep's second half on the SIMT kernels (forced), and on the
+/// tensor-core kernels at the TF32 tier (its own policy: against a plain
+/// implementation rounding the same factors).
+#[test]
+fn shape_sweep_simt_and_tf32() {
+    let Some(be) = gpu() else { return };
+    let simt = simt_gpu().expect("a second backend on the same GPU");
+    for &k in &[1, 3, 7, 8, 9, 31, 64, 65, 128] {
+        for (b, bp) in [(1, 0), (17, 7), (64, 203), (113, 1000), (300, 900)] {
+            let c = random_case(4, b, bp, k);
+            check(simt, &c);
+            check(be, &c.at(mixneg::Precision::Tf32));
+        }
+    }
 }
 
 /// Positive offsets at both ends and in between, with duplicate ids.

@@ -397,3 +397,32 @@ fn first_non_finite_index_in_long_inputs() {
         e => panic!("expected a magnitude error, got {e}"),
     }
 }
+
+/// A lower precision tier is refused by every CPU kernel (they compute the
+/// products in f32 only), with an error that names the backend and the
+/// tier, and the caller's output is untouched; the f64 reference computes
+/// it exactly (more accurate than asked), and F32 is accepted by all.
+#[test]
+fn cpu_backends_refuse_lower_precision_tiers() {
+    let g = good();
+    let x = MnsInput::new(&g.u, &g.v, &g.lq, 2).precision(mixneg::Precision::Tf32);
+    for be in backends() {
+        if be.name() == "reference" {
+            let exact = be.mns_loss(&x).unwrap();
+            let f32_input = x.precision(mixneg::Precision::F32);
+            assert_eq!(exact.loss, be.mns_loss(&f32_input).unwrap().loss);
+            continue;
+        }
+        let want = MnsError::Precision {
+            backend: be.name(),
+            precision: mixneg::Precision::Tf32,
+        };
+        assert_eq!(be.mns_loss(&x).unwrap_err(), want);
+        assert_eq!(be.mns_forward(&x).unwrap_err(), want);
+        let mut out = MnsOutput::filled(2, 3, 2, 7.0);
+        assert_eq!(be.mns_loss_into(&x, &mut out).unwrap_err(), want);
+        assert!(out.d_u.iter().chain(&out.d_v).all(|&v| v == 7.0));
+        assert!(want.to_string().contains("Tf32"), "{want}");
+        assert!(be.mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2)).is_ok());
+    }
+}
