@@ -74,6 +74,15 @@ __device__ __forceinline__ float mns_round_tf32(float x)
     return (b & 0x7F800000u) == 0x7F800000u ? x : __uint_as_float((b + 0x1000u) & 0xFFFFE000u);
 }
 
+// x rounded to bf16 (8 significant bits, to nearest even) in software, as
+// cvt.rn.bf16 rounds a finite x.
+__device__ __forceinline__ float mns_round_bf16(float x)
+{
+    const unsigned b = __float_as_uint(x);
+    if ((b & 0x7F800000u) == 0x7F800000u) return x;
+    return __uint_as_float((b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u);
+}
+
 // Tensor-core building blocks (sm_80 and newer), behind device functions so
 // that NVRTC compiles the inline PTX and the CPU emulator its own version
 // (tests/cuda_emu/emu.hpp). mma.sync.m16n8k8 TF32 fragments, per PTX ISA,
@@ -100,6 +109,30 @@ __device__ __forceinline__ void mns_mma_tf32(float d[4], const unsigned a[4], co
 {
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// (lo, hi) rounded to bf16 (to nearest even) and packed, lo in the low half.
+__device__ __forceinline__ unsigned mns_pack_bf16(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// d += A.B for one m16n8k16 bf16 tile of the warp, f32 accumulation. With
+// g = lane / 4, t = lane % 4, each register two bf16 (the lower index in
+// the low half):
+//   A (16 x 16): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1],
+//                a2 = A[g][2t+8..2t+9], a3 = A[g+8][2t+8..2t+9];
+//   B (16 x 8):  b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g];
+//   C, D as for m16n8k8.
+__device__ __forceinline__ void mns_mma_bf16(float d[4], const unsigned a[4], const unsigned b[2])
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
@@ -198,7 +231,7 @@ struct MnsRowsParams {
     float inv_tau;
     int correct_positive;
     int splits;
-    int tf32;  // 1: s_ii from TF32-rounded factors, as the one-pass tensor-core tier forms the other logits
+    int round;  // s_ii's factors rounded as the tensor-core tier rounds the other logits': 0 no, 1 TF32, 2 bf16
 };
 struct MnsLossParams {
     const float* wloss;
@@ -367,9 +400,12 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(const MnsRowsP
     if (row >= b) return;  // whole warp
     float d = 0.0f;
     const i64 pos = row + offset;  // the row's positive
-    if (p.tf32) {
+    if (p.round == 1) {
         for (i64 c = lane; c < k; c += 32)
             d = fmaf(mns_round_tf32(u[row * k + c]), mns_round_tf32(v[pos * k + c]), d);
+    } else if (p.round == 2) {
+        for (i64 c = lane; c < k; c += 32)
+            d = fmaf(mns_round_bf16(u[row * k + c]), mns_round_bf16(v[pos * k + c]), d);
     } else {
         for (i64 c = lane; c < k; c += 32) d = fmaf(u[row * k + c], v[pos * k + c], d);
     }
@@ -586,7 +622,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dtau_f32(const MnsDtauP
 //                  recomputed (tensor cores), G^T/tau from the row
 //                  coefficients staged in shared memory, dV += G^T U (tensor
 //                  cores).
-// Each kernel keeps all of K (up to 128, padded to KP = 8 KT) in one pass:
+// Each kernel keeps all of K (up to 128, padded to KP <= 8 KT) in one pass:
 // the owned tile (64 x KP) is staged once, the streamed tiles through a
 // two-stage cp.async pipeline, with the streamed tile's per-column (or
 // per-row) side data staged beside it. Shared memory is dynamic
@@ -595,7 +631,9 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dtau_f32(const MnsDtauP
 //
 // Precision (the kernel name's suffix): f32 = each product by 3xTF32
 // (mns_mma_3xtf32: f32-level accuracy); tf32 = one TF32 pass (inputs and the
-// exp'd tile rounded to 10-bit mantissas). Accumulation is f32 throughout.
+// exp'd tile rounded to 10-bit mantissas); bf16 = m16n8k16 bf16 (factors
+// rounded to 7-bit mantissas, to nearest even). Accumulation is f32
+// throughout. K is padded to a multiple of 16 (KP) for every tier.
 // ===========================================================================
 
 #define MNS_TC_BM 64
@@ -646,10 +684,16 @@ __device__ __forceinline__ void mns_tc_stage(
     }
 }
 
+// The tiers of the tensor-core kernels (the kernel name's suffix).
+#define MNS_3XTF32 0  // f32
+#define MNS_TF32 1    // tf32
+#define MNS_BF16 2    // bf16
+
 // acc[j] = the warp's 16 x 64 block of X Y^T in C-fragment layout (columns
 // 8j..8j+7): xs the warp's 16 rows, ys the tile's 64 rows, ld floats a row,
-// kp components. PASSES = 3: 3xTF32; 1: one TF32 pass.
-template <int PASSES>
+// kp components (a multiple of MNS_KSTEP(MODE)).
+#define MNS_KSTEP(MODE) ((MODE) == MNS_BF16 ? 16 : 8)
+template <int MODE>
 __device__ __forceinline__ void mns_tc_dots(
     float acc[8][4], const float* xs, const float* ys, int kp, int ld, int lane)
 {
@@ -657,61 +701,93 @@ __device__ __forceinline__ void mns_tc_dots(
 #pragma unroll
     for (int j = 0; j < 8; ++j)
         for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
-    for (int kk = 0; kk < kp; kk += 8) {
-        const float* xa = xs + g * ld + kk + t;
-        const float av[4] = {xa[0], xa[8 * ld], xa[4], xa[8 * ld + 4]};
-        unsigned ab[4], as[4];
+    for (int kk = 0; kk < kp; kk += MNS_KSTEP(MODE)) {
+        if constexpr (MODE == MNS_BF16) {
+            const float* xa = xs + g * ld + kk + 2 * t;
+            const unsigned a[4] = {mns_pack_bf16(xa[0], xa[1]), mns_pack_bf16(xa[8 * ld], xa[8 * ld + 1]),
+                                   mns_pack_bf16(xa[8], xa[9]), mns_pack_bf16(xa[8 * ld + 8], xa[8 * ld + 9])};
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            if (PASSES == 3) mns_split_tf32(av[r], ab[r], as[r]);
-            else ab[r] = mns_to_tf32(av[r]);
-        }
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const float* yb = ys + (8 * j + g) * ld + kk + t;
-            const float bv[2] = {yb[0], yb[4]};
-            unsigned bb[2], bs[2];
-            for (int r = 0; r < 2; ++r) {
-                if (PASSES == 3) mns_split_tf32(bv[r], bb[r], bs[r]);
-                else bb[r] = mns_to_tf32(bv[r]);
+            for (int j = 0; j < 8; ++j) {
+                const float* yb = ys + (8 * j + g) * ld + kk + 2 * t;
+                const unsigned bb[2] = {mns_pack_bf16(yb[0], yb[1]), mns_pack_bf16(yb[8], yb[9])};
+                mns_mma_bf16(acc[j], a, bb);
             }
-            if (PASSES == 3) mns_mma_3xtf32(acc[j], ab, as, bb, bs);
-            else mns_mma_tf32(acc[j], ab, bb);
+        } else {
+            const float* xa = xs + g * ld + kk + t;
+            const float av[4] = {xa[0], xa[8 * ld], xa[4], xa[8 * ld + 4]};
+            unsigned ab[4], as[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                if (MODE == MNS_3XTF32) mns_split_tf32(av[r], ab[r], as[r]);
+                else ab[r] = mns_to_tf32(av[r]);
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float* yb = ys + (8 * j + g) * ld + kk + t;
+                const float bv[2] = {yb[0], yb[4]};
+                unsigned bb[2], bs[2];
+                for (int r = 0; r < 2; ++r) {
+                    if (MODE == MNS_3XTF32) mns_split_tf32(bv[r], bb[r], bs[r]);
+                    else bb[r] = mns_to_tf32(bv[r]);
+                }
+                if (MODE == MNS_3XTF32) mns_mma_3xtf32(acc[j], ab, as, bb, bs);
+                else mns_mma_tf32(acc[j], ab, bb);
+            }
         }
     }
 }
 
 // o[c] += F Y: F the warp's 16 x 64 block in C-fragment layout (f[j] =
 // columns 8j..8j+7), Y the tile (64 rows of ld floats), o's n-tile c the
-// components 8c..8c+7. A C fragment is an A fragment as it stands if each
-// k-step takes its 8 columns in the order 0,2,4,6,1,3,5,7: a0 = F[g][2t] =
-// f0, a1 = F[g+8][2t] = f2, a2 = F[g][2t+1] = f1, a3 = F[g+8][2t+1] = f3;
-// B's rows follow the same order, b0 = Y[2t][g], b1 = Y[2t+1][g].
-template <int KT, int PASSES>
+// components 8c..8c+7.
+// TF32 (k8): a C fragment is an A fragment as it stands if each k-step
+// takes its 8 columns in the order 0,2,4,6,1,3,5,7: a0 = F[g][2t] = f0,
+// a1 = F[g+8][2t] = f2, a2 = F[g][2t+1] = f1, a3 = F[g+8][2t+1] = f3; B's
+// rows follow the same order, b0 = Y[2t][g], b1 = Y[2t+1][g].
+// bf16 (k16): the C fragments of columns 8j' and 8j'+8 are the A fragment
+// of the 16 columns 16j'.. in natural order: a0 = (f[2j'][0], f[2j'][1]),
+// a1 = (f[2j'][2], f[2j'][3]), a2 and a3 the same of f[2j'+1].
+template <int KT, int MODE>
 __device__ __forceinline__ void mns_tc_accumulate(
     float o[KT][4], float f[8][4], const float* ys, int ld, int lane)
 {
     const int g = lane / 4, t = lane % 4;
+    if constexpr (MODE == MNS_BF16) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const float av[4] = {f[j][0], f[j][2], f[j][1], f[j][3]};
-        unsigned ab[4], as[4];
+        for (int jj = 0; jj < 4; ++jj) {
+            const float* f0 = f[2 * jj];
+            const float* f1 = f[2 * jj + 1];
+            const unsigned a[4] = {mns_pack_bf16(f0[0], f0[1]), mns_pack_bf16(f0[2], f0[3]),
+                                   mns_pack_bf16(f1[0], f1[1]), mns_pack_bf16(f1[2], f1[3])};
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            if (PASSES == 3) mns_split_tf32(av[r], ab[r], as[r]);
-            else ab[r] = mns_to_tf32(av[r]);
-        }
-#pragma unroll
-        for (int c = 0; c < KT; ++c) {
-            const float* yb = ys + (8 * j + 2 * t) * ld + 8 * c + g;
-            const float bv[2] = {yb[0], yb[ld]};
-            unsigned bb[2], bs[2];
-            for (int r = 0; r < 2; ++r) {
-                if (PASSES == 3) mns_split_tf32(bv[r], bb[r], bs[r]);
-                else bb[r] = mns_to_tf32(bv[r]);
+            for (int c = 0; c < KT; ++c) {
+                const float* yb = ys + (16 * jj + 2 * t) * ld + 8 * c + g;
+                const unsigned bb[2] = {mns_pack_bf16(yb[0], yb[ld]), mns_pack_bf16(yb[8 * ld], yb[9 * ld])};
+                mns_mma_bf16(o[c], a, bb);
             }
-            if (PASSES == 3) mns_mma_3xtf32(o[c], ab, as, bb, bs);
-            else mns_mma_tf32(o[c], ab, bb);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float av[4] = {f[j][0], f[j][2], f[j][1], f[j][3]};
+            unsigned ab[4], as[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                if (MODE == MNS_3XTF32) mns_split_tf32(av[r], ab[r], as[r]);
+                else ab[r] = mns_to_tf32(av[r]);
+            }
+#pragma unroll
+            for (int c = 0; c < KT; ++c) {
+                const float* yb = ys + (8 * j + 2 * t) * ld + 8 * c + g;
+                const float bv[2] = {yb[0], yb[ld]};
+                unsigned bb[2], bs[2];
+                for (int r = 0; r < 2; ++r) {
+                    if (MODE == MNS_3XTF32) mns_split_tf32(bv[r], bb[r], bs[r]);
+                    else bb[r] = mns_to_tf32(bv[r]);
+                }
+                if (MODE == MNS_3XTF32) mns_mma_3xtf32(o[c], ab, as, bb, bs);
+                else mns_mma_tf32(o[c], ab, bb);
+            }
         }
     }
 }
@@ -737,14 +813,14 @@ __device__ __forceinline__ MnsTcSmem mns_tc_smem(int ld)
     return s;
 }
 
-template <int KT, int PASSES>
+template <int KT, int MODE>
 __device__ __forceinline__ void mns_fwd_tc(const MnsFwdParams& p)
 {
     MNS_UNPACK_LOGITS(p.x);
     float* __restrict__ part_m = p.part_m;
     float* __restrict__ part_s = p.part_s;
     float* __restrict__ part_o = p.part_o;
-    const int kp = (int)((k + 7) / 8 * 8), ld = kp + 4;
+    const int kp = (int)((k + 15) / 16 * 16), ld = kp + 4;
     const MnsTcSmem sm = mns_tc_smem(ld);
     const int tid = threadIdx.x, w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const i64 r0 = (i64)blockIdx.x * MNS_TC_BM;
@@ -793,7 +869,7 @@ __device__ __forceinline__ void mns_fwd_tc(const MnsFwdParams& p)
         const float* lq = sm.side + 3 * cur * MNS_TC_BN;
         const i64* cid = sm.ids + cur * MNS_TC_BN;
         float s[8][4];
-        mns_tc_dots<PASSES>(s, sm.xs + 16 * w * ld, ys, kp, ld, lane);
+        mns_tc_dots<MODE>(s, sm.xs + 16 * w * ld, ys, kp, ld, lane);
         float tmax[2] = {MNS_NEG_INF, MNS_NEG_INF};
 #pragma unroll
         for (int j = 0; j < 8; ++j)
@@ -828,7 +904,7 @@ __device__ __forceinline__ void mns_fwd_tc(const MnsFwdParams& p)
                 s[j][r] = expf(s[j][r] - shift[r / 2]);
                 l[r / 2] += s[j][r];
             }
-        mns_tc_accumulate<KT, PASSES>(o, s, ys, ld, lane);
+        mns_tc_accumulate<KT, MODE>(o, s, ys, ld, lane);
         __syncthreads();  // before tile tt + 2 overwrites this stage
     }
     for (int h = 0; h < 2; ++h) {
@@ -850,7 +926,7 @@ __device__ __forceinline__ void mns_fwd_tc(const MnsFwdParams& p)
     }
 }
 
-template <int KT, int PASSES>
+template <int KT, int MODE>
 __device__ __forceinline__ void mns_dv_tc(const MnsGradParams& p)
 {
     MNS_UNPACK_LOGITS(p.x);
@@ -858,7 +934,7 @@ __device__ __forceinline__ void mns_dv_tc(const MnsGradParams& p)
     const float* __restrict__ coef = p.coef;
     const float* __restrict__ gdiag = p.gdiag;
     float* __restrict__ d_v = p.out;
-    const int kp = (int)((k + 7) / 8 * 8), ld = kp + 4;
+    const int kp = (int)((k + 15) / 16 * 16), ld = kp + 4;
     const MnsTcSmem sm = mns_tc_smem(ld);
     const int tid = threadIdx.x, w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const i64 c0 = (i64)blockIdx.x * MNS_TC_BM;
@@ -909,7 +985,7 @@ __device__ __forceinline__ void mns_dv_tc(const MnsGradParams& p)
         const float* side = sm.side + 3 * cur * MNS_TC_BN;
         const i64* rid = sm.ids + cur * MNS_TC_BN;
         float s[8][4];
-        mns_tc_dots<PASSES>(s, sm.xs + 16 * w * ld, ys, kp, ld, lane);
+        mns_tc_dots<MODE>(s, sm.xs + 16 * w * ld, ys, kp, ld, lane);
         // G^T/tau: coef_i exp(s_ij - m_i) off the diagonal, gdiag_i on it, 0
         // when removed or outside the matrices (as mns_grad).
 #pragma unroll
@@ -924,7 +1000,7 @@ __device__ __forceinline__ void mns_dv_tc(const MnsGradParams& p)
                 else gv = side[MNS_TC_BN + rl] * expf(fmaf(s[j][r], inv_tau, -clq[h]) - side[rl]);
                 s[j][r] = gv;
             }
-        mns_tc_accumulate<KT, PASSES>(o, s, ys, ld, lane);
+        mns_tc_accumulate<KT, MODE>(o, s, ys, ld, lane);
         __syncthreads();
     }
     for (int h = 0; h < 2; ++h) {
@@ -957,18 +1033,21 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_merge_f32(const MnsM
 
 // The tensor-core kernels, one per K class (KP <= 32, 64, 128) and precision.
 #ifdef MNS_HAVE_TC
-#define MNS_TC_BODY(f, KT, PASSES) f<KT, PASSES>(p);
+#define MNS_TC_BODY(f, KT, MODE) f<KT, MODE>(p);
 #else
-#define MNS_TC_BODY(f, KT, PASSES)
+#define MNS_TC_BODY(f, KT, MODE)
 #endif
-#define MNS_TC_KERNELS(KT, KNAME, PASSES, PNAME)                                                \
-    extern "C" __global__ void __launch_bounds__(MNS_TC_NT, 2)                                   \
-        mns_fwd_tc_##KNAME##_##PNAME(const MnsFwdParams p) { MNS_TC_BODY(mns_fwd_tc, KT, PASSES) } \
-    extern "C" __global__ void __launch_bounds__(MNS_TC_NT, 2)                                   \
-        mns_dv_tc_##KNAME##_##PNAME(const MnsGradParams p) { MNS_TC_BODY(mns_dv_tc, KT, PASSES) }
-MNS_TC_KERNELS(4, k32, 3, f32)
-MNS_TC_KERNELS(4, k32, 1, tf32)
-MNS_TC_KERNELS(8, k64, 3, f32)
-MNS_TC_KERNELS(8, k64, 1, tf32)
-MNS_TC_KERNELS(16, k128, 3, f32)
-MNS_TC_KERNELS(16, k128, 1, tf32)
+#define MNS_TC_KERNELS(KT, KNAME, MODE, PNAME)                                                 \
+    extern "C" __global__ void __launch_bounds__(MNS_TC_NT, 2)                                  \
+        mns_fwd_tc_##KNAME##_##PNAME(const MnsFwdParams p) { MNS_TC_BODY(mns_fwd_tc, KT, MODE) } \
+    extern "C" __global__ void __launch_bounds__(MNS_TC_NT, 2)                                  \
+        mns_dv_tc_##KNAME##_##PNAME(const MnsGradParams p) { MNS_TC_BODY(mns_dv_tc, KT, MODE) }
+MNS_TC_KERNELS(4, k32, MNS_3XTF32, f32)
+MNS_TC_KERNELS(4, k32, MNS_TF32, tf32)
+MNS_TC_KERNELS(4, k32, MNS_BF16, bf16)
+MNS_TC_KERNELS(8, k64, MNS_3XTF32, f32)
+MNS_TC_KERNELS(8, k64, MNS_TF32, tf32)
+MNS_TC_KERNELS(8, k64, MNS_BF16, bf16)
+MNS_TC_KERNELS(16, k128, MNS_3XTF32, f32)
+MNS_TC_KERNELS(16, k128, MNS_TF32, tf32)
+MNS_TC_KERNELS(16, k128, MNS_BF16, bf16)

@@ -76,6 +76,10 @@ pub struct MnsInput<'a> {
 ///   u = 2⁻¹¹): a logit errs by up to 2·2⁻¹¹·Σ_k|u_k v_k|/τ, about 2¹³ times
 ///   f32's; what PyTorch computes with `allow_tf32`. Tested against a plain
 ///   implementation that rounds the same factors.
+/// * `Bf16`: factors rounded to bf16 (8 significant bits, to nearest even,
+///   u = 2⁻⁸), f32 accumulation (m16n8k16 bf16 on tensor cores): a logit
+///   errs by up to 2·2⁻⁸·Σ_k|u_k v_k|/τ, 2¹⁶ times f32's; what a bf16
+///   autocast matmul with f32 accumulation computes. Tested the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Precision {
@@ -84,6 +88,8 @@ pub enum Precision {
     F32,
     /// One TF32 pass: factors rounded to 11 significant bits, f32 sums.
     Tf32,
+    /// bf16 factors (8 significant bits), f32 sums.
+    Bf16,
 }
 
 impl<'a> MnsInput<'a> {

@@ -271,13 +271,13 @@ fn emulated_kernels_match_the_reference_on_awkward_shapes() {
     }
 }
 
-/// The tensor-core kernels (3xTF32 and one-pass TF32) against the f64
+/// The tensor-core kernels (3xTF32, one-pass TF32, bf16) against the f64
 /// reference on the same awkward shapes, each K class (≤ 32, ≤ 64, ≤ 128),
 /// K a multiple of 4 (cp.async staging) and not (plain loads), one to many
 /// column splits (the flash-decoding merge of O), and splits long enough
-/// that both stages of each kernel's pipeline are refilled. F32 passes the f32
-/// policy; TF32 the same policy measured against a plain implementation
-/// that rounds the same factors to TF32.
+/// that both stages of each kernel's pipeline are refilled. F32 passes the
+/// f32 policy; TF32 and bf16 the same policy measured against a plain
+/// implementation that rounds the same factors to the tier.
 #[test]
 fn emulated_tensor_core_kernels_match_the_reference_on_awkward_shapes() {
     let Some(exe) = emulator() else { return };
@@ -299,29 +299,38 @@ fn emulated_tensor_core_kernels_match_the_reference_on_awkward_shapes() {
         (130, 70, 72, 1),
     ] {
         let c = random_case(21, b, bp, k);
-        for precision in [Precision::F32, Precision::Tf32] {
+        for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
             let c = c.at(precision);
             check_plan(exe, &c, &plan_for(&c, sms, true), "tensor cores");
         }
     }
 }
 
-/// One TF32 pass is not f32: the TF32 tier's output fails the f32 policy on
-/// an ordinary case (so the F32 tier's pass is not the policy being blind
-/// to tensor-core rounding).
+/// Each lower tier is what it says and the tolerances see the difference:
+/// one TF32 pass fails the f32 policy and bf16 fails the TF32 tier's policy
+/// on an ordinary case (so a tier's pass is not the policy being blind to
+/// its rounding).
 #[test]
-fn emulated_tf32_fails_the_f32_policy() {
+fn emulated_lower_tiers_fail_the_stricter_policy() {
     let Some(exe) = emulator() else { return };
     let c = random_case(26, 40, 100, 64);
-    let plan = Plan::tensor_core(c.b(), c.n(), c.k, 4, Precision::Tf32).unwrap();
-    let out = run_launches(exe, &c, &plan, false);
     let want = mixneg::reference::mns_loss_f64(&c.input()).unwrap();
-    let (bound, _, _) = tensor_bound("d_u", &c, &want.d_u);
-    let err = l2_err(&out.d_u, &want.d_u);
-    assert!(
-        err > bound,
-        "TF32 dU error {err:.3e} within the f32 bound {bound:.3e}"
-    );
+    for (tier, stricter) in [
+        (Precision::Tf32, Precision::F32),
+        (Precision::Bf16, Precision::Tf32),
+    ] {
+        let plan = Plan::tensor_core(c.b(), c.n(), c.k, 4, tier).unwrap();
+        let out = run_launches(exe, &c.at(tier), &plan, false);
+        let judge = c.at(stricter);
+        for (what, got, exp) in [("d_u", &out.d_u, &want.d_u), ("d_v", &out.d_v, &want.d_v)] {
+            let (bound, _, _) = tensor_bound(what, &judge, exp);
+            let err = l2_err(got, exp);
+            assert!(
+                err > bound,
+                "{tier:?} {what} error {err:.3e} within the {stricter:?} bound {bound:.3e}"
+            );
+        }
+    }
 }
 
 /// The harness runs kernel i as `mixneg::cuda::KERNELS[i]`.

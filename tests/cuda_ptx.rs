@@ -241,8 +241,8 @@ fn tensor_core_building_blocks_compile_to_mma_sync() {
 
 /// The tensor-core kernels are what they say: each forward and dV kernel's
 /// PTX has mma.sync TF32 (three times as many in the 3xTF32 `f32` kernels
-/// as in the one-pass `tf32` ones), cp.async staging with its waits, and no
-/// static shared memory; and the occupancy ptxas's register counts and the
+/// as in the one-pass `tf32` ones; the `bf16` ones m16n8k16 bf16 instead)
+/// and cp.async staging with its waits; and the occupancy ptxas's register counts and the
 /// dynamic shared memory allow on an H100/H200 (sm_90: 64 Ki registers and
 /// 228 KiB shared memory an SM, 1 KiB of it reserved a block) is printed
 /// and at least one block of 4 warps an SM.
@@ -271,7 +271,14 @@ fn tensor_core_kernels_use_mma_and_cp_async() {
                     m1 > 0 && m3 == 3 * m1,
                     "{arch} {kind} {class}: {m3} mma.sync in f32, {m1} in tf32"
                 );
-                for b in [&f32, &tf32] {
+                let bf16 = body(&format!("mns_{kind}_tc_{class}_bf16"));
+                assert!(
+                    bf16.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
+                        && bf16.contains("cvt.rn.bf16x2.f32")
+                        && !bf16.contains(mma),
+                    "{arch} {kind} {class}: the bf16 kernel is not on m16n8k16 bf16"
+                );
+                for b in [&f32, &tf32, &bf16] {
                     assert!(
                         b.contains("cp.async.cg.shared.global"),
                         "{arch} {kind} {class}"

@@ -104,10 +104,10 @@ fn shape_sweep() {
 }
 
 /// The same sweep's second half on the SIMT kernels (forced), and on the
-/// tensor-core kernels at the TF32 tier (its own policy: against a plain
-/// implementation rounding the same factors).
+/// tensor-core kernels at the TF32 and bf16 tiers (their own policy:
+/// against a plain implementation rounding the same factors).
 #[test]
-fn shape_sweep_simt_and_tf32() {
+fn shape_sweep_simt_and_lower_tiers() {
     let Some(be) = gpu() else { return };
     let simt = simt_gpu().expect("a second backend on the same GPU");
     for &k in &[1, 3, 7, 8, 9, 31, 64, 65, 128] {
@@ -115,6 +115,7 @@ fn shape_sweep_simt_and_tf32() {
             let c = random_case(4, b, bp, k);
             check(simt, &c);
             check(be, &c.at(mixneg::Precision::Tf32));
+            check(be, &c.at(mixneg::Precision::Bf16));
         }
     }
 }

@@ -131,9 +131,9 @@ pub struct RowsParams {
     pub correct_positive: i32,
     /// Column splits of the forward kernel.
     pub splits: i32,
-    /// 1: s_ii from TF32-rounded factors (the one-pass TF32 tier, whose
-    /// other logits are formed so; ℓ = lse − s_ii keeps its cancellation).
-    pub tf32: i32,
+    /// s_ii's factors rounded as the tier rounds the other logits' (0 no,
+    /// 1 TF32, 2 bf16), so that ℓ = lse − s_ii keeps its cancellation.
+    pub round: i32,
 }
 
 /// `mns_loss_f32` (`MnsLossParams`).
@@ -269,7 +269,7 @@ impl Params {
                 o.extend(p.k.to_le_bytes());
                 o.extend(p.offset.to_le_bytes());
                 o.extend(p.inv_tau.to_le_bytes());
-                for a in [p.correct_positive, p.splits, p.tf32] {
+                for a in [p.correct_positive, p.splits, p.round] {
                     o.extend(a.to_le_bytes());
                 }
             }
@@ -421,7 +421,7 @@ pub fn launches(
             inv_tau,
             correct_positive: correct_positive as i32,
             splits: plan.splits as i32,
-            tf32: plan.tc.is_some_and(|t| t.tf32) as i32,
+            round: plan.tc.map_or(0, |t| t.mode) as i32,
         }),
     );
     let loss = simt(
@@ -554,7 +554,7 @@ pub fn layout() -> Vec<StructLayout> {
                 ("inv_tau", offset_of!(RowsParams, inv_tau)),
                 ("correct_positive", offset_of!(RowsParams, correct_positive)),
                 ("splits", offset_of!(RowsParams, splits)),
-                ("tf32", offset_of!(RowsParams, tf32)),
+                ("round", offset_of!(RowsParams, round)),
             ],
         ),
         (
@@ -638,7 +638,7 @@ mod tests {
                 let four = (f.ends_with("inv_tau") && name != "MnsDtauParams")
                     || f.ends_with("correct_positive")
                     || f.ends_with("splits")
-                    || f.ends_with("tf32")
+                    || f.ends_with("round")
                     || f.ends_with("pad");
                 end += if four { 4 } else { 8 };
             }

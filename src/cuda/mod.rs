@@ -52,9 +52,9 @@ pub const SOURCE: &str = include_str!("../../kernels/mns.cu");
 
 /// Every kernel in [`SOURCE`]: the SIMT path's six in launch order, the
 /// tensor-core path's dU merge, then (forward, dV) of each tensor-core class
-/// (K ≤ 32, 64, 128) and precision (3xTF32 `f32`, one-pass `tf32`). The
+/// (K ≤ 32, 64, 128) and precision (3xTF32 `f32`, one-pass `tf32`, `bf16`). The
 /// emulator's harness lists the same names in the same order (tested).
-pub const KERNELS: [&str; 19] = [
+pub const KERNELS: [&str; 25] = [
     "mns_fwd_f32",
     "mns_rows_f32",
     "mns_loss_f32",
@@ -66,14 +66,20 @@ pub const KERNELS: [&str; 19] = [
     "mns_dv_tc_k32_f32",
     "mns_fwd_tc_k32_tf32",
     "mns_dv_tc_k32_tf32",
+    "mns_fwd_tc_k32_bf16",
+    "mns_dv_tc_k32_bf16",
     "mns_fwd_tc_k64_f32",
     "mns_dv_tc_k64_f32",
     "mns_fwd_tc_k64_tf32",
     "mns_dv_tc_k64_tf32",
+    "mns_fwd_tc_k64_bf16",
+    "mns_dv_tc_k64_bf16",
     "mns_fwd_tc_k128_f32",
     "mns_dv_tc_k128_f32",
     "mns_fwd_tc_k128_tf32",
     "mns_dv_tc_k128_tf32",
+    "mns_fwd_tc_k128_bf16",
+    "mns_dv_tc_k128_bf16",
 ];
 
 /// Rows / columns of a logit tile and the dU/dV component slice (`mns.cu`).
@@ -235,7 +241,7 @@ impl CudaBackend {
             // Opt in to the dynamic shared memory each tensor-core kernel
             // needs at the largest K of its class (above the 48 KiB default).
             for (i, f) in funcs.iter().enumerate().skip(7) {
-                let kp = plan::TC_CLASSES[(i - 7) / 4];
+                let kp = plan::TC_CLASSES[(i - 7) / 6];
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     plan::tc_smem_bytes(kp) as i32,

@@ -33,8 +33,8 @@ pub struct Plan {
 pub struct Tc {
     /// K class: 0 for K ≤ 32, 1 for K ≤ 64, 2 for K ≤ 128.
     pub class: usize,
-    /// One TF32 pass instead of 3xTF32.
-    pub tf32: bool,
+    /// The tier: 0 3xTF32 (F32), 1 one TF32 pass, 2 bf16.
+    pub mode: usize,
     /// Dynamic shared memory a block, bytes ([`tc_smem_bytes`]).
     pub smem: u32,
     /// `mns_du_merge_f32` grid: ⌈B·K/256⌉.
@@ -47,7 +47,7 @@ pub const TC_CLASSES: [usize; 3] = [32, 64, 128];
 impl Tc {
     /// The forward kernel's index in [`super::KERNELS`].
     pub fn fwd_kernel(&self) -> usize {
-        7 + 2 * (2 * self.class + self.tf32 as usize)
+        7 + 2 * (3 * self.class + self.mode)
     }
     /// The dV kernel's index in [`super::KERNELS`].
     pub fn dv_kernel(&self) -> usize {
@@ -56,7 +56,7 @@ impl Tc {
 }
 
 /// Dynamic shared memory of a tensor-core block for K padded to `kp` (a
-/// multiple of 8), as `mns_tc_smem` in `kernels/mns.cu` lays it out: the
+/// multiple of 16), as `mns_tc_smem` in `kernels/mns.cu` lays it out: the
 /// owned tile and two streamed tiles of 64 rows of kp + 4 floats, 6·64
 /// floats of side data and 2·64 ids (i64).
 pub fn tc_smem_bytes(kp: usize) -> usize {
@@ -97,11 +97,15 @@ impl Plan {
         precision: Precision,
     ) -> Option<Plan> {
         let class = TC_CLASSES.iter().position(|&c| k <= c)?;
-        let kp = k.div_ceil(8) * 8;
+        let kp = k.div_ceil(16) * 16;
         Some(Plan {
             tc: Some(Tc {
                 class,
-                tf32: precision == Precision::Tf32,
+                mode: match precision {
+                    Precision::F32 => 0,
+                    Precision::Tf32 => 1,
+                    Precision::Bf16 => 2,
+                },
                 smem: tc_smem_bytes(kp) as u32,
                 merge_grid: (b * k).div_ceil(super::THREADS as usize) as u32,
             }),

@@ -444,11 +444,16 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
 
 /// x rounded as `precision` rounds a product's factor: unchanged for F32;
 /// for TF32 to 10 explicit mantissa bits, to nearest with ties away from
-/// zero (`cvt.rna.tf32.f32`).
+/// zero (`cvt.rna.tf32.f32`); for bf16 to 7, to nearest even
+/// (`cvt.rn.bf16x2.f32`).
 pub fn round_to(precision: mixneg::Precision, x: f32) -> f32 {
     match precision {
         mixneg::Precision::Tf32 if x.is_finite() => {
             f32::from_bits(x.to_bits().wrapping_add(0x1000) & 0xFFFF_E000)
+        }
+        mixneg::Precision::Bf16 if x.is_finite() => {
+            let b = x.to_bits();
+            f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
         }
         _ => x,
     }

@@ -181,6 +181,40 @@ inline void mns_mma_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
     emu_warp_barrier[w]->arrive_and_wait();
 }
 
+// cvt.rn.bf16x2.f32: each of lo, hi rounded to bf16 (to nearest even),
+// packed with lo in the low half.
+inline unsigned emu_bf16(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7F800000u) == 0x7F800000u) return u >> 16;
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+inline unsigned mns_pack_bf16(float lo, float hi) { return emu_bf16(lo) | (emu_bf16(hi) << 16); }
+
+// mma.sync.m16n8k16 bf16 (fragment layout in kernels/mns.cu), as the TF32
+// one: the warp posts its fragments and meets, each lane computes its four
+// results (products exact in f32, sums in f32, k in order).
+inline void mns_mma_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    for (int r = 0; r < 4; ++r) emu_mma_a[w][l][r] = a[r];
+    for (int r = 0; r < 2; ++r) emu_mma_b[w][l][r] = b[r];
+    emu_warp_barrier[w]->arrive_and_wait();
+    auto half = [](unsigned reg, int k) { return __uint_as_float((k % 2 ? reg >> 16 : reg & 0xFFFFu) << 16); };
+    auto A = [&](int row, int k) {  // lane 4*(row%8) + (k%8)/2, register row/8 + 2*(k/8)
+        return half(emu_mma_a[w][4 * (row % 8) + (k % 8) / 2][row / 8 + 2 * (k / 8)], k);
+    };
+    auto B = [&](int k, int col) {  // lane 4*col + (k%8)/2, register k/8
+        return half(emu_mma_b[w][4 * col + (k % 8) / 2][k / 8], k);
+    };
+    const int g = l / 4, t = l % 4;
+    for (int r = 0; r < 4; ++r) {
+        const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+        float acc = d[r];
+        for (int k = 0; k < 16; ++k) acc = std::fma(A(row, k), B(k, col), acc);
+        d[r] = acc;
+    }
+    emu_warp_barrier[w]->arrive_and_wait();
+}
+
 // cp.async: a copy is only queued; it lands when a wait retires its group,
 // so shared memory read too early still holds its poison (or older data).
 struct EmuCopy { void* dst; const void* src; };

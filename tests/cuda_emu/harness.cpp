@@ -62,7 +62,7 @@ static int layout() {
     FIELD(MnsRowsParams, wloss); FIELD(MnsRowsParams, mrow); FIELD(MnsRowsParams, coef);
     FIELD(MnsRowsParams, gdiag); FIELD(MnsRowsParams, b); FIELD(MnsRowsParams, k); FIELD(MnsRowsParams, offset);
     FIELD(MnsRowsParams, inv_tau); FIELD(MnsRowsParams, correct_positive);
-    FIELD(MnsRowsParams, splits); FIELD(MnsRowsParams, tf32);
+    FIELD(MnsRowsParams, splits); FIELD(MnsRowsParams, round);
     printf("MnsLossParams %zu\n", sizeof(MnsLossParams));
     FIELD(MnsLossParams, wloss); FIELD(MnsLossParams, loss); FIELD(MnsLossParams, b);
     printf("MnsGradParams %zu\n", sizeof(MnsGradParams));
@@ -85,7 +85,8 @@ static int layout() {
 // Kernels 7, 8, ...: (forward, dV) of each tensor-core class, in this order.
 struct TcPair { const char* fwd; const char* dv; void (*f)(const MnsFwdParams); void (*d)(const MnsGradParams); };
 #define TC(KN, PN) {"mns_fwd_tc_" #KN "_" #PN, "mns_dv_tc_" #KN "_" #PN, mns_fwd_tc_##KN##_##PN, mns_dv_tc_##KN##_##PN}
-static const TcPair tc_kernels[] = {TC(k32, f32), TC(k32, tf32), TC(k64, f32), TC(k64, tf32), TC(k128, f32), TC(k128, tf32)};
+static const TcPair tc_kernels[] = {TC(k32, f32),  TC(k32, tf32),  TC(k32, bf16),  TC(k64, f32),  TC(k64, tf32),
+                                     TC(k64, bf16), TC(k128, f32), TC(k128, tf32), TC(k128, bf16)};
 static const char* simt_kernels[] = {"mns_fwd_f32", "mns_rows_f32", "mns_loss_f32", "mns_du_f32", "mns_dv_f32", "mns_dtau_f32", "mns_du_merge_f32"};
 static int kernels() {
     for (auto* k : simt_kernels) printf("%s\n", k);
