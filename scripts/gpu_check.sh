@@ -11,8 +11,10 @@
 #      (REQUIRE_GPU=1);
 #   2. a large-shape accuracy check: `mixneg demo --backend cuda` at
 #      (16384, 16384, 128) checks 128 rows against the f64 reference;
-#   3. gpu-bench (device-resident, CUDA events) and PyTorch eager and
-#      torch.compile on the same data (scripts/torch_peer.py) at
+#   3. gpu-bench (device-resident, CUDA events; the SIMT kernels and the
+#      tensor-core ones at F32 = 3xTF32, TF32 and bf16) and PyTorch eager
+#      (fp32, TF32, bf16 autocast) and torch.compile on the same data
+#      (scripts/torch_peer.py) at
 #      (16384, 16384, 128), (8192, 65536, 64), (4096, 4096, 64);
 #   4. if at least 90 s of the budget are left: compute-sanitizer memcheck
 #      and racecheck on a small case.
@@ -97,18 +99,24 @@ done
 "$PY" - "$RES" > "$OUT/table.md" <<'PY'
 import re, sys
 rows = {}
+pat = (r"(mixneg cuda \S+(?: \[[^\]]+\])?|torch eager[^:]*|torch\.compile): B = (\d+), B' = (\d+), K = (\d+): "
+       r"loss (\S+), median (\S+) ms.*?([\d.]+) effective TFLOP/s, (?:peak )?device memory ([\d.]+) MiB")
 for line in open(sys.argv[1]):
-    m = re.match(r"(mixneg cuda \S+|torch eager|torch\.compile): B = (\d+), B' = (\d+), K = (\d+): loss (\S+), median (\S+) ms.*?([\d.]+) effective TFLOP/s, (?:peak )?device memory ([\d.]+) MiB", line)
+    m = re.match(pat, line)
     if m:
         name, b, bp, k, loss, ms, tf, mem = m.groups()
-        rows.setdefault((b, bp, k), []).append((name.split(" sm_")[0], float(ms), float(tf), float(mem), loss))
-print("| (B, B', K) | implementation | ms | TFLOP/s | memory MiB | loss | vs mixneg |")
-print("|---|---|---|---|---|---|---|")
+        name = re.sub(r" sm_\d+", "", name)
+        rows.setdefault((b, bp, k), []).append((name, float(ms), float(tf), float(mem), loss))
+# The bar of issue 15 reads off the last two columns: eager fp32's time and
+# peak memory over each row's.
+print("| (B, B', K) | implementation | ms | TFLOP/s | memory MiB | loss | eager fp32 ÷ this: time | memory |")
+print("|---|---|---|---|---|---|---|---|")
 for shape, rs in rows.items():
-    base = next((r for r in rs if r[0].startswith("mixneg")), None)
+    eager = next((r for r in rs if r[0] == "torch eager"), None)
     for name, ms, tf, mem, loss in rs:
-        ratio = f"{ms / base[1]:.2f}x time, {mem / base[3]:.1f}x memory" if base else ""
-        print(f"| {', '.join(shape)} | {name} | {ms:.2f} | {tf:.1f} | {mem:.0f} | {loss} | {ratio} |")
+        t = f"{eager[1] / ms:.2f}x" if eager else ""
+        mm = f"{eager[3] / mem:.1f}x" if eager and mem > 0 else ""
+        print(f"| {', '.join(shape)} | {name} | {ms:.2f} | {tf:.1f} | {mem:.0f} | {loss} | {t} | {mm} |")
 PY
 cat "$OUT/table.md"
 

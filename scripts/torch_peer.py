@@ -2,8 +2,9 @@
 """PyTorch peer of mixneg's fused MNS loss, on the GPU (or CPU with --device cpu).
 
 Same semantics as docs/design.md §2, materializing the B×N logits (eager
-F.cross_entropy, and torch.compile if it works), timed with CUDA events, with
-peak device memory. The data is mixneg's `synthetic::Synthetic` regenerated
+F.cross_entropy in fp32, with TF32 matmuls and under bf16 autocast — the
+peers of mixneg's precision tiers — and torch.compile in fp32 if it works),
+timed with CUDA events, with peak device memory. The data is mixneg's `synthetic::Synthetic` regenerated
 bit for bit (SplitMix64 of each index), so `--check` can compare the loss with
 what `mixneg gpu-bench` / `mixneg demo` print for the same shape.
 
@@ -83,6 +84,21 @@ def main():
     tau = 0.05
     flops = 6.0 * a.b * (a.b + a.bp) * a.k
     runs = [("torch eager", lambda: step(u, v, log_q, ids, tau))]
+    if dev == "cuda":
+        # The lower tiers' peers: fp32 matmuls on TF32 tensor cores, and bf16
+        # autocast (bf16 matmuls with f32 accumulation, softmax in f32).
+        def tf32_step():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                step(u, v, log_q, ids, tau)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
+
+        def bf16_step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                step(u, v, log_q, ids, tau)
+
+        runs += [("torch eager tf32", tf32_step), ("torch eager bf16-autocast", bf16_step)]
     if not a.no_compile:
         try:
             compiled = torch.compile(mns_loss)

@@ -65,7 +65,7 @@ pub struct MnsInput<'a> {
 /// the reference computes everything in f64 whatever is asked.
 ///
 /// Error bounds, per product term a·b with unit roundoff u of the tier
-/// (derivation in docs/design.md §11):
+/// (derivation in docs/design.md §9):
 ///
 /// * `F32` (default): f32 accuracy. On tensor cores each product is
 ///   3xTF32 — a = big + small + r with big = tf32(a), small = tf32(a − big),

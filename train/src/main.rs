@@ -385,6 +385,7 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
     if gpu.plan(b, n, k, mixneg::Precision::F32).tc.is_some() {
         paths.push(("tc f32", true, mixneg::Precision::F32));
         paths.push(("tc tf32", true, mixneg::Precision::Tf32));
+        paths.push(("tc bf16", true, mixneg::Precision::Bf16));
     }
     for (name, tc, precision) in paths {
         gpu.set_tensor_cores(tc);
