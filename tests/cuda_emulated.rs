@@ -226,6 +226,18 @@ fn check_paths(exe: &Path, case: &Case, sms: usize) {
     }
 }
 
+/// [`check_paths`], and the tensor-core kernels at the lower tiers too
+/// (each under its own yardstick, see `emulated_tensor_core_kernels_…`).
+fn check_every_tier(exe: &Path, case: &Case, sms: usize) {
+    check_paths(exe, case, sms);
+    if case.k <= 128 {
+        for tier in [Precision::Tf32, Precision::Bf16] {
+            let c = case.at(tier);
+            check_plan(exe, &c, &plan_for(&c, sms, true), "tensor cores");
+        }
+    }
+}
+
 fn check_plan(exe: &Path, case: &Case, plan: &Plan, path: &str) {
     let want = mixneg::reference::mns_loss_f64(&case.input()).unwrap();
     let out = run_launches(exe, case, plan, false);
@@ -405,6 +417,16 @@ fn emulated_kernels_pass_every_vector() {
             };
             assert_output(&ctx, &out, exp.loss, &exp.d_u, &exp.d_v, &exp.lse);
         }
+        // The lower tiers on the tensor cores, each against a plain
+        // implementation of its own arithmetic.
+        for tier in [Precision::Tf32, Precision::Bf16] {
+            if case.k > 128 {
+                continue;
+            }
+            let c = case.at(tier);
+            let out = run_launches(exe, &c, &plan_for(&c, 132, true), false);
+            assert_output(&c, &out, exp.loss, &exp.d_u, &exp.d_v, &exp.lse);
+        }
     }
 }
 
@@ -417,29 +439,38 @@ fn emulated_kernels_handle_the_numerical_edges() {
     c.temperature = 1.0;
     c.row_weight = Some((0..40).map(|i| (i % 3) as f32).collect());
     c.name = "uncorrected, weights with zeros".into();
-    check_paths(exe, &c, 16);
+    check_every_tier(exe, &c, 16);
 
     let mut c = random_case(23, 20, 44, 8);
     c.u.iter_mut().for_each(|x| *x *= 30.0);
     c.v.iter_mut().for_each(|x| *x *= 30.0);
     c.temperature = 1.0;
     c.name = "huge logits".into();
-    check_paths(exe, &c, 4);
+    check_every_tier(exe, &c, 4);
 
     let mut c = random_case(24, 6, 9, 5);
     c.ids = Some(vec![7; 15]);
     c.name = "every row fully removed".into();
-    for tc in [false, true] {
+    for (tc, tier) in [
+        (false, Precision::F32),
+        (true, Precision::F32),
+        (true, Precision::Tf32),
+        (true, Precision::Bf16),
+    ] {
+        let c = c.at(tier);
         let out = run_launches(exe, &c, &plan_for(&c, 3, tc), false);
-        assert_eq!(out.loss, 0.0, "tc={tc}");
-        assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0), "tc={tc}");
-        assert!(out.top1.iter().all(|&t| t), "tc={tc}");
+        assert_eq!(out.loss, 0.0, "tc={tc} {tier:?}");
+        assert!(
+            out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0),
+            "tc={tc} {tier:?}"
+        );
+        assert!(out.top1.iter().all(|&t| t), "tc={tc} {tier:?}");
     }
 
     let mut c = random_case(25, 30, 60, 8);
     c.ids = Some((0..90).map(|j| (j % 3) as i64).collect());
     c.name = "heavy duplicates".into();
-    check_paths(exe, &c, 132);
+    check_every_tier(exe, &c, 132);
 }
 
 /// The tensor-core building blocks (mns_to_tf32, mns_split_tf32,
