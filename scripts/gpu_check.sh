@@ -10,7 +10,8 @@
 #   1. the NVRTC/ptxas test and the GPU tests against the f64 reference
 #      (REQUIRE_GPU=1);
 #   2. a large-shape accuracy check: `mixneg demo --backend cuda` at
-#      (16384, 16384, 128) checks 128 rows against the f64 reference;
+#      (16384, 16384, 128) checks 128 rows against the f64 reference, at
+#      the default F32 tier (3xTF32) and at bf16;
 #   3. gpu-bench (device-resident, CUDA events; the SIMT kernels and the
 #      tensor-core ones at F32 = 3xTF32, TF32 and bf16) and PyTorch eager
 #      (fp32, TF32, bf16 autocast) and torch.compile on the same data
@@ -85,6 +86,7 @@ phase gpu_tests 120 env REQUIRE_GPU=1 MIXNEG_VECTORS=tests/vectors ./gpu_bundle/
 
 echo "== 2. large-shape accuracy"
 phase accuracy 60 ./gpu_bundle/mixneg demo --backend cuda --batch 16384 --b-prime 16384 --dim 128 --reps 3
+phase accuracy_bf16 45 ./gpu_bundle/mixneg demo --backend cuda --precision bf16 --batch 16384 --b-prime 16384 --dim 128 --reps 3
 
 echo "== 3. timings"
 RES=$OUT/times.txt

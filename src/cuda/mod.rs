@@ -214,6 +214,8 @@ pub struct CudaBackend {
     funcs: Vec<CudaFunction>,
     sms: usize,
     arch: String,
+    /// How many tensor-core K classes fit this device's shared memory.
+    tc_classes: usize,
     tensor_cores: bool,
 }
 
@@ -236,15 +238,29 @@ impl CudaBackend {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(cuda_err)? as usize;
-        let tensor_cores = major >= 8;
-        if tensor_cores {
-            // Opt in to the dynamic shared memory each tensor-core kernel
-            // needs at the largest K of its class (above the 48 KiB default).
-            for (i, f) in funcs.iter().enumerate().skip(7) {
-                let kp = plan::TC_CLASSES[(i - 7) / 6];
+        // The tensor-core classes whose dynamic shared memory this device
+        // grants a block (opt-in above the 48 KiB default: 227 KiB on
+        // sm_90, 163 KiB on sm_80, 99 KiB on sm_86/sm_89, where K ≤ 128 does
+        // not fit and runs on the SIMT kernels).
+        let optin = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(cuda_err)? as usize;
+        let tc_classes = if major >= 8 {
+            plan::TC_CLASSES
+                .iter()
+                .take_while(|&&kp| plan::tc_smem_bytes(kp) <= optin)
+                .count()
+        } else {
+            0
+        };
+        for (i, f) in funcs.iter().enumerate().skip(7) {
+            let class = (i - 7) / 6;
+            if class < tc_classes {
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    plan::tc_smem_bytes(kp) as i32,
+                    plan::tc_smem_bytes(plan::TC_CLASSES[class]) as i32,
                 )
                 .map_err(cuda_err)?;
             }
@@ -256,7 +272,8 @@ impl CudaBackend {
             funcs,
             sms,
             arch,
-            tensor_cores,
+            tc_classes,
+            tensor_cores: tc_classes > 0,
         })
     }
 
@@ -265,20 +282,17 @@ impl CudaBackend {
     /// the fast path, and a comparison point). Without tensor cores, or
     /// for K > 128, the SIMT kernels run at f32 whatever the precision.
     pub fn set_tensor_cores(&mut self, yes: bool) {
-        self.tensor_cores = yes && self.arch_major() >= 8;
-    }
-
-    fn arch_major(&self) -> u32 {
-        self.arch[3..self.arch.len() - 1].parse().unwrap_or(0)
+        self.tensor_cores = yes && self.tc_classes > 0;
     }
 
     /// The grid plan this backend uses for a B×N×K problem at `precision`:
-    /// the tensor-core kernels when enabled and K ≤ 128, else the SIMT ones.
+    /// the tensor-core kernels when enabled and K is within a class this
+    /// device's shared memory holds (K ≤ 128 on sm_80 and sm_90), else the
+    /// SIMT ones.
     #[doc(hidden)]
     pub fn plan(&self, b: usize, n: usize, k: usize, precision: crate::Precision) -> Plan {
-        self.tensor_cores
-            .then(|| Plan::tensor_core(b, n, k, self.sms, precision))
-            .flatten()
+        Plan::tensor_core(b, n, k, self.sms, precision)
+            .filter(|p| self.tensor_cores && p.tc.is_some_and(|t| t.class < self.tc_classes))
             .unwrap_or_else(|| Plan::new(b, n, k, self.sms))
     }
 

@@ -54,6 +54,9 @@ enum Cmd {
         /// `correct_positive`, else the diagonal is corrected).
         #[arg(long)]
         no_correct_positive: bool,
+        /// The products' arithmetic (below f32: CUDA tensor cores only).
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
     },
     /// Time the fused CPU loss on a random problem and check it against the
     /// f64 reference on a slice of it.
@@ -76,6 +79,9 @@ enum Cmd {
         /// Which implementation to time.
         #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
         backend: BackendArg,
+        /// The products' arithmetic (below f32: CUDA tensor cores only).
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
     },
     /// Train a two-tower model with mixed negative sampling (synthetic data
     /// by default) and print what it learned, epoch by epoch.
@@ -120,6 +126,28 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         reps: usize,
     },
+}
+
+/// The products' arithmetic (`mixneg::Precision`); the tiers below F32 need
+/// the CUDA backend's tensor-core path (the CPU refuses them).
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    /// f32 accuracy (3xTF32 on tensor cores).
+    F32,
+    /// One TF32 pass.
+    Tf32,
+    /// bf16 factors, f32 accumulation.
+    Bf16,
+}
+
+impl From<PrecisionArg> for mixneg::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => mixneg::Precision::F32,
+            PrecisionArg::Tf32 => mixneg::Precision::Tf32,
+            PrecisionArg::Bf16 => mixneg::Precision::Bf16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -180,6 +208,7 @@ fn main() -> ExitCode {
             backend,
             temperature,
             no_correct_positive,
+            precision,
         } => loss(
             &cpu,
             &input,
@@ -187,6 +216,7 @@ fn main() -> ExitCode {
             backend,
             temperature,
             no_correct_positive,
+            precision.into(),
         ),
         Cmd::Demo {
             batch,
@@ -195,7 +225,15 @@ fn main() -> ExitCode {
             reps,
             no_check,
             backend,
-        } => demo(&cpu, batch, b_prime, dim, reps, !no_check, backend),
+            precision,
+        } => demo(
+            &cpu,
+            (batch, b_prime, dim),
+            reps,
+            !no_check,
+            backend,
+            precision.into(),
+        ),
         #[cfg(feature = "cuda")]
         Cmd::GpuBench {
             batch,
@@ -269,6 +307,7 @@ fn loss(
     which: BackendArg,
     temperature: Option<f32>,
     no_correct_positive: bool,
+    precision: mixneg::Precision,
 ) -> Result<(), Error> {
     let bytes = std::fs::read(input).map_err(|e| Error::io(input, e))?;
     let file = mixneg_train::io::LossFile::parse(&bytes)
@@ -276,7 +315,9 @@ fn loss(
     let temperature = temperature.or(file.temperature).unwrap_or(1.0);
     let correct_positive = !no_correct_positive && file.correct_positive.unwrap_or(true);
     let (b, n, k) = (file.b, file.n, file.k);
-    let x = file.input(temperature, correct_positive);
+    let x = file
+        .input(temperature, correct_positive)
+        .precision(precision);
     let out = backend(cpu, which)?.mns_loss(&x)?;
 
     let result = mixneg_train::io::LossResult::new(&out, (b, n, k), temperature, correct_positive);
@@ -286,16 +327,15 @@ fn loss(
 
 fn demo(
     cpu_choice: &CpuChoice,
-    b: usize,
-    bp: usize,
-    k: usize,
+    (b, bp, k): (usize, usize, usize),
     reps: usize,
     check: bool,
     which: BackendArg,
+    precision: mixneg::Precision,
 ) -> Result<(), Error> {
     let n = b + bp;
     let data = Synthetic::new(b, bp, k, 1);
-    let input = data.input();
+    let input = data.input().precision(precision);
 
     let cpu = backend(cpu_choice, which)?;
     let threads = match which {
@@ -337,6 +377,7 @@ fn demo(
         // The f64 reference on the first 128 queries with all their candidates.
         let bs = b.min(128);
         let sub = MnsInput::new(&data.u[..bs * k], &data.v, &data.log_q, k)
+            .precision(precision)
             .temperature(0.05)
             .ids(&data.ids);
         let want = mixneg::reference::mns_loss_f64(&sub)?;

@@ -183,6 +183,55 @@ fn demo_runs_and_checks() {
     assert!(text.contains("vs f64 reference"), "{text}");
 }
 
+/// A precision tier below f32 on the CPU backend is refused with the
+/// library's message and a non-zero exit, for `demo` and `loss` alike; and
+/// `--precision f32` is the default's result.
+#[test]
+fn lower_precision_on_the_cpu_fails_clearly() {
+    let demo = [
+        "demo",
+        "--batch",
+        "20",
+        "--b-prime",
+        "10",
+        "--dim",
+        "4",
+        "--reps",
+        "1",
+    ];
+    for tier in ["tf32", "bf16"] {
+        let st = mixneg()
+            .args(demo)
+            .args(["--precision", tier])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(!st.status.success(), "{tier}: {err}");
+        assert!(
+            err.contains("computes the products in f32 only"),
+            "{tier}: {err}"
+        );
+    }
+    let vector = vectors_dir().join("basic_4x7x5.safetensors");
+    let out = tmp("precision_out.safetensors");
+    let st = mixneg()
+        .args(["loss", "--input"])
+        .arg(&vector)
+        .arg("--output")
+        .arg(&out)
+        .args(["--precision", "bf16"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("Precision::Bf16"));
+    let st = mixneg()
+        .args(demo)
+        .args(["--precision", "f32"])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+}
+
 /// The same flag names across subcommands (`--batch`, `--b-prime`, `--dim`;
 /// the old `--b`/`--k` stay as aliases) and the CPU kernel and thread count
 /// as flags.
