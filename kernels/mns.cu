@@ -639,6 +639,8 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dtau_f32(const MnsDtauP
 #define MNS_TC_BM 64
 #define MNS_TC_BN 64
 #define MNS_TC_NT 128
+// mns_tc_stage fills 64-row tiles for both the owned and the streamed tile.
+static_assert(MNS_TC_BM == MNS_TC_BN, "the owned and streamed tiles share one staging routine");
 
 #ifndef MNS_EMULATOR
 // The block's dynamic shared memory (sized at launch).

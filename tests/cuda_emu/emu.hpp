@@ -159,26 +159,35 @@ inline unsigned mns_to_tf32(float x) {
 // posts its fragments, the warp meets, each lane computes its four results
 // from the whole tiles (products and sums in f32, k in order), and the warp meets again before the buffers are reused.
 inline unsigned emu_mma_a[EMU_WARPS][32][4], emu_mma_b[EMU_WARPS][32][2];
-inline void mns_mma_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
+// One warp-collective m16n8kK: post the fragments, meet, compute this lane's
+// four results with A(w, row, k) and B(w, k, col) reading the posted
+// fragments (products and sums in f32, k in order), meet again.
+template <int K, class FA, class FB>
+inline void emu_warp_mma(float d[4], const unsigned a[4], const unsigned b[2], FA A, FB B) {
     const int w = threadIdx.x / 32, l = threadIdx.x % 32;
     for (int r = 0; r < 4; ++r) emu_mma_a[w][l][r] = a[r];
     for (int r = 0; r < 2; ++r) emu_mma_b[w][l][r] = b[r];
     emu_warp_barrier[w]->arrive_and_wait();
-    // The tensor core reads a .tf32 operand's top 19 bits (the low 13 ignored).
-    auto A = [&](int row, int k) {  // A[row][k]: lane 4*(row%8) + k%4, register row/8 + 2*(k/4)
-        return __uint_as_float(emu_mma_a[w][4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)] & 0xFFFFE000u);
-    };
-    auto B = [&](int k, int col) {  // B[k][col]: lane 4*col + k%4, register k/4
-        return __uint_as_float(emu_mma_b[w][4 * col + k % 4][k / 4] & 0xFFFFE000u);
-    };
     const int g = l / 4, t = l % 4;
     for (int r = 0; r < 4; ++r) {
         const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
         float acc = d[r];
-        for (int k = 0; k < 8; ++k) acc = std::fma(A(row, k), B(k, col), acc);
+        for (int k = 0; k < K; ++k) acc = std::fma(A(w, row, k), B(w, k, col), acc);
         d[r] = acc;
     }
     emu_warp_barrier[w]->arrive_and_wait();
+}
+
+inline void mns_mma_tf32(float d[4], const unsigned a[4], const unsigned b[2]) {
+    // The tensor core reads a .tf32 operand's top 19 bits (the low 13 ignored).
+    emu_warp_mma<8>(
+        d, a, b,
+        [](int w, int row, int k) {  // A[row][k]: lane 4*(row%8) + k%4, register row/8 + 2*(k/4)
+            return __uint_as_float(emu_mma_a[w][4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)] & 0xFFFFE000u);
+        },
+        [](int w, int k, int col) {  // B[k][col]: lane 4*col + k%4, register k/4
+            return __uint_as_float(emu_mma_b[w][4 * col + k % 4][k / 4] & 0xFFFFE000u);
+        });
 }
 
 // cvt.rn.bf16x2.f32: each of lo, hi rounded to bf16 (to nearest even),
@@ -190,29 +199,18 @@ inline unsigned emu_bf16(float x) {
 }
 inline unsigned mns_pack_bf16(float lo, float hi) { return emu_bf16(lo) | (emu_bf16(hi) << 16); }
 
-// mma.sync.m16n8k16 bf16 (fragment layout in kernels/mns.cu), as the TF32
-// one: the warp posts its fragments and meets, each lane computes its four
-// results (products exact in f32, sums in f32, k in order).
+// mma.sync.m16n8k16 bf16 (fragment layout in kernels/mns.cu); each register
+// holds two bf16, element k in the half k % 2.
+inline float emu_bf16_half(unsigned reg, int k) { return __uint_as_float((k % 2 ? reg >> 16 : reg & 0xFFFFu) << 16); }
 inline void mns_mma_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
-    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    for (int r = 0; r < 4; ++r) emu_mma_a[w][l][r] = a[r];
-    for (int r = 0; r < 2; ++r) emu_mma_b[w][l][r] = b[r];
-    emu_warp_barrier[w]->arrive_and_wait();
-    auto half = [](unsigned reg, int k) { return __uint_as_float((k % 2 ? reg >> 16 : reg & 0xFFFFu) << 16); };
-    auto A = [&](int row, int k) {  // lane 4*(row%8) + (k%8)/2, register row/8 + 2*(k/8)
-        return half(emu_mma_a[w][4 * (row % 8) + (k % 8) / 2][row / 8 + 2 * (k / 8)], k);
-    };
-    auto B = [&](int k, int col) {  // lane 4*col + (k%8)/2, register k/8
-        return half(emu_mma_b[w][4 * col + (k % 8) / 2][k / 8], k);
-    };
-    const int g = l / 4, t = l % 4;
-    for (int r = 0; r < 4; ++r) {
-        const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
-        float acc = d[r];
-        for (int k = 0; k < 16; ++k) acc = std::fma(A(row, k), B(k, col), acc);
-        d[r] = acc;
-    }
-    emu_warp_barrier[w]->arrive_and_wait();
+    emu_warp_mma<16>(
+        d, a, b,
+        [](int w, int row, int k) {  // lane 4*(row%8) + (k%8)/2, register row/8 + 2*(k/8)
+            return emu_bf16_half(emu_mma_a[w][4 * (row % 8) + (k % 8) / 2][row / 8 + 2 * (k / 8)], k);
+        },
+        [](int w, int k, int col) {  // lane 4*col + (k%8)/2, register k/8
+            return emu_bf16_half(emu_mma_b[w][4 * col + (k % 8) / 2][k / 8], k);
+        });
 }
 
 // cp.async: a copy is only queued; it lands when a wait retires its group,

@@ -399,7 +399,7 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
     use mixneg::cuda::{CudaBackend, DeviceInput, DeviceOutput};
     let n = b + bp;
     let data = Synthetic::new(b, bp, k, 1);
-    let gpu = CudaBackend::new(0)?;
+    let mut gpu = CudaBackend::new(0)?;
     let ctx = gpu.context().clone();
     let s = ctx.new_stream()?;
     let (free0, total) = ctx.mem_get_info()?;
@@ -419,7 +419,6 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
         positive_offset: 0,
         precision: mixneg::Precision::F32,
     };
-    let mut gpu = gpu;
     // Every path this GPU has, side by side on the same data: the SIMT
     // kernels, then the tensor-core ones at each precision.
     let mut paths = vec![("simt f32", false, mixneg::Precision::F32)];
