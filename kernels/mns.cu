@@ -30,7 +30,8 @@
 //   mns_du_f32    grid (ceil(B/64), ceil(K/64)): block owns a 64-row x 64-
 //                 component tile of dU in registers and sweeps all columns:
 //                 logit tile -> G tile (shared) -> dU += G V_tile.
-//   mns_dtau_f32  one block: dL/dtau = -<U, dU>/tau (f64 tree).
+//   mns_dtau_f32  dL/dtau = -<U, dU>/tau: per-block f64 partials, then
+//                 their fixed-order sum (two launches).
 //   mns_dv_f32    grid (ceil(N/64), ceil(K/64)): block owns a 64-candidate x
 //                 64-component tile of dV and sweeps all rows:
 //                 logit tile -> G tile (shared) -> dV += G^T U_tile.
@@ -58,6 +59,14 @@ typedef long long i64;
 // block start, so that reading shared memory this block never wrote shows.
 #ifndef MNS_EMULATOR
 __device__ __forceinline__ void mns_smem_poison(void*, unsigned long long) {}
+#endif
+
+// A warp's fragment load from shared memory (every lane of the warp calls it
+// at the same point): a plain load on the GPU; on the emulator, with
+// MNS_EMU_STATS=1, the warp's 32 addresses are also checked for bank
+// conflicts (tests/cuda_emu/emu.hpp), so "conflict-free" is a test.
+#ifndef MNS_EMULATOR
+#define mns_lds(p) (*(p))
 #endif
 
 // The tensor-core path and its building blocks exist for sm_80 and newer
@@ -240,10 +249,13 @@ struct MnsLossParams {
 };
 struct MnsDtauParams {
     const float* u;      // B x K
-    const float* d_u;    // B x K, from mns_du_f32
+    const float* d_u;    // B x K, from mns_du_f32 or mns_du_merge_f32
+    double* part;        // parts per-block partial sums of u . d_u
     float* d_temperature;  // 1
     i64 len;             // B * K
     double inv_tau;      // 1/tau in f64
+    int parts;           // blocks of phase 0 (src/cuda/abi.rs: dtau_parts)
+    int phase;           // 0: partials, grid (parts); 1: their sum, one block
 };
 struct MnsGradParams {
     MnsLogits x;
@@ -579,21 +591,33 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradPar
     }
 }
 
-// dL/dtau = -<U, dU>/tau, one block after mns_du_f32: f64 partial sums per
-// thread, then the same fixed-order tree as mns_loss_f32.
+// dL/dtau = -<U, dU>/tau after dU, in two launches of one kernel (no
+// atomics, so the result is reproducible): phase 0, grid (parts), block x
+// sums u.d_u over elements x*256 + tid + j*parts*256 in f64 and writes the
+// block's fixed-order tree sum to part[x]; phase 1, one block, sums the
+// parts partials by the same tree and scales by -1/tau.
 extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dtau_f32(const MnsDtauParams p)
 {
     __shared__ double part[MNS_NT];
     mns_smem_poison(part, sizeof part);
     double acc = 0.0;
-    for (i64 x = threadIdx.x; x < p.len; x += MNS_NT) acc += (double)p.u[x] * (double)p.d_u[x];
+    if (p.phase == 0) {
+        const i64 stride = (i64)p.parts * MNS_NT;
+        for (i64 x = (i64)blockIdx.x * MNS_NT + threadIdx.x; x < p.len; x += stride)
+            acc += (double)p.u[x] * (double)p.d_u[x];
+    } else {
+        for (int i = threadIdx.x; i < p.parts; i += MNS_NT) acc += p.part[i];
+    }
     part[threadIdx.x] = acc;
     __syncthreads();
     for (int h = MNS_NT / 2; h >= 1; h >>= 1) {
         if ((int)threadIdx.x < h) part[threadIdx.x] += part[threadIdx.x + h];
         __syncthreads();
     }
-    if (threadIdx.x == 0) p.d_temperature[0] = (float)(-part[0] * p.inv_tau);
+    if (threadIdx.x == 0) {
+        if (p.phase == 0) p.part[blockIdx.x] = part[0];
+        else p.d_temperature[0] = (float)(-part[0] * p.inv_tau);
+    }
 }
 
 // ===========================================================================
@@ -627,7 +651,9 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dtau_f32(const MnsDtauP
 // two-stage cp.async pipeline, with the streamed tile's per-column (or
 // per-row) side data staged beside it. Shared memory is dynamic
 // (mns_tc_smem_bytes, mirrored by src/cuda/plan.rs), rows padded to KP + 4
-// floats so that every fragment load is free of bank conflicts.
+// floats so that every fragment load (mns_lds) is free of bank conflicts
+// (counted by the emulator's tests). The P.V and G^T.U products skip the
+// n-tiles past ceil(K/8): at K = 65 in the K <= 128 class, 7 of 16.
 //
 // Precision (the kernel name's suffix): f32 = each product by 3xTF32
 // (mns_mma_3xtf32: f32-level accuracy); tf32 = one TF32 pass (inputs and the
@@ -705,18 +731,27 @@ __device__ __forceinline__ void mns_tc_dots(
         for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
     for (int kk = 0; kk < kp; kk += MNS_KSTEP(MODE)) {
         if constexpr (MODE == MNS_BF16) {
-            const float* xa = xs + g * ld + kk + 2 * t;
-            const unsigned a[4] = {mns_pack_bf16(xa[0], xa[1]), mns_pack_bf16(xa[8 * ld], xa[8 * ld + 1]),
-                                   mns_pack_bf16(xa[8], xa[9]), mns_pack_bf16(xa[8 * ld + 8], xa[8 * ld + 9])};
+            // The k-step's 16 components enter the fragments' k slots
+            // permuted (slots 2t, 2t+1, 2t+8, 2t+9 hold components t, t+4,
+            // t+8, t+12), the same for A and B, so the sum is unchanged and
+            // lane (g, t) reads word g*ld + t + 4i: banks 4g + t (ld = 4 or
+            // 20 mod 32), all 32 distinct. The natural order (2t, 2t+1)
+            // would put two lanes on every even bank.
+            const float* xa = xs + g * ld + kk + t;
+            const unsigned a[4] = {mns_pack_bf16(mns_lds(xa), mns_lds(xa + 4)),
+                                   mns_pack_bf16(mns_lds(xa + 8 * ld), mns_lds(xa + 8 * ld + 4)),
+                                   mns_pack_bf16(mns_lds(xa + 8), mns_lds(xa + 12)),
+                                   mns_pack_bf16(mns_lds(xa + 8 * ld + 8), mns_lds(xa + 8 * ld + 12))};
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                const float* yb = ys + (8 * j + g) * ld + kk + 2 * t;
-                const unsigned bb[2] = {mns_pack_bf16(yb[0], yb[1]), mns_pack_bf16(yb[8], yb[9])};
+                const float* yb = ys + (8 * j + g) * ld + kk + t;
+                const unsigned bb[2] = {mns_pack_bf16(mns_lds(yb), mns_lds(yb + 4)),
+                                        mns_pack_bf16(mns_lds(yb + 8), mns_lds(yb + 12))};
                 mns_mma_bf16(acc[j], a, bb);
             }
         } else {
             const float* xa = xs + g * ld + kk + t;
-            const float av[4] = {xa[0], xa[8 * ld], xa[4], xa[8 * ld + 4]};
+            const float av[4] = {mns_lds(xa), mns_lds(xa + 8 * ld), mns_lds(xa + 4), mns_lds(xa + 8 * ld + 4)};
             unsigned ab[4], as[4];
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
@@ -726,7 +761,7 @@ __device__ __forceinline__ void mns_tc_dots(
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const float* yb = ys + (8 * j + g) * ld + kk + t;
-                const float bv[2] = {yb[0], yb[4]};
+                const float bv[2] = {mns_lds(yb), mns_lds(yb + 4)};
                 unsigned bb[2], bs[2];
                 for (int r = 0; r < 2; ++r) {
                     if (MODE == MNS_3XTF32) mns_split_tf32(bv[r], bb[r], bs[r]);
@@ -739,9 +774,10 @@ __device__ __forceinline__ void mns_tc_dots(
     }
 }
 
-// o[c] += F Y: F the warp's 16 x 64 block in C-fragment layout (f[j] =
-// columns 8j..8j+7), Y the tile (64 rows of ld floats), o's n-tile c the
-// components 8c..8c+7.
+// o[c] += F Y for the n-tiles c < kc = ceil(k/8): F the warp's 16 x 64 block
+// in C-fragment layout (f[j] = columns 8j..8j+7), Y the tile (64 rows of ld
+// floats), o's n-tile c the components 8c..8c+7. The class's other n-tiles
+// (up to KT) are padding: never computed, never written out.
 // TF32 (k8): a C fragment is an A fragment as it stands if each k-step
 // takes its 8 columns in the order 0,2,4,6,1,3,5,7: a0 = F[g][2t] = f0,
 // a1 = F[g+8][2t] = f2, a2 = F[g][2t+1] = f1, a3 = F[g+8][2t+1] = f3; B's
@@ -751,7 +787,7 @@ __device__ __forceinline__ void mns_tc_dots(
 // a1 = (f[2j'][2], f[2j'][3]), a2 and a3 the same of f[2j'+1].
 template <int KT, int MODE>
 __device__ __forceinline__ void mns_tc_accumulate(
-    float o[KT][4], float f[8][4], const float* ys, int ld, int lane)
+    float o[KT][4], float f[8][4], const float* ys, int ld, int kc, int lane)
 {
     const int g = lane / 4, t = lane % 4;
     if constexpr (MODE == MNS_BF16) {
@@ -763,8 +799,10 @@ __device__ __forceinline__ void mns_tc_accumulate(
                                    mns_pack_bf16(f1[0], f1[1]), mns_pack_bf16(f1[2], f1[3])};
 #pragma unroll
             for (int c = 0; c < KT; ++c) {
+                if (c >= kc) break;  // warp-uniform
                 const float* yb = ys + (16 * jj + 2 * t) * ld + 8 * c + g;
-                const unsigned bb[2] = {mns_pack_bf16(yb[0], yb[ld]), mns_pack_bf16(yb[8 * ld], yb[9 * ld])};
+                const unsigned bb[2] = {mns_pack_bf16(mns_lds(yb), mns_lds(yb + ld)),
+                                        mns_pack_bf16(mns_lds(yb + 8 * ld), mns_lds(yb + 9 * ld))};
                 mns_mma_bf16(o[c], a, bb);
             }
         }
@@ -780,8 +818,9 @@ __device__ __forceinline__ void mns_tc_accumulate(
             }
 #pragma unroll
             for (int c = 0; c < KT; ++c) {
+                if (c >= kc) break;  // warp-uniform
                 const float* yb = ys + (8 * j + 2 * t) * ld + 8 * c + g;
-                const float bv[2] = {yb[0], yb[ld]};
+                const float bv[2] = {mns_lds(yb), mns_lds(yb + ld)};
                 unsigned bb[2], bs[2];
                 for (int r = 0; r < 2; ++r) {
                     if (MODE == MNS_3XTF32) mns_split_tf32(bv[r], bb[r], bs[r]);
@@ -822,7 +861,7 @@ __device__ __forceinline__ void mns_fwd_tc(const MnsFwdParams& p)
     float* __restrict__ part_m = p.part_m;
     float* __restrict__ part_s = p.part_s;
     float* __restrict__ part_o = p.part_o;
-    const int kp = (int)((k + 15) / 16 * 16), ld = kp + 4;
+    const int kp = (int)((k + 15) / 16 * 16), ld = kp + 4, kc = (int)((k + 7) / 8);
     const MnsTcSmem sm = mns_tc_smem(ld);
     const int tid = threadIdx.x, w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const i64 r0 = (i64)blockIdx.x * MNS_TC_BM;
@@ -906,7 +945,7 @@ __device__ __forceinline__ void mns_fwd_tc(const MnsFwdParams& p)
                 s[j][r] = expf(s[j][r] - shift[r / 2]);
                 l[r / 2] += s[j][r];
             }
-        mns_tc_accumulate<KT, MODE>(o, s, ys, ld, lane);
+        mns_tc_accumulate<KT, MODE>(o, s, ys, ld, kc, lane);
         __syncthreads();  // before tile tt + 2 overwrites this stage
     }
     for (int h = 0; h < 2; ++h) {
@@ -936,7 +975,7 @@ __device__ __forceinline__ void mns_dv_tc(const MnsGradParams& p)
     const float* __restrict__ coef = p.coef;
     const float* __restrict__ gdiag = p.gdiag;
     float* __restrict__ d_v = p.out;
-    const int kp = (int)((k + 15) / 16 * 16), ld = kp + 4;
+    const int kp = (int)((k + 15) / 16 * 16), ld = kp + 4, kc = (int)((k + 7) / 8);
     const MnsTcSmem sm = mns_tc_smem(ld);
     const int tid = threadIdx.x, w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const i64 c0 = (i64)blockIdx.x * MNS_TC_BM;
@@ -1002,7 +1041,7 @@ __device__ __forceinline__ void mns_dv_tc(const MnsGradParams& p)
                 else gv = side[MNS_TC_BN + rl] * expf(fmaf(s[j][r], inv_tau, -clq[h]) - side[rl]);
                 s[j][r] = gv;
             }
-        mns_tc_accumulate<KT, MODE>(o, s, ys, ld, lane);
+        mns_tc_accumulate<KT, MODE>(o, s, ys, ld, kc, lane);
         __syncthreads();
     }
     for (int h = 0; h < 2; ++h) {

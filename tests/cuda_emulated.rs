@@ -77,6 +77,30 @@ fn plan_for(case: &Case, sms: usize, tc: bool) -> Plan {
 /// `forward_only` the first three only (forward, row merge, loss), what the
 /// backend's forward-only call launches.
 fn run_launches(exe: &Path, case: &Case, plan: &Plan, forward_only: bool) -> MnsOutput {
+    emulate(exe, case, plan, forward_only, false).0
+}
+
+/// What the emulator counted in one launch (`MNS_EMU_STATS=1`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LaunchStats {
+    /// Index into `mixneg::cuda::KERNELS`.
+    kernel: usize,
+    /// Warp-wide fragment loads from shared memory (`mns_lds`).
+    loads: u64,
+    /// Their bank conflicts: extra passes beyond one per load.
+    conflicts: u64,
+    /// Warp-level mma instructions.
+    mma: u64,
+}
+
+/// [`run_launches`], and with `stats` the emulator's counts per launch.
+fn emulate(
+    exe: &Path,
+    case: &Case,
+    plan: &Plan,
+    forward_only: bool,
+    stats: bool,
+) -> (MnsOutput, Vec<LaunchStats>) {
     let (b, n, k) = (case.b(), case.n(), case.k);
     // Buffers in this order; a pointer field holds its number + 1.
     let f32s = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|v| v.to_le_bytes()).collect() };
@@ -116,6 +140,7 @@ fn run_launches(exe: &Path, case: &Case, plan: &Plan, forward_only: bool) -> Mns
     a.d_u = add(4 * b * k, None);
     a.d_v = add(4 * n * k, None);
     a.d_temperature = add(4, None);
+    a.dtau_part = add(8 * abi::dtau_parts(b * k), None);
     let opt = abi::Options {
         temperature: case.temperature,
         correct_positive: case.correct_positive,
@@ -160,8 +185,30 @@ fn run_launches(exe: &Path, case: &Case, plan: &Plan, forward_only: bool) -> Mns
         dir.join(format!("out-{tag}")),
     );
     std::fs::write(&inp, &buf).unwrap();
-    let st = Command::new(exe).arg(&inp).arg(&outp).status().unwrap();
-    assert!(st.success(), "{}: emulator failed", case.name);
+    let run = Command::new(exe)
+        .arg(&inp)
+        .arg(&outp)
+        .env("MNS_EMU_STATS", if stats { "1" } else { "0" })
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "{}: emulator failed: {stderr}",
+        case.name
+    );
+    let counts = stderr
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 8 && w[0] == "stats").then(|| LaunchStats {
+                kernel: w[1].parse().unwrap(),
+                loads: w[3].parse().unwrap(),
+                conflicts: w[5].parse().unwrap(),
+                mma: w[7].parse().unwrap(),
+            })
+        })
+        .collect();
     let raw = std::fs::read(&outp).unwrap();
     let _ = (std::fs::remove_file(&inp), std::fs::remove_file(&outp));
     // Every buffer comes back in order: slice out the outputs.
@@ -182,7 +229,7 @@ fn run_launches(exe: &Path, case: &Case, plan: &Plan, forward_only: bool) -> Mns
         .chunks_exact(4)
         .map(|c| i32::from_le_bytes(c.try_into().unwrap()) != 0)
         .collect();
-    MnsOutput {
+    let out = MnsOutput {
         loss: f(a.loss)[0],
         d_u: f(a.d_u),
         d_v: f(a.d_v),
@@ -190,7 +237,8 @@ fn run_launches(exe: &Path, case: &Case, plan: &Plan, forward_only: bool) -> Mns
         row_loss: f(a.row_loss),
         top1,
         d_temperature: f(a.d_temperature)[0],
-    }
+    };
+    (out, counts)
 }
 
 /// The emulator's C++ compiler lays the parameter structs of `mns.cu` out
@@ -314,6 +362,47 @@ fn emulated_tensor_core_kernels_match_the_reference_on_awkward_shapes() {
         for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
             let c = c.at(precision);
             check_plan(exe, &c, &plan_for(&c, sms, true), "tensor cores");
+        }
+    }
+}
+
+/// The tensor-core kernels' fragment loads from shared memory are free of
+/// bank conflicts for every tier and K class (the emulator counts each warp
+/// access's passes), and the P·V and Gᵀ·U products skip the n-tiles past
+/// ⌈K/8⌉: per warp and 64-wide tile the forward and dV kernels each issue
+/// exactly (K_p/k_step)·8 mma for S and (8 or, for bf16, 4)·⌈K/8⌉ for the
+/// second product, three times that for 3xTF32 (K_p = K rounded up to 16;
+/// k_step 8 for TF32, 16 for bf16). One 64×64 tile (B = N = 64), so each
+/// kernel has one block of 4 warps and one tile.
+#[test]
+fn emulated_tensor_core_loads_are_conflict_free_and_skip_pad_tiles() {
+    let Some(exe) = emulator() else { return };
+    for k in [20, 64, 65, 128] {
+        for tier in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+            let c = random_case(31, 64, 0, k).at(tier);
+            let plan = plan_for(&c, 1, true);
+            let tc = plan.tc.unwrap();
+            let (out, stats) = emulate(exe, &c, &plan, false, true);
+            assert!(out.loss.is_finite());
+            let kp = k.div_ceil(16) * 16;
+            let kc = k.div_ceil(8) as u64;
+            let (step, second, passes) = match tier {
+                Precision::F32 => (8, 8, 3),
+                Precision::Tf32 => (8, 8, 1),
+                _ => (16, 4, 1),
+            };
+            let want = 4 * passes * ((kp / step) as u64 * 8 + second * kc);
+            for kernel in [tc.fwd_kernel(), tc.dv_kernel()] {
+                let name = mixneg::cuda::KERNELS[kernel];
+                let s = stats.iter().find(|s| s.kernel == kernel).unwrap();
+                assert!(s.loads > 0, "{name} K = {k}: no fragment load counted");
+                assert_eq!(
+                    s.conflicts, 0,
+                    "{name} K = {k}: {} bank conflicts in {} fragment loads",
+                    s.conflicts, s.loads
+                );
+                assert_eq!(s.mma, want, "{name} K = {k}: mma count");
+            }
         }
     }
 }

@@ -156,12 +156,25 @@ pub struct DtauParams {
     pub u: u64,
     /// B×K ∂L/∂U (in).
     pub d_u: u64,
-    /// ∂L/∂τ, one f32 (out).
+    /// `parts` f64 partial sums of u·dU (out of phase 0, in of phase 1).
+    pub part: u64,
+    /// ∂L/∂τ, one f32 (out of phase 1).
     pub d_temperature: u64,
     /// B·K.
     pub len: i64,
     /// 1/τ in f64.
     pub inv_tau: f64,
+    /// Blocks of phase 0 ([`dtau_parts`]).
+    pub parts: i32,
+    /// 0: per-block partials; 1: their fixed-order sum, −Σ/τ.
+    pub phase: i32,
+}
+
+/// Blocks of `mns_dtau_f32`'s first phase for B·K = `len` elements: one per
+/// 2048 elements (8 a thread), at most 1024, so that the second phase sums
+/// a few hundred partials at most. A function of the shape alone.
+pub fn dtau_parts(len: usize) -> usize {
+    len.div_ceil(2048).clamp(1, 1024)
 }
 
 /// `mns_du_f32` and `mns_dv_f32` (`MnsGradParams`).
@@ -285,11 +298,13 @@ impl Params {
                 }
             }
             Params::Dtau(p) => {
-                for a in [p.u, p.d_u, p.d_temperature] {
+                for a in [p.u, p.d_u, p.part, p.d_temperature] {
                     o.extend(a.to_le_bytes());
                 }
                 o.extend(p.len.to_le_bytes());
                 o.extend(p.inv_tau.to_le_bytes());
+                o.extend(p.parts.to_le_bytes());
+                o.extend(p.phase.to_le_bytes());
             }
         }
         o
@@ -338,6 +353,8 @@ pub struct Buffers {
     pub d_u: u64,
     pub d_v: u64,
     pub d_temperature: u64,
+    /// [`dtau_parts`]`(B·K)` f64 partial sums of ∂L/∂τ.
+    pub dtau_part: u64,
 }
 
 /// What a call computes beyond its shape: τ, the diagonal convention and the
@@ -353,15 +370,16 @@ pub struct Options {
 }
 
 /// The launch sequence of one call on a B×N×K problem, on one stream in
-/// this order. SIMT path: forward, row merge, loss, dU, dV, ∂L/∂τ.
-/// Tensor-core path (`plan.tc`): forward + O, row merge, loss, dU merge,
-/// dV, ∂L/∂τ. Either way the first three are the forward-only call.
+/// this order. SIMT path: forward, row merge, loss, dU, dV, ∂L/∂τ (two
+/// phases). Tensor-core path (`plan.tc`): forward + O, row merge, loss, dU
+/// merge, dV, ∂L/∂τ (two phases). Either way the first three are the
+/// forward-only call.
 pub fn launches(
     plan: &Plan,
     (b, n, k): (usize, usize, usize),
     opt: Options,
     a: &Buffers,
-) -> [Launch; 6] {
+) -> [Launch; 7] {
     let (temperature, correct_positive) = (opt.temperature, opt.correct_positive);
     let offset = opt.positive_offset as i64;
     let inv_tau = 1.0 / temperature;
@@ -433,17 +451,23 @@ pub fn launches(
             b: b as i64,
         }),
     );
-    let dtau = simt(
-        5,
-        (1, 1),
-        Params::Dtau(DtauParams {
-            u: a.u,
-            d_u: a.d_u,
-            d_temperature: a.d_temperature,
-            len: (b * k) as i64,
-            inv_tau: 1.0 / temperature as f64,
-        }),
-    );
+    let parts = dtau_parts(b * k);
+    let dtau = |phase: i32| {
+        simt(
+            5,
+            (if phase == 0 { parts as u32 } else { 1 }, 1),
+            Params::Dtau(DtauParams {
+                u: a.u,
+                d_u: a.d_u,
+                part: a.dtau_part,
+                d_temperature: a.d_temperature,
+                len: (b * k) as i64,
+                inv_tau: 1.0 / temperature as f64,
+                parts: parts as i32,
+                phase,
+            }),
+        )
+    };
     match plan.tc {
         None => [
             simt(0, plan.fwd_grid, fwd),
@@ -451,7 +475,8 @@ pub fn launches(
             loss,
             simt(3, plan.du_grid, Params::Grad(grad(a.d_u))),
             simt(4, plan.dv_grid, Params::Grad(grad(a.d_v))),
-            dtau,
+            dtau(0),
+            dtau(1),
         ],
         Some(tc) => {
             let tensor = |kernel: usize, grid: (u32, u32), params: Params| Launch {
@@ -488,7 +513,8 @@ pub fn launches(
                     (plan.dv_grid.0, 1),
                     Params::Grad(grad(a.d_v)),
                 ),
-                dtau,
+                dtau(0),
+                dtau(1),
             ]
         }
     }
@@ -573,9 +599,12 @@ pub fn layout() -> Vec<StructLayout> {
             vec![
                 ("u", offset_of!(DtauParams, u)),
                 ("d_u", offset_of!(DtauParams, d_u)),
+                ("part", offset_of!(DtauParams, part)),
                 ("d_temperature", offset_of!(DtauParams, d_temperature)),
                 ("len", offset_of!(DtauParams, len)),
                 ("inv_tau", offset_of!(DtauParams, inv_tau)),
+                ("parts", offset_of!(DtauParams, parts)),
+                ("phase", offset_of!(DtauParams, phase)),
             ],
         ),
         (
@@ -639,6 +668,8 @@ mod tests {
                     || f.ends_with("correct_positive")
                     || f.ends_with("splits")
                     || f.ends_with("round")
+                    || f.ends_with("parts")
+                    || f.ends_with("phase")
                     || f.ends_with("pad");
                 end += if four { 4 } else { 8 };
             }

@@ -355,6 +355,7 @@ impl CudaBackend {
         })?;
         let [wloss, mrow, coef, gdiag] = [(); 4].map(|()| stream.alloc_zeros::<f32>(b));
         let (wloss, mrow, coef, gdiag) = (wloss?, mrow?, coef?, gdiag?);
+        let dtau_part = stream.alloc_zeros::<f64>(abi::dtau_parts(b * k))?;
         // Device addresses for the parameter structs. Each guard keeps
         // cudarc's cross-stream ordering for its buffer; all live until the
         // six launches are enqueued.
@@ -370,6 +371,7 @@ impl CudaBackend {
         let (mrow, _g4) = mrow.device_ptr(stream);
         let (coef, _g5) = coef.device_ptr(stream);
         let (gdiag, _g6) = gdiag.device_ptr(stream);
+        let (dtau_part, _g15) = dtau_part.device_ptr(stream);
         let (lse, _g7) = out.lse.device_ptr_mut(stream);
         let (row_loss, _g8) = out.row_loss.device_ptr_mut(stream);
         let (top1, _g9) = out.top1.device_ptr_mut(stream);
@@ -397,6 +399,7 @@ impl CudaBackend {
             d_u,
             d_v,
             d_temperature,
+            dtau_part,
         };
         // The options exactly as the emulator tests pass them.
         let opt = abi::Options {
@@ -429,7 +432,7 @@ impl CudaBackend {
             // log_q and ids N, row_weight B — checked in mns_loss_device —
             // part_m/part_s splits·B, part_o splits·B·K on the tensor-core
             // path, the per-row buffers B, d_u B·K, d_v N·K, loss and
-            // d_temperature 1), or null for an absent optional input, which
+            // d_temperature 1, dtau_part `dtau_parts(B·K)` f64), or null for an absent optional input, which
             // the kernels test before reading; a tensor-core launch's
             // dynamic shared memory (`tc_smem_bytes` of its K) is within
             // what the constructor opted its kernel in to (the size for the

@@ -17,8 +17,12 @@
 //    warp and a read (or an overwrite) by another is a wrong result for the
 //    orders that put them the wrong way round — deterministic for a seed,
 //    not left to the OS scheduler.
+// With MNS_EMU_STATS=1 it also counts, per launch, the warps' fragment loads
+// (`mns_lds`) and their shared-memory bank conflicts, and the warp-level
+// mma instructions: the harness prints them after each launch.
 // It says nothing about speed or the GPU memory model beyond barriers.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <condition_variable>
@@ -144,6 +148,53 @@ inline float __shfl_xor_sync(unsigned, float v, int m) {
     return r;
 }
 
+// ---- statistics (MNS_EMU_STATS=1) ----------------------------------------
+inline bool emu_stats_on() {
+    static const bool on = [] {
+        const char* s = std::getenv("MNS_EMU_STATS");
+        return s != nullptr && s[0] == '1';
+    }();
+    return on;
+}
+inline std::atomic<unsigned long long> emu_lds_count{0}, emu_lds_conflicts{0}, emu_mma_count{0};
+inline const void* emu_lds_addr[EMU_WARPS][32];
+
+// A warp's 32-bit shared-memory load (every lane calls it at the same
+// point). With statistics on, lane 0 tallies the access: shared memory has
+// 32 banks of 4-byte words (bank = word mod 32); lanes reading the same
+// word share it (a broadcast), and a bank asked for d distinct words
+// serves them in d passes, so the access costs max_bank d passes and its
+// conflicts are that maximum minus one.
+template <class T>
+inline T emu_lds(const T* p) {
+    static_assert(sizeof(T) == 4, "32-bit loads only");
+    if (emu_stats_on()) {
+        const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+        emu_lds_addr[w][l] = p;
+        emu_warp_barrier[w]->arrive_and_wait();
+        if (l == 0) {
+            unsigned long long word[32];
+            for (int i = 0; i < 32; ++i) word[i] = (unsigned long long)(uintptr_t)emu_lds_addr[w][i] / 4;
+            int passes = 1;
+            for (int bank = 0; bank < 32; ++bank) {
+                int distinct = 0;
+                for (int i = 0; i < 32; ++i) {
+                    if ((int)(word[i] % 32) != bank) continue;
+                    bool seen = false;
+                    for (int j = 0; j < i; ++j) seen |= word[j] == word[i];
+                    distinct += !seen;
+                }
+                if (distinct > passes) passes = distinct;
+            }
+            emu_lds_count += 1;
+            emu_lds_conflicts += (unsigned long long)(passes - 1);
+        }
+        emu_warp_barrier[w]->arrive_and_wait();
+    }
+    return *p;
+}
+#define mns_lds(p) emu_lds(p)
+
 inline unsigned __float_as_uint(float x) { unsigned u; std::memcpy(&u, &x, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 
@@ -165,6 +216,7 @@ inline unsigned emu_mma_a[EMU_WARPS][32][4], emu_mma_b[EMU_WARPS][32][2];
 template <int K, class FA, class FB>
 inline void emu_warp_mma(float d[4], const unsigned a[4], const unsigned b[2], FA A, FB B) {
     const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    if (l == 0) emu_mma_count += 1;
     for (int r = 0; r < 4; ++r) emu_mma_a[w][l][r] = a[r];
     for (int r = 0; r < 2; ++r) emu_mma_b[w][l][r] = b[r];
     emu_warp_barrier[w]->arrive_and_wait();

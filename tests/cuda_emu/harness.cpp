@@ -13,6 +13,10 @@
 //                      the parameter structs, as this compiler lays them out.
 //   mns_emu --kernels  print the kernel names, one a line, in the order of
 //                      their numbers (src/cuda/mod.rs's KERNELS).
+// With MNS_EMU_STATS=1 a run prints to stderr, after each launch,
+//   "stats KERNEL lds N conflicts C mma M"
+// (fragment loads, their bank conflicts and warp-level mma instructions of
+// that launch, emu.hpp).
 #include "emu.hpp"
 #include "../../kernels/mns.cu"
 #include <cstddef>
@@ -72,8 +76,9 @@ static int layout() {
     FIELD(MnsGradParams, mrow); FIELD(MnsGradParams, coef); FIELD(MnsGradParams, gdiag);
     FIELD(MnsGradParams, out);
     printf("MnsDtauParams %zu\n", sizeof(MnsDtauParams));
-    FIELD(MnsDtauParams, u); FIELD(MnsDtauParams, d_u); FIELD(MnsDtauParams, d_temperature);
-    FIELD(MnsDtauParams, len); FIELD(MnsDtauParams, inv_tau);
+    FIELD(MnsDtauParams, u); FIELD(MnsDtauParams, d_u); FIELD(MnsDtauParams, part);
+    FIELD(MnsDtauParams, d_temperature); FIELD(MnsDtauParams, len); FIELD(MnsDtauParams, inv_tau);
+    FIELD(MnsDtauParams, parts); FIELD(MnsDtauParams, phase);
     printf("MnsMergeParams %zu\n", sizeof(MnsMergeParams));
     FIELD(MnsMergeParams, v); FIELD(MnsMergeParams, part_m); FIELD(MnsMergeParams, part_o);
     FIELD(MnsMergeParams, mrow); FIELD(MnsMergeParams, coef); FIELD(MnsMergeParams, gdiag);
@@ -110,10 +115,18 @@ int main(int argc, char** argv) {
         if (has && bytes && fread(bufs.back().data(), 1, bytes, in) != bytes) die("short input");
     }
     const auto nlaunch = take<unsigned long long>(in);
+    unsigned last_kernel = 0;
+    auto report = [&] {
+        if (!emu_stats_on()) return;
+        fprintf(stderr, "stats %u lds %llu conflicts %llu mma %llu\n", last_kernel, emu_lds_count.exchange(0),
+                emu_lds_conflicts.exchange(0), emu_mma_count.exchange(0));
+    };
     for (unsigned long long l = 0; l < nlaunch; ++l) {
+        if (l > 0) report();
         const auto kernel = take<unsigned>(in), gx = take<unsigned>(in), gy = take<unsigned>(in);
         const auto threads = take<unsigned>(in), smem = take<unsigned>(in);
         const auto bytes = take<unsigned>(in);
+        last_kernel = kernel;
         if (smem > EMU_DYNAMIC_SMEM) die("more dynamic shared memory than a block can have");
         const unsigned ntc = sizeof tc_kernels / sizeof tc_kernels[0];
         if (kernel >= 7 && kernel < 7 + 2 * ntc) {
@@ -159,7 +172,7 @@ int main(int argc, char** argv) {
         }
         case 5: {
             auto p = params<MnsDtauParams>(in, bytes);
-            fix(p.u); fix(p.d_u); fix(p.d_temperature);
+            fix(p.u); fix(p.d_u); fix(p.part); fix(p.d_temperature);
             emu_launch(gx, gy, threads, [&] { mns_dtau_f32(p); });
             break;
         }
@@ -172,6 +185,7 @@ int main(int argc, char** argv) {
         default: die("unknown kernel");
         }
     }
+    if (nlaunch > 0) report();
     fclose(in);
     FILE* out = fopen(argv[2], "wb");
     if (!out) { perror(argv[2]); return 2; }
