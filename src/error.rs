@@ -112,6 +112,23 @@ pub enum MnsError {
         /// Actual length.
         got: usize,
     },
+    /// A raw device call (`CudaBackend::mns_loss_raw`) with a null address
+    /// for a buffer the call reads or writes.
+    #[error("the device address of {name} is null")]
+    NullAddress {
+        /// Which buffer.
+        name: &'static str,
+    },
+    /// A raw device call whose B·K or N·K does not fit in memory addresses.
+    #[error("B = {b}, N = {n}, K = {k}: B·K or N·K overflows")]
+    TooLarge {
+        /// B.
+        b: usize,
+        /// N.
+        n: usize,
+        /// K.
+        k: usize,
+    },
     /// The CUDA backend cannot run here: no driver library, no NVRTC 13, or
     /// no device (the reason says which).
     #[error("CUDA is not available: {0}")]

@@ -4,6 +4,9 @@
 //!
 //! With no usable device every test prints `skipping: <reason>` and passes;
 //! `REQUIRE_GPU=1` turns the skip into a failure (the GPU check script sets it).
+//! `MIXNEG_TEST_PATH=simt` runs every test on the SIMT kernels and
+//! `MIXNEG_TEST_PATH=tc` only the tensor-core ones, so that the GPU check can
+//! test each path in its own process (a fault poisons its whole context).
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -16,7 +19,11 @@ fn gpu() -> Option<&'static CudaBackend> {
     static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
     let r = GPU.get_or_init(|| {
         cuda::is_available()?;
-        CudaBackend::new(0).map_err(|e| e.to_string())
+        let mut b = CudaBackend::new(0).map_err(|e| e.to_string())?;
+        if test_path().as_deref() == Some("simt") {
+            b.set_tensor_cores(false);
+        }
+        Ok(b)
     });
     match r {
         Ok(b) => Some(b),
@@ -36,12 +43,21 @@ fn gpu() -> Option<&'static CudaBackend> {
 fn simt_gpu() -> Option<&'static CudaBackend> {
     static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
     gpu()?;
+    if test_path().as_deref() == Some("tc") {
+        skip("MIXNEG_TEST_PATH=tc: the SIMT kernels are tested in their own process");
+        return None;
+    }
     GPU.get_or_init(|| {
         let mut b = CudaBackend::new(0).ok()?;
         b.set_tensor_cores(false);
         Some(b)
     })
     .as_ref()
+}
+
+/// `MIXNEG_TEST_PATH`: `simt`, `tc` or unset (both).
+fn test_path() -> Option<String> {
+    std::env::var("MIXNEG_TEST_PATH").ok()
 }
 
 fn check(be: &CudaBackend, case: &Case) {
@@ -222,4 +238,87 @@ fn shared_across_threads_gives_the_same_bits() {
             });
         }
     });
+}
+
+/// The raw-address entry point (what the Python binding calls with PyTorch's
+/// pointers and stream) writes the host entry point's bits in place; a null
+/// address is an error, not a launch; the timed call names every launch.
+#[test]
+fn raw_entry_point_matches_host_entry_point() {
+    use mixneg::cuda::RawCall;
+    use mixneg::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
+    let Some(be) = gpu() else { return };
+    let c = random_case(33, 130, 400, 40);
+    let s = be.context().new_stream().unwrap();
+    let u = s.clone_htod(&c.u).unwrap();
+    let v = s.clone_htod(&c.v).unwrap();
+    let lq = s.clone_htod(&c.log_q).unwrap();
+    let ids = s.clone_htod(c.ids.as_ref().unwrap()).unwrap();
+    let mut out = DeviceOutput::zeros(&s, c.b(), c.n(), c.k).unwrap();
+    {
+        let (pu, _g1) = u.device_ptr(&s);
+        let (pv, _g2) = v.device_ptr(&s);
+        let (pq, _g3) = lq.device_ptr(&s);
+        let (pi, _g4) = ids.device_ptr(&s);
+        let (loss, _g5) = out.loss.device_ptr_mut(&s);
+        let (d_u, _g6) = out.d_u.device_ptr_mut(&s);
+        let (d_v, _g7) = out.d_v.device_ptr_mut(&s);
+        let (lse, _g8) = out.lse.device_ptr_mut(&s);
+        let (row_loss, _g9) = out.row_loss.device_ptr_mut(&s);
+        let (top1, _g10) = out.top1.device_ptr_mut(&s);
+        let (d_temperature, _g11) = out.d_temperature.device_ptr_mut(&s);
+        let call = RawCall {
+            u: pu,
+            v: pv,
+            log_q: pq,
+            ids: pi,
+            row_weight: 0,
+            b: c.b(),
+            n: c.n(),
+            k: c.k,
+            temperature: c.temperature,
+            correct_positive: true,
+            positive_offset: c.positive_offset,
+            precision: mixneg::Precision::F32,
+            loss,
+            d_u,
+            d_v,
+            lse,
+            row_loss,
+            top1,
+            d_temperature,
+        };
+        // SAFETY: every address is a live slice of this context with the
+        // call's lengths, kept by the guards until the stream is synchronized.
+        unsafe { be.mns_loss_raw(s.cu_stream(), &call, false) }.unwrap();
+        let null = RawCall { d_v: 0, ..call };
+        // SAFETY: as above; the call is refused before any launch.
+        let err = unsafe { be.mns_loss_raw(s.cu_stream(), &null, false) }.unwrap_err();
+        assert!(err.to_string().contains("d_v"), "{err}");
+        s.synchronize().unwrap();
+    }
+    let loss = s.clone_dtoh(&out.loss).unwrap()[0];
+    let d_v = s.clone_dtoh(&out.d_v).unwrap();
+    let host = be.mns_loss(&c.input()).unwrap();
+    assert_eq!(
+        loss.to_bits(),
+        host.loss.to_bits(),
+        "same kernels, same bits"
+    );
+    assert_eq!(d_v, host.d_v);
+    let x = DeviceInput {
+        u: &u,
+        v: &v,
+        log_q: &lq,
+        ids: Some(&ids),
+        row_weight: None,
+        dim: c.k,
+        temperature: c.temperature,
+        correct_positive: true,
+        positive_offset: c.positive_offset,
+        precision: mixneg::Precision::F32,
+    };
+    let timed = be.mns_loss_device_timed(&s, &x, &mut out).unwrap();
+    assert_eq!(timed.len(), 7, "{timed:?}");
+    assert!(timed.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0));
 }

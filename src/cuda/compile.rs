@@ -121,8 +121,10 @@ pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compile
 }
 
 /// The CUBIN for `arch`, compiled once per process and architecture (NVRTC
-/// takes ~0.5 s for the kernels); each backend loads it into its own
-/// context.
+/// takes ~0.5 s for the kernels) and kept on disk for later processes
+/// ([`cubin_cache_dir`]); each backend loads it into its own context. With
+/// `MIXNEG_LOG_COMPILE=1` it says on stderr where the CUBIN came from and how
+/// long that took.
 pub(super) fn cubin_for(arch: &str) -> Result<Vec<u8>, MnsError> {
     static CACHE: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
     let mut cache = CACHE
@@ -131,9 +133,93 @@ pub(super) fn cubin_for(arch: &str) -> Result<Vec<u8>, MnsError> {
     if let Some((_, c)) = cache.iter().find(|(a, _)| a == arch) {
         return Ok(c.clone());
     }
-    let c = compile(arch, false)?.cubin;
+    let log = std::env::var("MIXNEG_LOG_COMPILE").as_deref() == Ok("1");
+    let t0 = std::time::Instant::now();
+    let file = cubin_cache_dir().map(|d| d.join(cubin_file_name(arch)));
+    let cached = file.as_ref().and_then(|f| std::fs::read(f).ok());
+    let c = match cached {
+        Some(c) if !c.is_empty() => {
+            if log {
+                eprintln!(
+                    "mixneg: CUBIN for {arch} read from {} in {:.1} ms",
+                    file.as_ref()
+                        .map_or(String::new(), |f| f.display().to_string()),
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            c
+        }
+        _ => {
+            let c = compile(arch, false)?.cubin;
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            // A cache that cannot be written only costs the next process a
+            // compile: write to a temporary name, then rename (atomic), so
+            // that concurrent processes never read half a file.
+            let kept = file.as_ref().is_some_and(|f| {
+                let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+                f.parent()
+                    .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+                    && std::fs::write(&tmp, &c).is_ok()
+                    && std::fs::rename(&tmp, f).is_ok()
+            });
+            if log {
+                eprintln!(
+                    "mixneg: NVRTC compiled the kernels for {arch} in {ms:.0} ms{}",
+                    match (&file, kept) {
+                        (Some(f), true) => format!(", cached at {}", f.display()),
+                        _ => ", not cached".to_string(),
+                    }
+                );
+            }
+            c
+        }
+    };
     cache.push((arch.to_string(), c.clone()));
     Ok(c)
+}
+
+/// Where compiled kernels are kept between processes: `MIXNEG_CACHE_DIR`
+/// if set (empty: no disk cache), else `$XDG_CACHE_HOME/mixneg`, else
+/// `$HOME/.cache/mixneg`; None when none of these is set.
+pub fn cubin_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    match std::env::var_os("MIXNEG_CACHE_DIR") {
+        Some(d) if d.is_empty() => None,
+        Some(d) => Some(PathBuf::from(d)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(|d| PathBuf::from(d).join("mixneg"))
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|d| !d.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache").join("mixneg"))
+            }),
+    }
+}
+
+/// The cache file of the kernels for `arch`: keyed by a 64-bit FNV-1a hash
+/// of everything the CUBIN depends on (the source, the NVRTC options, the
+/// NVRTC version), so that an edited kernel or another NVRTC never loads a
+/// stale image.
+fn cubin_file_name(arch: &str) -> String {
+    let (mut major, mut minor) = (0, 0);
+    let nvrtc = if !nvrtc_available() {
+        String::new()
+    } else {
+        // SAFETY: the library is present (checked just above: cudarc loads
+        // it on first use); nvrtcVersion only writes the two integers.
+        match unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }.result() {
+            Ok(()) => format!("{major}.{minor}"),
+            Err(_) => String::new(),
+        }
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [SOURCE, arch, "--std=c++17", &nvrtc] {
+        for &byte in part.as_bytes().iter().chain(&[0u8]) {
+            h = (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("mns-{arch}-{h:016x}.cubin")
 }
 
 /// NVRTC's NUL-terminated text (a log, PTX) as a `String`.

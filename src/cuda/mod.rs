@@ -31,7 +31,7 @@ mod plan;
 use compile::cubin_for;
 #[doc(hidden)]
 pub use compile::{Compiled, compile, compile_source};
-pub use compile::{is_available, nvrtc_available};
+pub use compile::{cubin_cache_dir, is_available, nvrtc_available};
 #[doc(hidden)]
 pub use plan::{Plan, Tc, tc_smem_bytes};
 
@@ -319,59 +319,152 @@ impl CudaBackend {
         input: &DeviceInput<'_>,
         out: &mut DeviceOutput,
     ) -> Result<(), MnsError> {
-        let (b, n, k) = check_device(input, out)?;
-        self.launch(stream, input, (b, n, k), out, false)
+        let dims = check_device(input, out)?;
+        self.launch_slices(stream, input, dims, out, false, None)
     }
 
     /// The forward only on device buffers: L, lse, ℓ and top-1 into `out`
-    /// (its gradient buffers are left as they are), three of the six
-    /// kernels, enqueued on `stream`. The same checks as
-    /// [`Self::mns_loss_device`].
+    /// (its gradient buffers are left as they are), three of the kernels,
+    /// enqueued on `stream`. The same checks as [`Self::mns_loss_device`].
     pub fn mns_forward_device(
         &self,
         stream: &Arc<CudaStream>,
         input: &DeviceInput<'_>,
         out: &mut DeviceOutput,
     ) -> Result<(), MnsError> {
-        let (b, n, k) = check_device(input, out)?;
-        self.launch(stream, input, (b, n, k), out, true)
+        let dims = check_device(input, out)?;
+        self.launch_slices(stream, input, dims, out, true, None)
     }
 
-    fn launch(
+    /// [`Self::mns_loss_device`] with a pair of CUDA events around each
+    /// launch; synchronizes `stream` and returns each launch's kernel name
+    /// and milliseconds, in launch order (`gpu-bench`'s breakdown).
+    #[doc(hidden)]
+    pub fn mns_loss_device_timed(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &DeviceInput<'_>,
+        out: &mut DeviceOutput,
+    ) -> Result<Vec<(&'static str, f64)>, MnsError> {
+        let dims = check_device(input, out)?;
+        let mut events = vec![];
+        self.launch_slices(stream, input, dims, out, false, Some(&mut events))?;
+        stream.synchronize()?;
+        events
+            .iter()
+            .map(|(name, t0, t1)| Ok((*name, t0.elapsed_ms(t1)? as f64)))
+            .collect()
+    }
+
+    /// The fused loss on raw device addresses — another library's memory,
+    /// e.g. PyTorch tensors' `data_ptr()`s — enqueued on another library's
+    /// stream `cu_stream` (null: the legacy default stream), reading and
+    /// writing that memory in place with no copy and no synchronization.
+    /// With `forward_only` the three gradient outputs may be 0 and are not
+    /// written. Checks the shape, τ and that every address used is non-zero;
+    /// values must be finite.
+    ///
+    /// # Safety
+    ///
+    /// `cu_stream` is a live stream of this backend's context (the device's
+    /// primary context, which PyTorch uses too), kept alive until the work
+    /// is done. Every non-zero address is device memory of that context,
+    /// valid until the work on `cu_stream` is done, holding: `u` B·K f32,
+    /// `v` N·K f32, `log_q` N f32, `ids` N i64, `row_weight` B f32, `loss`
+    /// and `d_temperature` one f32, `d_u` B·K f32, `d_v` N·K f32, `lse` and
+    /// `row_loss` B f32, `top1` B i32; the outputs overlap no input and no
+    /// other output.
+    pub unsafe fn mns_loss_raw(
+        &self,
+        cu_stream: cudarc::driver::sys::CUstream,
+        call: &RawCall,
+        forward_only: bool,
+    ) -> Result<(), MnsError> {
+        use crate::input::{check_temperature, shape};
+        let too_large = MnsError::TooLarge {
+            b: call.b,
+            n: call.n,
+            k: call.k,
+        };
+        let u_len = call.b.checked_mul(call.k).ok_or(too_large.clone())?;
+        let v_len = call.n.checked_mul(call.k).ok_or(too_large)?;
+        let (b, n, k) = shape(u_len, v_len, call.k, call.positive_offset)?;
+        check_temperature(call.temperature)?;
+        let mut needed = vec![
+            ("u", call.u),
+            ("v", call.v),
+            ("log_q", call.log_q),
+            ("loss", call.loss),
+            ("lse", call.lse),
+            ("row_loss", call.row_loss),
+            ("top1", call.top1),
+        ];
+        if !forward_only {
+            needed.extend([
+                ("d_u", call.d_u),
+                ("d_v", call.d_v),
+                ("d_temperature", call.d_temperature),
+            ]);
+        }
+        if let Some(&(name, _)) = needed.iter().find(|(_, p)| *p == 0) {
+            return Err(MnsError::NullAddress { name });
+        }
+        // SAFETY: the caller guarantees `cu_stream` is a live stream of this
+        // context that outlives the enqueued work; the wrapper does not
+        // destroy it when dropped.
+        let stream = unsafe { self.ctx.wrap_borrowed_stream(cu_stream) };
+        let a = abi::Buffers {
+            u: call.u,
+            v: call.v,
+            log_q: call.log_q,
+            ids: call.ids,
+            row_weight: call.row_weight,
+            lse: call.lse,
+            row_loss: call.row_loss,
+            top1: call.top1,
+            loss: call.loss,
+            d_u: call.d_u,
+            d_v: call.d_v,
+            d_temperature: call.d_temperature,
+            ..abi::Buffers::default()
+        };
+        let opt = abi::Options {
+            temperature: call.temperature,
+            correct_positive: call.correct_positive,
+            positive_offset: call.positive_offset,
+        };
+        // SAFETY: the addresses are the caller's, valid with the lengths the
+        // kernels index (this function's contract).
+        unsafe {
+            self.enqueue(
+                &stream,
+                a,
+                (b, n, k),
+                opt,
+                call.precision,
+                forward_only,
+                None,
+            )
+        }
+    }
+
+    fn launch_slices(
         &self,
         stream: &Arc<CudaStream>,
         x: &DeviceInput<'_>,
-        (b, n, k): (usize, usize, usize),
+        dims: (usize, usize, usize),
         out: &mut DeviceOutput,
         forward_only: bool,
+        events: Option<&mut Vec<TimedLaunch>>,
     ) -> Result<(), MnsError> {
-        let plan = self.plan(b, n, k, x.precision);
-        let part_m = stream.alloc_zeros::<f32>(plan.splits * b)?;
-        let part_s = stream.alloc_zeros::<f32>(plan.splits * b)?;
-        let part_o = stream.alloc_zeros::<f32>(if plan.tc.is_some() {
-            plan.splits * b * k
-        } else {
-            1
-        })?;
-        let [wloss, mrow, coef, gdiag] = [(); 4].map(|()| stream.alloc_zeros::<f32>(b));
-        let (wloss, mrow, coef, gdiag) = (wloss?, mrow?, coef?, gdiag?);
-        let dtau_part = stream.alloc_zeros::<f64>(abi::dtau_parts(b * k))?;
         // Device addresses for the parameter structs. Each guard keeps
         // cudarc's cross-stream ordering for its buffer; all live until the
-        // six launches are enqueued.
+        // launches are enqueued.
         let (u, _gu) = x.u.device_ptr(stream);
         let (v, _gv) = x.v.device_ptr(stream);
         let (log_q, _gq) = x.log_q.device_ptr(stream);
         let ids = x.ids.map(|s| s.device_ptr(stream));
         let row_weight = x.row_weight.map(|s| s.device_ptr(stream));
-        let (part_m, _g1) = part_m.device_ptr(stream);
-        let (part_s, _g2) = part_s.device_ptr(stream);
-        let (part_o, _g14) = part_o.device_ptr(stream);
-        let (wloss, _g3) = wloss.device_ptr(stream);
-        let (mrow, _g4) = mrow.device_ptr(stream);
-        let (coef, _g5) = coef.device_ptr(stream);
-        let (gdiag, _g6) = gdiag.device_ptr(stream);
-        let (dtau_part, _g15) = dtau_part.device_ptr(stream);
         let (lse, _g7) = out.lse.device_ptr_mut(stream);
         let (row_loss, _g8) = out.row_loss.device_ptr_mut(stream);
         let (top1, _g9) = out.top1.device_ptr_mut(stream);
@@ -385,21 +478,14 @@ impl CudaBackend {
             log_q,
             ids: ids.as_ref().map_or(0, |(p, _)| *p),
             row_weight: row_weight.as_ref().map_or(0, |(p, _)| *p),
-            part_m,
-            part_s,
-            part_o,
             lse,
             row_loss,
             top1,
-            wloss,
-            mrow,
-            coef,
-            gdiag,
             loss,
             d_u,
             d_v,
             d_temperature,
-            dtau_part,
+            ..abi::Buffers::default()
         };
         // The options exactly as the emulator tests pass them.
         let opt = abi::Options {
@@ -407,6 +493,61 @@ impl CudaBackend {
             correct_positive: x.correct_positive,
             positive_offset: x.positive_offset,
         };
+        // SAFETY: every address is a live `CudaSlice` of this context whose
+        // length `check_device` matched to (B, N, K); the guards above keep
+        // them until the launches are enqueued, and the slices outlive them
+        // (stream-ordered frees).
+        unsafe { self.enqueue(stream, a, dims, opt, x.precision, forward_only, events) }
+    }
+
+    /// Allocates the call's temporaries on `stream` and enqueues its launches
+    /// (the first three with `forward_only`), with a pair of timing events
+    /// around each when `events` is given.
+    ///
+    /// # Safety
+    ///
+    /// The input and output addresses of `a` are device memory of this
+    /// context, valid until the work on `stream` is done, with the lengths
+    /// the kernels index for (B, N, K) (those of [`Self::mns_loss_raw`]).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn enqueue(
+        &self,
+        stream: &Arc<CudaStream>,
+        mut a: abi::Buffers,
+        (b, n, k): (usize, usize, usize),
+        opt: abi::Options,
+        precision: crate::Precision,
+        forward_only: bool,
+        mut events: Option<&mut Vec<TimedLaunch>>,
+    ) -> Result<(), MnsError> {
+        let plan = self.plan(b, n, k, precision);
+        let part_m = stream.alloc_zeros::<f32>(plan.splits * b)?;
+        let part_s = stream.alloc_zeros::<f32>(plan.splits * b)?;
+        let part_o = stream.alloc_zeros::<f32>(if plan.tc.is_some() {
+            plan.splits * b * k
+        } else {
+            1
+        })?;
+        let [wloss, mrow, coef, gdiag] = [(); 4].map(|()| stream.alloc_zeros::<f32>(b));
+        let (wloss, mrow, coef, gdiag) = (wloss?, mrow?, coef?, gdiag?);
+        let dtau_part = stream.alloc_zeros::<f64>(abi::dtau_parts(b * k))?;
+        // The temporaries are freed in stream order after the launches.
+        let (part_m, _g1) = part_m.device_ptr(stream);
+        let (part_s, _g2) = part_s.device_ptr(stream);
+        let (part_o, _g3) = part_o.device_ptr(stream);
+        let (wloss, _g4) = wloss.device_ptr(stream);
+        let (mrow, _g5) = mrow.device_ptr(stream);
+        let (coef, _g6) = coef.device_ptr(stream);
+        let (gdiag, _g7) = gdiag.device_ptr(stream);
+        let (dtau_part, _g8) = dtau_part.device_ptr(stream);
+        a.part_m = part_m;
+        a.part_s = part_s;
+        a.part_o = part_o;
+        a.wloss = wloss;
+        a.mrow = mrow;
+        a.coef = coef;
+        a.gdiag = gdiag;
+        a.dtau_part = dtau_part;
         // A forward-only call stops after the loss (kernels 0..3).
         let all = abi::launches(&plan, (b, n, k), opt, &a);
         let count = if forward_only { 3 } else { all.len() };
@@ -425,22 +566,97 @@ impl CudaBackend {
                 block_dim: (l.threads, 1, 1),
                 shared_mem_bytes: l.smem,
             };
+            let t0 = match events {
+                Some(_) => Some(timing_event(&self.ctx, stream)?),
+                None => None,
+            };
             // SAFETY: each kernel takes exactly one parameter struct, the
             // one `abi::launches` pairs with it (its layout is the `.cu`
-            // struct's, tested); every address in it is a live buffer of
-            // this context with the length the kernel indexes (u B·K, v N·K,
-            // log_q and ids N, row_weight B — checked in mns_loss_device —
+            // struct's, tested); every address in it is live device memory
+            // of this context with the length the kernel indexes (u B·K, v
+            // N·K, log_q and ids N, row_weight B — this function's contract —
             // part_m/part_s splits·B, part_o splits·B·K on the tensor-core
             // path, the per-row buffers B, d_u B·K, d_v N·K, loss and
-            // d_temperature 1, dtau_part `dtau_parts(B·K)` f64), or null for an absent optional input, which
-            // the kernels test before reading; a tensor-core launch's
-            // dynamic shared memory (`tc_smem_bytes` of its K) is within
-            // what the constructor opted its kernel in to (the size for the
-            // largest K of its class).
+            // d_temperature 1, dtau_part `dtau_parts(B·K)` f64), or null for
+            // an absent optional input, which the kernels test before
+            // reading; a tensor-core launch's dynamic shared memory
+            // (`tc_smem_bytes` of its K) is within what the constructor opted
+            // its kernel in to (the size for the largest K of its class).
             unsafe { lb.launch(cfg) }?;
+            if let (Some(ev), Some(t0)) = (events.as_deref_mut(), t0) {
+                let name = match l.params {
+                    abi::Params::Dtau(p) if p.phase == 0 => "mns_dtau_f32 (partials)",
+                    abi::Params::Dtau(_) => "mns_dtau_f32 (sum)",
+                    _ => KERNELS[l.kernel],
+                };
+                ev.push((name, t0, timing_event(&self.ctx, stream)?));
+            }
         }
         Ok(())
     }
+}
+
+/// A launch's kernel name and the events recorded before and after it.
+type TimedLaunch = (
+    &'static str,
+    cudarc::driver::CudaEvent,
+    cudarc::driver::CudaEvent,
+);
+
+/// An event that can time (cudarc's `new_event(None)` disables timing),
+/// recorded on `stream` now.
+fn timing_event(
+    ctx: &Arc<CudaContext>,
+    stream: &Arc<CudaStream>,
+) -> Result<cudarc::driver::CudaEvent, MnsError> {
+    let e = ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+    e.record(stream)?;
+    Ok(e)
+}
+
+/// Raw device addresses and options of one call of
+/// [`CudaBackend::mns_loss_raw`] (0: null, for the absent optional inputs);
+/// the same meaning as [`DeviceInput`] and [`DeviceOutput`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCall {
+    /// B×K queries (f32).
+    pub u: u64,
+    /// N×K candidates (f32).
+    pub v: u64,
+    /// N sampling log-probabilities (f32).
+    pub log_q: u64,
+    /// N item ids (i64), or 0.
+    pub ids: u64,
+    /// B row weights (f32), or 0.
+    pub row_weight: u64,
+    /// B.
+    pub b: usize,
+    /// N.
+    pub n: usize,
+    /// K.
+    pub k: usize,
+    /// τ > 0.
+    pub temperature: f32,
+    /// Subtract log_q on the diagonal too.
+    pub correct_positive: bool,
+    /// o: query i's positive is candidate i + o (0 ≤ o ≤ N − B).
+    pub positive_offset: usize,
+    /// The products' arithmetic.
+    pub precision: crate::Precision,
+    /// L, one f32 (out).
+    pub loss: u64,
+    /// B×K ∂L/∂U (out).
+    pub d_u: u64,
+    /// N×K ∂L/∂V (out).
+    pub d_v: u64,
+    /// B lse (out).
+    pub lse: u64,
+    /// B ℓ (out).
+    pub row_loss: u64,
+    /// B top-1 flags, i32 (out).
+    pub top1: u64,
+    /// ∂L/∂τ, one f32 (out).
+    pub d_temperature: u64,
 }
 
 impl Backend for CudaBackend {

@@ -450,6 +450,21 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
         ms.sort_by(f64::total_cmp);
         let med = ms[ms.len() / 2];
         let loss = s.clone_dtoh(&out.loss)?[0];
+        // Each launch on its own events (separate calls, so the breakdown
+        // does not disturb the end-to-end median above).
+        let mut per: Vec<(&str, Vec<f64>)> = vec![];
+        for _ in 0..reps.max(1) {
+            for (i, (kernel, t)) in gpu
+                .mns_loss_device_timed(&s, &x, &mut out)?
+                .into_iter()
+                .enumerate()
+            {
+                if per.len() <= i {
+                    per.push((kernel, vec![]));
+                }
+                per[i].1.push(t);
+            }
+        }
         // Useful work: the three products, 6·B·N·K (the tensor-core path
         // does 8·B·N·K, recomputing the logits once for dV).
         let flops = 6.0 * b as f64 * n as f64 * k as f64;
@@ -472,6 +487,14 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
             (free0.saturating_sub(free1)) as f64 / (1u64 << 20) as f64,
             total as f64 / (1u64 << 30) as f64
         );
+        for (kernel, mut t) in per {
+            t.sort_by(f64::total_cmp);
+            let m = t[t.len() / 2];
+            println!(
+                "  launch {kernel}: median {m:.3} ms ({:.0}% of the call)",
+                100.0 * m / med
+            );
+        }
     }
     Ok(())
 }
