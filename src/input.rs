@@ -196,47 +196,7 @@ impl<'a> MnsInput<'a> {
             .log_q
             .iter()
             .fold(0.0f64, |m, &x| m.max((x as f64).abs()));
-        let tau = t as f64;
-        let logit_bound = max_u * max_v / tau + max_lq;
-        let grad_bound = 2.0 * max_w * max_u.max(max_v) / tau;
-        // The kernels form ⟨u_i, v_j⟩ in f32 before scaling by 1/τ, so the raw
-        // dot product is bounded too (found by the fuzzer: |u||v| = 2e53 with
-        // τ = 5e24 has moderate logits but overflows the dot product).
-        let dot_bound = max_u * max_v;
-        // ℓ_i ≤ 2·max|s|, and the loss weighs it by w_i (found by the fuzzer:
-        // w = 9e12 with logits of 5e27).
-        let loss_bound = 2.0 * max_w.max(1.0) * logit_bound;
-        // The CPU kernel sums e_ij·v_j (e_ij ≤ 1) before scaling by the row's
-        // coefficient (found by the fuzzer: |v| = 2e38 with all weights 0).
-        let sum_bound = n as f64 * max_v;
-        // The kernels scale each row by w_i·e^{m_p − m}/(B·τ·Σ) ≤ w_max/(B·τ)
-        // (Σ ≥ 1: the row's max term is e^0) in f32 before it meets the tiny
-        // embeddings that keep the gradient itself finite (found by the
-        // fuzzer: w = 7e24, τ = 2e-18, |u| = 2e-18 gave NaN in d_u).
-        let coef_bound = max_w / (b as f64 * tau);
-        // |∂L/∂τ| = |Σ_ij G_ij ⟨u_i, v_j⟩|/τ² ≤ 2·w_max·max|u|·max|v|/τ².
-        let dtau_bound = 2.0 * max_w * max_u * max_v / (tau * tau);
-        for (what, bound) in [
-            ("a dot product", dot_bound),
-            ("a sum over candidates", sum_bound),
-            ("a logit", logit_bound),
-            ("a row's gradient coefficient w/(B·τ)", coef_bound),
-            ("a gradient element", grad_bound),
-            ("the weighted loss", loss_bound),
-            ("the temperature gradient", dtau_bound),
-        ] {
-            if bound.is_nan() || bound > MAGNITUDE_LIMIT {
-                return Err(MnsError::Magnitude {
-                    what,
-                    bound,
-                    limit: MAGNITUDE_LIMIT,
-                    max_u_norm: max_u,
-                    max_v_norm: max_v,
-                    max_weight: max_w,
-                    temperature: t,
-                });
-            }
-        }
+        check_magnitudes(b, n, t, max_u, max_v, max_lq, max_w)?;
         Ok(Problem {
             u: self.u,
             v: self.v,
@@ -292,6 +252,65 @@ pub(crate) fn check_temperature(t: f32) -> Result<(), MnsError> {
     } else {
         Err(MnsError::Temperature(t))
     }
+}
+
+/// The a-priori overflow checks of [`MnsInput::validate`] on the data's
+/// summary — the largest row norms of u and v, the largest |log_q_j| and the
+/// largest row weight (1 without weights) — for callers whose data the
+/// host cannot scan (a device entry point reduces these on the GPU). τ must
+/// already have passed its own check. Err([`MnsError::Magnitude`]) names the
+/// first quantity whose bound exceeds [`MAGNITUDE_LIMIT`].
+pub fn check_magnitudes(
+    b: usize,
+    n: usize,
+    t: f32,
+    max_u: f64,
+    max_v: f64,
+    max_lq: f64,
+    max_w: f64,
+) -> Result<(), MnsError> {
+    let tau = t as f64;
+    let logit_bound = max_u * max_v / tau + max_lq;
+    let grad_bound = 2.0 * max_w * max_u.max(max_v) / tau;
+    // The kernels form ⟨u_i, v_j⟩ in f32 before scaling by 1/τ, so the raw
+    // dot product is bounded too (found by the fuzzer: |u||v| = 2e53 with
+    // τ = 5e24 has moderate logits but overflows the dot product).
+    let dot_bound = max_u * max_v;
+    // ℓ_i ≤ 2·max|s|, and the loss weighs it by w_i (found by the fuzzer:
+    // w = 9e12 with logits of 5e27).
+    let loss_bound = 2.0 * max_w.max(1.0) * logit_bound;
+    // The CPU kernel sums e_ij·v_j (e_ij ≤ 1) before scaling by the row's
+    // coefficient (found by the fuzzer: |v| = 2e38 with all weights 0).
+    let sum_bound = n as f64 * max_v;
+    // The kernels scale each row by w_i·e^{m_p − m}/(B·τ·Σ) ≤ w_max/(B·τ)
+    // (Σ ≥ 1: the row's max term is e^0) in f32 before it meets the tiny
+    // embeddings that keep the gradient itself finite (found by the
+    // fuzzer: w = 7e24, τ = 2e-18, |u| = 2e-18 gave NaN in d_u).
+    let coef_bound = max_w / (b as f64 * tau);
+    // |∂L/∂τ| = |Σ_ij G_ij ⟨u_i, v_j⟩|/τ² ≤ 2·w_max·max|u|·max|v|/τ².
+    let dtau_bound = 2.0 * max_w * max_u * max_v / (tau * tau);
+    for (what, bound) in [
+        ("a dot product", dot_bound),
+        ("a sum over candidates", sum_bound),
+        ("a logit", logit_bound),
+        ("a row's gradient coefficient w/(B·τ)", coef_bound),
+        ("a gradient element", grad_bound),
+        ("the weighted loss", loss_bound),
+        ("the temperature gradient", dtau_bound),
+    ] {
+        if bound.is_nan() || bound > MAGNITUDE_LIMIT {
+            return Err(MnsError::Magnitude {
+                what,
+                bound,
+                limit: MAGNITUDE_LIMIT,
+                max_u_norm: max_u,
+                max_v_norm: max_v,
+                max_weight: max_w,
+                temperature: t,
+            });
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn check_len(name: &'static str, got: usize, expected: usize) -> Result<(), MnsError> {

@@ -116,7 +116,9 @@ def _temperature(t) -> float:
     return t
 
 
-def _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad):
+def _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad, precision):
+    if not isinstance(precision, str):
+        raise TypeError(f"precision must be a string, got {type(precision).__name__}")
     u = _float_array("u", u, 2)
     v = _float_array("v", v, 2)
     log_q = _float_array("log_q", log_q, 1)
@@ -132,6 +134,7 @@ def _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_
         positive_offset=_index("positive_offset", positive_offset, 0),
         threads=0 if threads is None else _index("threads", threads, 1),
         grad=grad,
+        precision=precision,
     )
     return MnsResult(**out)
 
@@ -147,6 +150,7 @@ def mns_loss(
     correct_positive: bool = True,
     positive_offset: int = 0,
     threads: Optional[int] = None,
+    precision: str = "f32",
 ) -> MnsResult:
     """The fused MNS loss and its gradients on NumPy arrays.
 
@@ -156,10 +160,12 @@ def mns_loss(
     ``row_weight`` (B, ≥ 0). C-contiguous float32 arrays are read in place;
     other float dtypes are converted. The GIL is released during the call and
     no input is modified. ``threads``: worker threads (default: all of
-    rayon's, i.e. ``RAYON_NUM_THREADS`` or every core). Bad input raises
-    ValueError or TypeError with the numbers.
+    rayon's, i.e. ``RAYON_NUM_THREADS`` or every core). ``precision``: "f32",
+    the CPU kernels' only tier ("tf32" and "bf16" are CUDA tiers, reached
+    through ``mixneg.torch`` with CUDA tensors, and raise ValueError here).
+    Bad input raises ValueError or TypeError with the numbers.
     """
-    return _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, True)
+    return _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, True, precision)
 
 
 def mns_forward(
@@ -173,7 +179,10 @@ def mns_forward(
     correct_positive: bool = True,
     positive_offset: int = 0,
     threads: Optional[int] = None,
+    precision: str = "f32",
 ) -> MnsResult:
     """The forward only (loss, lse, row_loss, top1; a third of the flops), for
     evaluation: the same arguments as ``mns_loss``; the gradients are None."""
-    return _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, False)
+    return _call(
+        u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, False, precision
+    )

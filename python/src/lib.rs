@@ -1,7 +1,8 @@
 //! `mixneg._native`: the extension module under the Python package `mixneg`.
 //!
-//! One function, [`mns_loss`], on NumPy arrays: the fused MNS loss of the
-//! `mixneg` crate (docs/design.md §2) on its CPU backend. The Python layer
+//! [`mns_loss`] on NumPy arrays: the fused MNS loss of the `mixneg` crate
+//! (docs/design.md §2) on its CPU backend; [`mns_loss_cuda`] on device
+//! addresses (PyTorch's CUDA tensors) on the crate's CUDA backend. The Python layer
 //! (`mixneg/__init__.py`) converts dtypes and layouts and checks ranks; this
 //! module reads C-contiguous float32 (and int64 ids) arrays in place, without
 //! a copy, releases the GIL for the call, and hands the results back as NumPy
@@ -11,7 +12,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use mixneg::{Backend, CpuBackend, MnsError, MnsInput};
+use mixneg::cuda::CudaBackend;
+use mixneg::{Backend, CpuBackend, MnsError, MnsInput, Precision};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -23,9 +25,10 @@ use pyo3::types::PyDict;
 /// thread-pool or kernel failure is a `RuntimeError`.
 fn to_py(e: MnsError) -> PyErr {
     match e {
-        MnsError::ThreadPool { .. } | MnsError::KernelUnavailable(_) => {
-            PyRuntimeError::new_err(e.to_string())
-        }
+        MnsError::ThreadPool { .. }
+        | MnsError::KernelUnavailable(_)
+        | MnsError::Cuda { .. }
+        | MnsError::CudaUnavailable(_) => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
 }
@@ -51,6 +54,31 @@ fn backend(threads: usize) -> PyResult<CpuBackend> {
     Ok(b)
 }
 
+/// The tier a Python string names.
+fn precision(name: &str) -> PyResult<Precision> {
+    match name {
+        "f32" => Ok(Precision::F32),
+        "tf32" => Ok(Precision::Tf32),
+        "bf16" => Ok(Precision::Bf16),
+        _ => Err(PyValueError::new_err(format!(
+            "precision must be \"f32\", \"tf32\" or \"bf16\", got {name:?}"
+        ))),
+    }
+}
+
+/// τ checked in f64 before it is rounded to f32, so that the message shows
+/// the caller's value; the crate then checks the f32 (e.g. 1e-50 rounds to
+/// 0 and is refused there).
+fn check_temperature(temperature: f64) -> PyResult<()> {
+    if temperature.is_finite() && temperature > 0.0 {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "temperature must be finite and > 0, got {temperature}"
+        )))
+    }
+}
+
 /// A C-contiguous view of a NumPy array, or a `ValueError` naming it (the
 /// Python layer makes every array contiguous first, so this is only reached
 /// when `_native` is called directly).
@@ -72,9 +100,12 @@ fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
 /// `d_temperature` = ∂L/∂τ = −⟨U, ∂L/∂U⟩/τ (float); with `grad` false those
 /// three are None and the call runs the forward only (a third of the flops).
 /// `threads` = 0 uses rayon's global pool (`RAYON_NUM_THREADS`).
+/// `precision` is "f32" (the only tier of the CPU kernels; "tf32" and "bf16"
+/// are refused with the crate's message).
 #[pyfunction]
 #[pyo3(signature = (u, v, log_q, *, temperature, ids=None, row_weight=None,
-                    correct_positive=true, positive_offset=0, threads=0, grad=true))]
+                    correct_positive=true, positive_offset=0, threads=0, grad=true,
+                    precision="f32"))]
 #[allow(clippy::too_many_arguments)]
 fn mns_loss<'py>(
     py: Python<'py>,
@@ -88,7 +119,9 @@ fn mns_loss<'py>(
     positive_offset: usize,
     threads: usize,
     grad: bool,
+    precision: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let tier = self::precision(precision)?;
     let [b, k] = [u.shape()[0], u.shape()[1]];
     let [n, kv] = [v.shape()[0], v.shape()[1]];
     // The crate takes flat rows and one K: a v with another row length could
@@ -98,14 +131,7 @@ fn mns_loss<'py>(
             "u has K = {k} columns but v has {kv}: queries and candidates must have the same embedding dimension"
         )));
     }
-    // τ is checked in f64 before it is rounded to f32, so that the message
-    // shows the caller's value; the crate then checks the f32 (e.g. 1e-50
-    // rounds to 0 and is refused there).
-    if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "temperature must be finite and > 0, got {temperature}"
-        )));
-    }
+    check_temperature(temperature)?;
     let backend = backend(threads)?;
     let (us, vs, lqs) = (slice("u", &u)?, slice("v", &v)?, slice("log_q", &log_q)?);
     let ids_s = ids.as_ref().map(|a| slice("ids", a)).transpose()?;
@@ -116,7 +142,8 @@ fn mns_loss<'py>(
     let mut input = MnsInput::new(us, vs, lqs, k)
         .temperature(temperature as f32)
         .correct_positive(correct_positive)
-        .positive_offset(positive_offset);
+        .positive_offset(positive_offset)
+        .precision(tier);
     if let Some(ids) = ids_s {
         input = input.ids(ids);
     }
@@ -168,10 +195,156 @@ fn backend_info() -> PyResult<(String, usize)> {
     Ok((b.kernel().name().to_string(), b.threads()))
 }
 
-/// The module: `mns_loss`, `backend_info`, `__version__`.
+/// One CUDA backend per device ordinal, created on first use (NVRTC compile
+/// or the on-disk CUBIN) and kept for the life of the process.
+fn cuda_backend(device: usize) -> PyResult<&'static CudaBackend> {
+    static CACHE: OnceLock<Mutex<HashMap<usize, &'static CudaBackend>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = map.get(&device) {
+        return Ok(b);
+    }
+    // Leaked on purpose: a backend lives as long as the process (its module
+    // and context), and calls hand out `&'static` references to it.
+    let b: &'static CudaBackend = Box::leak(Box::new(CudaBackend::new(device).map_err(to_py)?));
+    map.insert(device, b);
+    Ok(b)
+}
+
+/// `None` when the CUDA backend can run here, else why not (no driver
+/// library, no NVRTC 13, no device). Probes without creating a context.
+#[pyfunction]
+fn cuda_unavailable() -> Option<String> {
+    mixneg::cuda::is_available().err()
+}
+
+/// The fused MNS loss on CUDA device memory (docs/design.md §2, §8), enqueued
+/// on `stream` (a `CUstream` handle, 0 for the legacy default stream) of
+/// device `device`, reading and writing the given addresses in place — no
+/// copy and no synchronization. Inputs: `u` B×K, `v` N×K, `log_q` N float32,
+/// `ids` N int64 or 0, `row_weight` B float32 or 0. Outputs: `loss` and
+/// `d_temperature` one float32, `lse` and `row_loss` B float32, `top1` B
+/// int32, `d_u` B×K and `d_v` N×K float32 (0 when `grad` is false: the
+/// forward-only call). `precision` "f32" (3xTF32 on tensor cores), "tf32" or
+/// "bf16". Shapes, τ and null addresses are checked (ValueError); values
+/// must be finite (the caller checks them on the device). The caller keeps
+/// every buffer alive until the stream has run the call (PyTorch's caching
+/// allocator does for tensors used on their stream).
+#[pyfunction]
+#[pyo3(signature = (device, stream, u, v, log_q, ids, row_weight, b, n, k, *, temperature,
+                    correct_positive, positive_offset, precision, loss, lse, row_loss, top1,
+                    d_u, d_v, d_temperature))]
+#[allow(clippy::too_many_arguments)]
+fn mns_loss_cuda(
+    py: Python<'_>,
+    device: usize,
+    stream: usize,
+    u: u64,
+    v: u64,
+    log_q: u64,
+    ids: u64,
+    row_weight: u64,
+    b: usize,
+    n: usize,
+    k: usize,
+    temperature: f64,
+    correct_positive: bool,
+    positive_offset: usize,
+    precision: &str,
+    loss: u64,
+    lse: u64,
+    row_loss: u64,
+    top1: u64,
+    d_u: u64,
+    d_v: u64,
+    d_temperature: u64,
+) -> PyResult<()> {
+    check_temperature(temperature)?;
+    let call = mixneg::cuda::RawCall {
+        u,
+        v,
+        log_q,
+        ids,
+        row_weight,
+        b,
+        n,
+        k,
+        temperature: temperature as f32,
+        correct_positive,
+        positive_offset,
+        precision: self::precision(precision)?,
+        loss,
+        d_u,
+        d_v,
+        lse,
+        row_loss,
+        top1,
+        d_temperature,
+    };
+    let forward_only = d_u == 0 && d_v == 0 && d_temperature == 0;
+    let backend = cuda_backend(device)?;
+    py.detach(|| {
+        let stream = stream as mixneg::cuda::cudarc::driver::sys::CUstream;
+        // SAFETY: the Python layer (mixneg.torch) passes the data pointers of
+        // contiguous CUDA tensors of device `device` with exactly these
+        // shapes and dtypes, outputs freshly allocated (overlapping nothing),
+        // and the handle of that device's current stream; PyTorch's caching
+        // allocator keeps tensors used on their allocation stream valid until
+        // the stream's work is done, and the tensors stay referenced by the
+        // caller across this call.
+        unsafe { backend.mns_loss_raw(stream, &call, forward_only) }
+    })
+    .map_err(to_py)
+}
+
+/// The value checks of the crate's `MnsInput::validate` on a summary of data
+/// the host cannot scan (CUDA tensors, reduced on the device by
+/// `mixneg.torch`), raising the CPU path's errors with its messages:
+/// `nonfinite` the first non-finite element as (name, flat index, value) in
+/// the order u, v, log_q, row_weight; `negative` the first negative row
+/// weight (index, value); then the largest row norms of u and v, the largest
+/// |log_q_j| and the largest row weight (1.0 without weights).
+#[pyfunction]
+#[pyo3(signature = (b, n, temperature, nonfinite, negative, max_u_norm, max_v_norm, max_abs_log_q, max_weight))]
+#[allow(clippy::too_many_arguments)]
+fn check_values(
+    b: usize,
+    n: usize,
+    temperature: f64,
+    nonfinite: Option<(String, usize, f32)>,
+    negative: Option<(usize, f32)>,
+    max_u_norm: f64,
+    max_v_norm: f64,
+    max_abs_log_q: f64,
+    max_weight: f64,
+) -> PyResult<()> {
+    check_temperature(temperature)?;
+    if let Some((name, index, value)) = nonfinite {
+        let name = ["u", "v", "log_q", "row_weight"]
+            .into_iter()
+            .find(|n| *n == name)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown input {name:?}")))?;
+        return Err(to_py(MnsError::NonFinite { name, index, value }));
+    }
+    if let Some((index, value)) = negative {
+        return Err(to_py(MnsError::NegativeWeight { index, value }));
+    }
+    let t = temperature as f32;
+    if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
+        return Err(to_py(MnsError::Temperature(t)));
+    }
+    mixneg::check_magnitudes(b, n, t, max_u_norm, max_v_norm, max_abs_log_q, max_weight)
+        .map_err(to_py)
+}
+
+/// The module: `mns_loss`, `mns_loss_cuda`, `check_values`, `cuda_unavailable`,
+/// `backend_info`, `__version__`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mns_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(mns_loss_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_unavailable, m)?)?;
+    m.add_function(wrap_pyfunction!(check_values, m)?)?;
     m.add_function(wrap_pyfunction!(backend_info, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -96,7 +96,7 @@ TORCH_CASES = [
         ),
         {},
         ValueError,
-        "CPU kernels only",
+        "mixneg runs on CPU and CUDA tensors",
     ),
     (dict(query=torch.full((B, K), math.nan)), {}, ValueError, "u[0] = NaN is not finite"),
     ({}, {"temperature": 0.0}, ValueError, "got 0"),

@@ -196,13 +196,19 @@ def test_module():
     assert "reduction='mean'" in repr(m)
 
 
-def test_cuda_tensors():
-    if not torch.cuda.is_available():
-        print("skipping: no CUDA device (the CUDA path is checked where a GPU is present)")
-        return
-    u = torch.randn(4, 8, device="cuda")
-    with pytest.raises(ValueError, match="CPU kernels only"):
-        mt.mns_loss(u, u, torch.zeros(4, device="cuda"))
+def test_cpu_refuses_the_lower_tiers():
+    """precision= reaches the crate: the CPU kernels have the f32 tier only
+    and refuse the others with the crate's message; an unknown tier is a
+    ValueError before any call."""
+    c = CASES[12]
+    u, v, log_q, ids, w = c.arrays()
+    for tier in ("tf32", "bf16"):
+        with pytest.raises(ValueError, match=f"f32 only; Precision::{tier.capitalize()} needs the CUDA backend"):
+            mt.mns_loss(u, v, log_q, temperature=c.temperature, precision=tier)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        mt.mns_loss(u, v, log_q, precision="fp8")
+    f32 = mt.mns_loss(u, v, log_q, temperature=c.temperature, precision="f32")
+    assert torch.equal(f32, mt.mns_loss(u, v, log_q, temperature=c.temperature))
 
 
 def test_float32_tensors_reach_the_kernels_without_a_copy(monkeypatch):

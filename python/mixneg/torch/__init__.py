@@ -5,7 +5,14 @@ The computation is the custom op ``torch.ops.mixneg.mns_loss`` (registered with
 formula), so ``torch.compile`` graphs containing it work and
 ``torch.library.opcheck`` passes. Its CPU kernel reads float32 C-contiguous
 tensors in place (through NumPy views, no copy) and returns tensors that own
-the kernel's output buffers.
+the kernel's output buffers. Its CUDA kernel enqueues the crate's CUDA
+backend on torch's current stream of the tensors' device, reading the
+inputs and writing freshly allocated output tensors in place (no host round
+trip, no copy); the inputs' values are checked on the device first (one
+synchronization; ``validate=False`` skips it), with the CPU path's errors.
+``precision`` selects the products' arithmetic on CUDA ("f32": 3xTF32 on
+tensor cores, f32-accurate; "tf32"; "bf16"); the CPU kernels have "f32" only
+and refuse the others.
 
 Reductions and what backward costs:
 
@@ -33,9 +40,10 @@ from torch import Tensor
 
 from .. import _native
 
-__all__ = ["mns_loss", "MnsLoss"]
+__all__ = ["mns_loss", "MnsLoss", "cuda_unavailable"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_PRECISIONS = ("f32", "tf32", "bf16")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -51,7 +59,7 @@ def _check_f32(name: str, t: Optional[Tensor]) -> None:
         raise TypeError(f"torch.ops.mixneg: {name} must be float32, got {t.dtype}")
 
 
-def _call(query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad):
+def _check_dtypes(query, candidates, log_q, row_weight, ids, temperature, positive_offset) -> None:
     for name, t in (("query", query), ("candidates", candidates), ("log_q", log_q), ("row_weight", row_weight)):
         _check_f32(name, t)
     if ids is not None and ids.dtype != torch.int64:
@@ -60,7 +68,15 @@ def _call(query, candidates, log_q, temperature, ids, row_weight, correct_positi
         raise ValueError(f"temperature must hold one value, got shape {tuple(temperature.shape)}")
     if positive_offset < 0:
         raise ValueError(f"positive_offset must be at least 0, got {positive_offset}")
-    return _native.mns_loss(
+
+
+def _call(
+    query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad, precision
+):
+    """The fused call on CPU tensors: a dict of tensors (loss, lse, row_loss,
+    top1 and, with ``grad``, d_u, d_v, d_temperature)."""
+    _check_dtypes(query, candidates, log_q, row_weight, ids, temperature, positive_offset)
+    r = _native.mns_loss(
         _np(query),
         _np(candidates),
         _np(log_q),
@@ -73,10 +89,186 @@ def _call(query, candidates, log_q, temperature, ids, row_weight, correct_positi
         # opaque op, so that compiled graphs follow torch.set_num_threads).
         threads=threads if threads > 0 else torch.get_num_threads(),
         grad=grad,
+        precision=precision,
+    )
+    out = {"loss": torch.tensor(r["loss"], dtype=torch.float32), "row_loss": torch.from_numpy(r["row_loss"])}
+    if grad:
+        out["d_u"] = torch.from_numpy(r["d_u"])
+        out["d_v"] = torch.from_numpy(r["d_v"])
+        out["d_temperature"] = torch.tensor(r["d_temperature"], dtype=torch.float32)
+    return out
+
+
+_NVRTC_TRIED = False
+
+
+def cuda_unavailable() -> Optional[str]:
+    """None when mixneg's CUDA backend can run in this process, else why not.
+    NVRTC 13 is looked up on the loader's path and, failing that, in the
+    ``nvidia`` wheels next to PyTorch (``nvidia-cuda-nvrtc``)."""
+    global _NVRTC_TRIED
+    why = _native.cuda_unavailable()
+    if why is not None and "NVRTC" in why and not _NVRTC_TRIED:
+        _NVRTC_TRIED = True
+        import ctypes
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("nvidia")
+        for root in (spec.submodule_search_locations or []) if spec is not None else []:
+            for lib in sorted(Path(root).glob("**/libnvrtc.so.13")):
+                try:
+                    # Loaded globally, so that the backend's dlopen of
+                    # libnvrtc.so.13 finds it by its soname.
+                    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+                    break
+                except OSError:
+                    continue
+        why = _native.cuda_unavailable()
+    return why
+
+
+def _check_device_values(query, candidates, log_q, row_weight, temperature: float) -> None:
+    """The CPU path's value checks (finite inputs, weights ≥ 0, no overflow
+    of the kernels' f32 intermediates) on CUDA tensors: reduced on the
+    device, brought to the host in one transfer, judged by the crate."""
+    named = [("u", query), ("v", candidates), ("log_q", log_q)]
+    if row_weight is not None:
+        named.append(("row_weight", row_weight))
+    f64 = torch.float64
+    parts = []
+    for _, x in named:
+        bad = ~torch.isfinite(x.reshape(-1))
+        parts += [bad.any().to(f64), bad.to(torch.uint8).argmax().to(f64)]
+    if row_weight is not None:
+        neg = row_weight < 0
+        parts += [neg.any().to(f64), neg.to(torch.uint8).argmax().to(f64), row_weight.max().to(f64).clamp(min=0)]
+    parts += [
+        torch.linalg.vector_norm(query, dim=1, dtype=f64).max(),
+        torch.linalg.vector_norm(candidates, dim=1, dtype=f64).max(),
+        log_q.abs().max().to(f64),
+    ]
+    got = torch.stack(parts).tolist()
+    nonfinite = None
+    for i, (name, x) in enumerate(named):
+        if got[2 * i]:
+            index = int(got[2 * i + 1])
+            nonfinite = (name, index, float(x.reshape(-1)[index].item()))
+            break
+    at = 2 * len(named)
+    negative, max_w = None, 1.0
+    if row_weight is not None:
+        if got[at]:
+            index = int(got[at + 1])
+            negative = (index, float(row_weight[index].item()))
+        max_w = got[at + 2]
+        at += 3
+    b, n = query.shape[0], candidates.shape[0]
+    _native.check_values(b, n, temperature, nonfinite, negative, got[at], got[at + 1], got[at + 2], max_w)
+
+
+def _call_cuda(
+    query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, grad, precision, validate
+):
+    """The fused call on CUDA tensors of one device, on its current stream:
+    the same dict as ``_call``, every tensor on that device."""
+    _check_dtypes(query, candidates, log_q, row_weight, ids, temperature, positive_offset)
+    why = cuda_unavailable()
+    if why is not None:
+        raise RuntimeError(f"mixneg: CUDA tensors given, but the CUDA backend cannot run: {why}")
+    dev = query.device
+    tau = float(temperature.item())
+    if validate:
+        _check_device_values(query, candidates, log_q, row_weight, tau)
+    b, k = query.shape
+    n = candidates.shape[0]
+    f32 = torch.float32
+    out = {
+        "loss": torch.empty((1,), dtype=f32, device=dev),
+        "lse": torch.empty((b,), dtype=f32, device=dev),
+        "row_loss": torch.empty((b,), dtype=f32, device=dev),
+        "top1": torch.empty((b,), dtype=torch.int32, device=dev),
+    }
+    if grad:
+        out["d_u"] = torch.empty((b, k), dtype=f32, device=dev)
+        out["d_v"] = torch.empty((n, k), dtype=f32, device=dev)
+        out["d_temperature"] = torch.empty((1,), dtype=f32, device=dev)
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    _native.mns_loss_cuda(
+        dev.index,
+        torch.cuda.current_stream(dev).cuda_stream,
+        query.data_ptr(),
+        candidates.data_ptr(),
+        log_q.data_ptr(),
+        ptr(ids),
+        ptr(row_weight),
+        b,
+        n,
+        k,
+        temperature=tau,
+        correct_positive=correct_positive,
+        positive_offset=positive_offset,
+        precision=precision,
+        loss=out["loss"].data_ptr(),
+        lse=out["lse"].data_ptr(),
+        row_loss=out["row_loss"].data_ptr(),
+        top1=out["top1"].data_ptr(),
+        d_u=ptr(out.get("d_u")),
+        d_v=ptr(out.get("d_v")),
+        d_temperature=ptr(out.get("d_temperature")),
+    )
+    out["loss"] = out["loss"].reshape(())
+    if grad:
+        out["d_temperature"] = out["d_temperature"].reshape(())
+    return out
+
+
+def _run(
+    query,
+    candidates,
+    log_q,
+    temperature,
+    ids,
+    row_weight,
+    correct_positive,
+    positive_offset,
+    threads,
+    grad,
+    precision,
+    validate,
+):
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    if query.device.type == "cuda":
+        return _call_cuda(
+            query,
+            candidates,
+            log_q,
+            temperature,
+            ids,
+            row_weight,
+            correct_positive,
+            positive_offset,
+            grad,
+            precision,
+            validate,
+        )
+    return _call(
+        query,
+        candidates,
+        log_q,
+        temperature,
+        ids,
+        row_weight,
+        correct_positive,
+        positive_offset,
+        threads,
+        grad,
+        precision,
     )
 
 
-@torch.library.custom_op("mixneg::mns_loss", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("mixneg::mns_loss", mutates_args=(), device_types=("cpu", "cuda"))
 def _mns_loss_op(
     query: Tensor,
     candidates: Tensor,
@@ -89,6 +281,8 @@ def _mns_loss_op(
     reduction: str,
     need_grad: bool,
     threads: int,
+    precision: str = "f32",
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, row_loss, ∂L/∂U, ∂L/∂V, ∂L/∂τ) of the mean loss L. ``loss`` is
     reduced as ``reduction`` says; ``row_loss`` is the unweighted ℓ; the three
@@ -97,19 +291,30 @@ def _mns_loss_op(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     grad = need_grad and reduction != "none"
-    r = _call(query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad)
-    row_loss = torch.from_numpy(r["row_loss"])
+    r = _run(
+        query,
+        candidates,
+        log_q,
+        temperature,
+        ids,
+        row_weight,
+        correct_positive,
+        positive_offset,
+        threads,
+        grad,
+        precision,
+        validate,
+    )
+    row_loss = r["row_loss"]
     b = query.shape[0]
     if reduction == "mean":
-        loss = torch.tensor(r["loss"], dtype=torch.float32)
+        loss = r["loss"]
     elif reduction == "sum":
-        loss = torch.tensor(r["loss"] * b, dtype=torch.float32)
+        loss = r["loss"] * b
     else:
         loss = row_loss * row_weight if row_weight is not None else row_loss.clone()
     if grad:
-        du = torch.from_numpy(r["d_u"])
-        dv = torch.from_numpy(r["d_v"])
-        dt = torch.tensor(r["d_temperature"], dtype=torch.float32)
+        du, dv, dt = r["d_u"], r["d_v"], r["d_temperature"]
     else:
         du = query.new_empty((0,))
         dv = candidates.new_empty((0,))
@@ -130,6 +335,8 @@ def _(
     reduction,
     need_grad,
     threads,
+    precision="f32",
+    validate=True,
 ):
     b, k = query.shape
     n = candidates.shape[0]
@@ -144,7 +351,7 @@ def _(
     )
 
 
-@torch.library.custom_op("mixneg::mns_loss_backward", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("mixneg::mns_loss_backward", mutates_args=(), device_types=("cpu", "cuda"))
 def _mns_backward_op(
     query: Tensor,
     candidates: Tensor,
@@ -155,6 +362,8 @@ def _mns_backward_op(
     correct_positive: bool,
     positive_offset: int,
     threads: int,
+    precision: str = "f32",
+    validate: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """∂/∂(U, V, τ) of Σ_i coef_i·ℓ_i, for any real coef (B): the fused
     gradient with row weights B·coef, split into its positive and negative
@@ -163,28 +372,55 @@ def _mns_backward_op(
     c = coef.detach().to(torch.float64) * b
     du = torch.zeros_like(query)
     dv = torch.zeros_like(candidates)
-    dt = torch.zeros((), dtype=torch.float32)
+    dt = torch.zeros((), dtype=torch.float32, device=query.device)
     for sign, part in ((1.0, c.clamp(min=0)), (-1.0, (-c).clamp(min=0))):
         if not bool((part > 0).any()):
             continue
         w = part.to(torch.float32)
-        r = _call(query, candidates, log_q, temperature, ids, w, correct_positive, positive_offset, threads, True)
-        du += sign * torch.from_numpy(r["d_u"])
-        dv += sign * torch.from_numpy(r["d_v"])
+        r = _run(
+            query,
+            candidates,
+            log_q,
+            temperature,
+            ids,
+            w,
+            correct_positive,
+            positive_offset,
+            threads,
+            True,
+            precision,
+            validate,
+        )
+        du += sign * r["d_u"]
+        dv += sign * r["d_v"]
         dt += sign * r["d_temperature"]
     return du, dv, dt
 
 
 @_mns_backward_op.register_fake
-def _(query, candidates, log_q, temperature, ids, coef, correct_positive, positive_offset, threads):
+def _(
+    query,
+    candidates,
+    log_q,
+    temperature,
+    ids,
+    coef,
+    correct_positive,
+    positive_offset,
+    threads,
+    precision="f32",
+    validate=True,
+):
     return torch.empty_like(query), torch.empty_like(candidates), query.new_empty(())
 
 
 def _setup_context(ctx, inputs, output):
-    (query, candidates, log_q, temperature, ids, row_weight, cp, offset, reduction, need_grad, threads) = inputs
+    (query, candidates, log_q, temperature, ids, row_weight, cp, offset, reduction, need_grad, threads, prec, val) = (
+        inputs
+    )
     loss, row_loss, du, dv, dt = output
     ctx.mark_non_differentiable(row_loss, du, dv, dt)
-    ctx.options = (cp, offset, reduction, need_grad, threads)
+    ctx.options = (cp, offset, reduction, need_grad, threads, prec, val)
     ctx.b = query.shape[0]
     if reduction == "none":
         ctx.save_for_backward(query, candidates, log_q, temperature, ids, row_weight, row_loss)
@@ -193,7 +429,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, g_loss, g_row_loss, g_du, g_dv, g_dt):
-    cp, offset, reduction, need_grad, threads = ctx.options
+    cp, offset, reduction, need_grad, threads, precision, validate = ctx.options
     need_u, need_v, _, need_t, _, need_w = ctx.needs_input_grad[:6]
     gq = gc = gt = gw = None
     if reduction == "none":
@@ -201,7 +437,7 @@ def _backward(ctx, g_loss, g_row_loss, g_du, g_dv, g_dt):
         if need_u or need_v or need_t:
             coef = g_loss if row_weight is None else g_loss * row_weight
             gq, gc, gt = torch.ops.mixneg.mns_loss_backward(
-                query, candidates, log_q, temperature, ids, coef, cp, offset, threads
+                query, candidates, log_q, temperature, ids, coef, cp, offset, threads, precision, validate
             )
             gt = gt.reshape(temperature.shape)
         if need_w:
@@ -219,7 +455,7 @@ def _backward(ctx, g_loss, g_row_loss, g_du, g_dv, g_dt):
             gt = dt * scale
         if need_w:
             gw = row_loss * (scale / ctx.b)
-    return gq, gc, None, gt, None, gw, None, None, None, None, None
+    return gq, gc, None, gt, None, gw, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("mixneg::mns_loss", _backward, setup_context=_setup_context)
@@ -244,10 +480,9 @@ def _same_device(named) -> torch.device:
             raise ValueError(
                 f"{first_name} is on {first.device} but {name} is on {t.device}: all tensors must be on one device"
             )
-    if first.device.type != "cpu":
+    if first.device.type not in ("cpu", "cuda"):
         raise ValueError(
-            f"{first_name} is on {first.device}: this build of mixneg runs the CPU kernels only "
-            "(the CUDA entry point is not bound yet); move the tensors to the CPU"
+            f"{first_name} is on {first.device}: mixneg runs on CPU and CUDA tensors; move the tensors to one of them"
         )
     return first.device
 
@@ -263,6 +498,8 @@ def mns_loss(
     correct_positive: bool = True,
     positive_offset: int = 0,
     reduction: str = "mean",
+    precision: str = "f32",
+    validate: bool = True,
 ) -> Tensor:
     """The fused MNS loss of ``query`` (B×K) against ``candidates`` (N×K) with
     autograd to ``query``, ``candidates``, ``row_weight`` and ``temperature``
@@ -277,6 +514,14 @@ def mns_loss(
     float32 and their gradients returned in their own dtype; the loss has the
     promoted dtype of ``query`` and ``candidates``. Bad input raises
     ValueError or TypeError.
+
+    The tensors may be on the CPU or on one CUDA device (all on the same
+    one): on CUDA the call runs on torch's current stream. ``precision``:
+    "f32" (default; f32-accurate, 3xTF32 on tensor cores), "tf32" or "bf16"
+    (CUDA only: the products' factors rounded to TF32 or bf16, f32
+    accumulation). ``validate=False`` skips the CUDA path's device-side
+    check of the values (and its synchronization); non-finite inputs then
+    give undefined results.
     """
     query = _tensor("query", query, 2)
     candidates = _tensor("candidates", candidates, 2)
@@ -292,6 +537,8 @@ def mns_loss(
             raise ValueError(f"ids must have 1 dimension, got shape {tuple(ids.shape)}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
     if isinstance(positive_offset, bool) or not isinstance(positive_offset, int):
         raise TypeError(f"positive_offset must be an int, got {type(positive_offset).__name__}")
     if positive_offset < 0:
@@ -303,6 +550,7 @@ def mns_loss(
             raise ValueError(f"temperature must hold one value, got shape {tuple(temperature.shape)}")
         t = temperature.reshape(()).to(torch.float32)
     elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        # A CPU scalar also on CUDA: reading it costs no synchronization.
         t = torch.tensor(float(temperature), dtype=torch.float32)
     else:
         raise TypeError(f"temperature must be a float or a tensor, got {type(temperature).__name__}")
@@ -335,6 +583,8 @@ def mns_loss(
         reduction,
         need_grad,
         0,
+        precision,
+        bool(validate),
     )
     return loss.to(out_dtype)
 
@@ -346,14 +596,24 @@ class MnsLoss(torch.nn.Module):
     positive_offset=0)``."""
 
     def __init__(
-        self, temperature: Union[float, Tensor] = 1.0, *, correct_positive: bool = True, reduction: str = "mean"
+        self,
+        temperature: Union[float, Tensor] = 1.0,
+        *,
+        correct_positive: bool = True,
+        reduction: str = "mean",
+        precision: str = "f32",
+        validate: bool = True,
     ):
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
         self.temperature = temperature
         self.correct_positive = correct_positive
         self.reduction = reduction
+        self.precision = precision
+        self.validate = validate
 
     def forward(self, query, candidates, log_q, ids=None, row_weight=None, positive_offset: int = 0) -> Tensor:
         return mns_loss(
@@ -366,9 +626,14 @@ class MnsLoss(torch.nn.Module):
             correct_positive=self.correct_positive,
             positive_offset=positive_offset,
             reduction=self.reduction,
+            precision=self.precision,
+            validate=self.validate,
         )
 
     def extra_repr(self) -> str:
         t = self.temperature
         t = f"{float(t):g}" if not isinstance(t, Tensor) else f"tensor({float(t.detach().reshape(-1)[0]):g})"
-        return f"temperature={t}, correct_positive={self.correct_positive}, reduction={self.reduction!r}"
+        return (
+            f"temperature={t}, correct_positive={self.correct_positive}, reduction={self.reduction!r}, "
+            f"precision={self.precision!r}"
+        )

@@ -140,6 +140,8 @@ def mns_loss(
     row_weight: Optional[Tensor] = None,
     correct_positive: bool = True,
     reduction: str = "mean",
+    precision: str = "f32",
+    validate: bool = True,
 ) -> Tensor:
     """This rank's MNS loss over its own queries against the candidates of
     every rank of ``group`` (the default group when None).
@@ -148,7 +150,9 @@ def mns_loss(
     ``negatives`` (B′×K), ``log_q_pos`` (B), ``log_q_neg`` (B′), optional
     ``ids_pos`` (B) / ``ids_neg`` (B′) for accidental-hit removal across all
     gathered candidates, ``row_weight`` (B) for this rank's rows. Every rank
-    must pass the same shapes. ``reduction`` as in ``mixneg.torch.mns_loss``
+    must pass the same shapes (CPU tensors with gloo, CUDA tensors with
+    NCCL). ``reduction``, ``precision`` and ``validate`` as in
+    ``mixneg.torch.mns_loss``
     ("mean" = this rank's mean loss over its B queries). Gradients flow to
     ``query``, to every rank's ``positives`` and (when gathered) ``negatives``
     through the gather, and to ``temperature``.
@@ -177,4 +181,6 @@ def mns_loss(
         correct_positive=correct_positive,
         positive_offset=rank * b,
         reduction=reduction,
+        precision=precision,
+        validate=validate,
     )
