@@ -563,9 +563,11 @@ fn emulated_kernels_handle_the_numerical_edges() {
 }
 
 /// The tensor-core building blocks (mns_to_tf32, mns_split_tf32,
-/// mns_mma_tf32, mns_mma_3xtf32 of kernels/mns.cu, in the PTX fragment
-/// layouts) through kernels/mma_test.cu on the emulator: 3xTF32 within its
-/// derived bound and one TF32 pass outside it; and the cp.async building
+/// mns_mma_tf32, mns_mma_3xtf32, mns_pack_bf16 and mns_mma_bf16 of
+/// kernels/mns.cu, in the PTX fragment layouts) through kernels/mma_test.cu
+/// on the emulator: 3xTF32 within its derived bound and one TF32 pass
+/// outside it, bf16 within K f32 additions of the rounded factors' exact
+/// product; and the cp.async building
 /// blocks through a two-stage pipeline kernel (the emulator lands a copy only
 /// when a wait retires its group, so a wait too few shows).
 ///
@@ -593,7 +595,7 @@ fn emulated_tensor_core_and_cp_async_building_blocks() {
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect();
-        assert_eq!(v.len(), 3, "{text}");
+        assert_eq!(v.len(), 4, "{text}");
         let bound = 3.0 + 3.0 * k as f64 / 4.0;
         assert!(
             v[0] <= bound,
@@ -605,7 +607,19 @@ fn emulated_tensor_core_and_cp_async_building_blocks() {
             "K = {k}: one TF32 pass {} units within the 3xTF32 bound {bound}",
             v[1]
         );
+        // bf16 factors: their products are exact in f32 (8 + 8 significant
+        // bits), so only the K f32 additions err, K/4 units at most.
+        if k % 16 == 0 {
+            let bound = k as f64 / 4.0;
+            assert!(
+                v[2] <= bound,
+                "K = {k}: bf16 error {} units > bound {bound}",
+                v[2]
+            );
+        } else {
+            assert_eq!(v[2], -1.0, "K = {k}: bf16 needs K % 16 == 0");
+        }
         // The two-stage cp.async pipeline kernel: every output exact.
-        assert_eq!(v[2], 0.0, "cp.async pipeline: {} wrong outputs", v[2]);
+        assert_eq!(v[3], 0.0, "cp.async pipeline: {} wrong outputs", v[3]);
     }
 }

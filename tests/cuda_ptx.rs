@@ -196,7 +196,8 @@ fn parameter_structs_have_the_host_layout() {
 }
 
 /// The tensor-core and cp.async building blocks compile to
-/// `cvt.rna.tf32.f32`, `mma.sync.m16n8k8` TF32 and `cp.async` for sm_80 and
+/// `cvt.rna.tf32.f32`, `mma.sync.m16n8k8` TF32, `mma.sync.m16n8k16` bf16 and
+/// `cp.async` for sm_80 and
 /// sm_90 (through the test kernels of kernels/mma_test.cu, appended to the
 /// source), without spills.
 #[test]
@@ -225,7 +226,11 @@ fn tensor_core_building_blocks_compile_to_mma_sync() {
         );
         // ptxas reports each kernel's "Compiling entry function" and then its
         // stack-frame line.
-        for kernel in ["mns_test_mma", "mns_test_cp_async"] {
+        assert!(
+            ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+            "{arch}: no bf16 mma.sync in mns_test_mma_bf16"
+        );
+        for kernel in ["mns_test_mma", "mns_test_mma_bf16", "mns_test_cp_async"] {
             let log = &c.log;
             let at = log
                 .find(kernel)
