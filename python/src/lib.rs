@@ -337,14 +337,29 @@ fn check_values(
         .map_err(to_py)
 }
 
+/// Bytes of device memory one `mns_loss_cuda` call on `device` allocates
+/// besides its inputs and outputs (the crate's scratch, freed in stream
+/// order after the call; PyTorch's memory statistics do not see it).
+#[pyfunction]
+fn cuda_scratch_bytes(
+    device: usize,
+    b: usize,
+    n: usize,
+    k: usize,
+    precision: &str,
+) -> PyResult<usize> {
+    Ok(cuda_backend(device)?.scratch_bytes(b, n, k, self::precision(precision)?))
+}
+
 /// The module: `mns_loss`, `mns_loss_cuda`, `check_values`, `cuda_unavailable`,
-/// `backend_info`, `__version__`.
+/// `cuda_scratch_bytes`, `backend_info`, `__version__`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mns_loss, m)?)?;
     m.add_function(wrap_pyfunction!(mns_loss_cuda, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_unavailable, m)?)?;
     m.add_function(wrap_pyfunction!(check_values, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_scratch_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(backend_info, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

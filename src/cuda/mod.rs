@@ -296,6 +296,25 @@ impl CudaBackend {
             .unwrap_or_else(|| Plan::new(b, n, k, self.sms))
     }
 
+    /// Device memory one call allocates besides its inputs and outputs, in
+    /// bytes: the split partials (and O on the tensor-core path), four
+    /// per-row buffers and the ∂L/∂τ partials.
+    pub fn scratch_bytes(
+        &self,
+        b: usize,
+        n: usize,
+        k: usize,
+        precision: crate::Precision,
+    ) -> usize {
+        let plan = self.plan(b, n, k, precision);
+        let part_o = if plan.tc.is_some() {
+            plan.splits * b * k
+        } else {
+            1
+        };
+        4 * (2 * plan.splits * b + part_o + 4 * b) + 8 * abi::dtau_parts(b * k)
+    }
+
     /// The device's architecture, e.g. `sm_90`.
     pub fn arch(&self) -> &str {
         &self.arch

@@ -406,12 +406,13 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
     let u = s.clone_htod(&data.u)?;
     let v = s.clone_htod(&data.v)?;
     let lq = s.clone_htod(&data.log_q)?;
-    let ids = s.clone_htod(&data.ids)?;
+    // The no-ids problem, the one the fused peers (benches/gpu_peers.py)
+    // can express, on the same synthetic data.
     let x = DeviceInput {
         u: &u,
         v: &v,
         log_q: &lq,
-        ids: Some(&ids),
+        ids: None,
         row_weight: None,
         dim: k,
         temperature: 0.05,
@@ -468,15 +469,9 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
         // Useful work: the three products, 6·B·N·K (the tensor-core path
         // does 8·B·N·K, recomputing the logits once for dV).
         let flops = 6.0 * b as f64 * n as f64 * k as f64;
-        // Inputs, outputs and the per-call scratch (splits·B·2 + 3·B
-        // floats, and splits·B·K partial O on the tensor-core path).
-        let plan = gpu.plan(b, n, k, precision);
-        let part_o = if plan.tc.is_some() {
-            plan.splits * b * k
-        } else {
-            0
-        };
-        let bytes = 4 * (2 * (b + n) * k + n * 3 + b * 6 + 2 * plan.splits * b + part_o);
+        // Inputs, outputs and the per-call scratch.
+        let bytes =
+            4 * (2 * (b + n) * k + n * 2 + b * 3 + 2) + gpu.scratch_bytes(b, n, k, precision);
         println!(
             "mixneg cuda {} [{name}]: B = {b}, B' = {bp}, K = {k}: loss {loss:.6}, median {med:.3} ms over {} runs, \
              {:.2} effective TFLOP/s, device memory {:.1} MiB (buffers) / {:.1} MiB (driver delta), GPU total {:.0} GiB",
