@@ -6,22 +6,22 @@
 //! no GPU. [`is_available`] probes without panicking (cudarc panics if
 //! `libcuda` is missing and a context is created anyway).
 //!
-//! Two entry points compute the same thing (docs/design.md §2):
+//! Three entry points compute the same thing (docs/design.md §2):
 //!
 //! * the [`Backend`] trait — host slices in, host results out, with the full
 //!   validation of [`MnsInput::validate`];
 //! * [`CudaBackend::mns_loss_device`] — `CudaSlice`s in and out on the
 //!   caller's stream, no host copies and no synchronization, for GPU training
 //!   loops. It checks shapes and τ; it cannot scan device values for NaN/∞
-//!   without a copy, so callers feed it finite data (or validate on the host).
+//!   without a copy, so callers feed it finite data (or validate on the host);
+//! * [`CudaBackend::mns_loss_raw`] — the same on another library's device
+//!   addresses and stream (PyTorch's tensors, from the Python package).
 //!
-//! Kernel launch sequence (one stream): `mns_fwd_f32` (partial max/sum per
-//! row and column split) → `mns_rows_f32` (lse, ℓ, top-1, per-row
-//! coefficients) → `mns_loss_f32` (the loss) → `mns_du_f32` and `mns_dv_f32`
-//! (the gradients, recomputing logit tiles). See the header of `mns.cu`.
-//! Each kernel takes one parameter struct; [`abi`] mirrors them and builds
-//! the launch list from the grid [`Plan`], and the CPU emulator of the
-//! tests runs the same list.
+//! The launch sequence of one call is [`abi::launches`]: the SIMT path's
+//! forward, row merge, loss, dU, dV and ∂L/∂τ (two launches), or the
+//! tensor-core path's forward + O, row merge, loss, dU merge, dV and ∂L/∂τ
+//! (see the header of `mns.cu`). Each kernel takes one parameter struct that
+//! [`abi`] mirrors; the CPU emulator of the tests runs the same list.
 
 #[doc(hidden)]
 pub mod abi;
