@@ -124,58 +124,82 @@ pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compile
 /// takes ~0.5 s for the kernels) and kept on disk for later processes
 /// ([`cubin_cache_dir`]); each backend loads it into its own context. With
 /// `MIXNEG_LOG_COMPILE=1` it says on stderr where the CUBIN came from and how
-/// long that took.
-pub(super) fn cubin_for(arch: &str) -> Result<Vec<u8>, MnsError> {
+/// long that took. `fresh` skips the disk (a cached image the driver refused
+/// is replaced).
+pub(super) fn cubin_for(arch: &str, fresh: bool) -> Result<(Vec<u8>, bool), MnsError> {
     static CACHE: std::sync::Mutex<Vec<(String, Vec<u8>)>> = std::sync::Mutex::new(Vec::new());
     let mut cache = CACHE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if fresh {
+        cache.retain(|(a, _)| a != arch);
+    }
     if let Some((_, c)) = cache.iter().find(|(a, _)| a == arch) {
-        return Ok(c.clone());
+        return Ok((c.clone(), false));
     }
     let log = std::env::var("MIXNEG_LOG_COMPILE").as_deref() == Ok("1");
-    let t0 = std::time::Instant::now();
     let file = cubin_cache_dir().map(|d| d.join(cubin_file_name(arch)));
-    let cached = file.as_ref().and_then(|f| std::fs::read(f).ok());
-    let c = match cached {
-        Some(c) if !c.is_empty() => {
-            if log {
-                eprintln!(
-                    "mixneg: CUBIN for {arch} read from {} in {:.1} ms",
-                    file.as_ref()
-                        .map_or(String::new(), |f| f.display().to_string()),
-                    t0.elapsed().as_secs_f64() * 1e3
-                );
-            }
-            c
-        }
-        _ => {
-            let c = compile(arch, false)?.cubin;
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            // A cache that cannot be written only costs the next process a
-            // compile: write to a temporary name, then rename (atomic), so
-            // that concurrent processes never read half a file.
-            let kept = file.as_ref().is_some_and(|f| {
-                let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-                f.parent()
-                    .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
-                    && std::fs::write(&tmp, &c).is_ok()
-                    && std::fs::rename(&tmp, f).is_ok()
-            });
-            if log {
-                eprintln!(
-                    "mixneg: NVRTC compiled the kernels for {arch} in {ms:.0} ms{}",
-                    match (&file, kept) {
-                        (Some(f), true) => format!(", cached at {}", f.display()),
-                        _ => ", not cached".to_string(),
-                    }
-                );
-            }
-            c
-        }
-    };
+    let (c, from_disk) = disk_cached(file.as_deref(), fresh, || {
+        compile(arch, false).map(|c| c.cubin)
+    })?;
+    if log {
+        eprintln!("mixneg: {arch}: {}", from_disk.describe(file.as_deref()));
+    }
     cache.push((arch.to_string(), c.clone()));
-    Ok(c)
+    Ok((c, matches!(from_disk, Source::Disk(_))))
+}
+
+/// Where [`disk_cached`] found its CUBIN, and how long that took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Source {
+    /// Read from the cache file, in ms.
+    Disk(f64),
+    /// Compiled by NVRTC, in ms; whether the cache file was written.
+    Compiled(f64, bool),
+}
+
+impl Source {
+    fn describe(self, file: Option<&std::path::Path>) -> String {
+        let path = file.map_or(String::new(), |f| f.display().to_string());
+        match self {
+            Source::Disk(ms) => format!("CUBIN read from {path} in {ms:.1} ms"),
+            Source::Compiled(ms, true) => {
+                format!("NVRTC compiled the kernels in {ms:.0} ms, cached at {path}")
+            }
+            Source::Compiled(ms, false) => {
+                format!("NVRTC compiled the kernels in {ms:.0} ms (not cached)")
+            }
+        }
+    }
+}
+
+/// The bytes of `file` when it exists, is non-empty and `fresh` is false;
+/// else `compile()`'s, written to `file` (to a temporary name, then renamed:
+/// concurrent processes never read half a file). A cache that cannot be
+/// written only costs the next process a compile.
+fn disk_cached(
+    file: Option<&std::path::Path>,
+    fresh: bool,
+    compile: impl FnOnce() -> Result<Vec<u8>, MnsError>,
+) -> Result<(Vec<u8>, Source), MnsError> {
+    let t0 = std::time::Instant::now();
+    let ms = || t0.elapsed().as_secs_f64() * 1e3;
+    let cached = file
+        .filter(|_| !fresh)
+        .and_then(|f| std::fs::read(f).ok())
+        .filter(|c| !c.is_empty());
+    if let Some(c) = cached {
+        return Ok((c, Source::Disk(ms())));
+    }
+    let c = compile()?;
+    let kept = file.is_some_and(|f| {
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        f.parent()
+            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::write(&tmp, &c).is_ok()
+            && std::fs::rename(&tmp, f).is_ok()
+    });
+    Ok((c, Source::Compiled(ms(), kept)))
 }
 
 /// Where compiled kernels are kept between processes: `MIXNEG_CACHE_DIR`
@@ -230,4 +254,46 @@ fn c_text(raw: &[c_char]) -> String {
         .map(|&c| c as u8)
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The disk cache: a first call compiles and writes the file, a second
+    /// reads it without compiling, an empty file or `fresh` compiles again,
+    /// and without a directory nothing is written.
+    #[test]
+    fn the_disk_cache_compiles_once_and_reads_after() {
+        let dir = std::env::temp_dir().join(format!("mixneg-cache-test-{}", std::process::id()));
+        let file = dir.join("sub").join(cubin_file_name("sm_90"));
+        let calls = std::cell::Cell::new(0);
+        let compile = || {
+            calls.set(calls.get() + 1);
+            Ok(vec![1u8, 2, 3])
+        };
+        let (c, s) = disk_cached(Some(&file), false, compile).unwrap();
+        assert_eq!((c.as_slice(), calls.get()), (&[1u8, 2, 3][..], 1));
+        assert!(matches!(s, Source::Compiled(_, true)), "{s:?}");
+        let (c, s) = disk_cached(Some(&file), false, compile).unwrap();
+        assert_eq!((c.as_slice(), calls.get()), (&[1u8, 2, 3][..], 1));
+        assert!(matches!(s, Source::Disk(_)), "{s:?}");
+        disk_cached(Some(&file), true, compile).unwrap();
+        assert_eq!(calls.get(), 2, "fresh compiles");
+        std::fs::write(&file, b"").unwrap();
+        disk_cached(Some(&file), false, compile).unwrap();
+        assert_eq!(calls.get(), 3, "an empty file compiles");
+        let (_, s) = disk_cached(None, false, compile).unwrap();
+        assert!(matches!(s, Source::Compiled(_, false)), "{s:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The file name changes with the architecture (and, through the hash,
+    /// with the source) and is stable within a build.
+    #[test]
+    fn cache_file_names_are_keyed() {
+        assert_eq!(cubin_file_name("sm_90"), cubin_file_name("sm_90"));
+        assert_ne!(cubin_file_name("sm_90"), cubin_file_name("sm_80"));
+        assert!(cubin_file_name("sm_90").starts_with("mns-sm_90-"));
+    }
 }

@@ -226,9 +226,16 @@ impl CudaBackend {
         let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
         let arch = format!("sm_{major}{minor}");
-        let module = ctx
-            .load_module(Ptx::from_binary(cubin_for(&arch)?))
-            .map_err(cuda_err)?;
+        let (cubin, from_disk) = cubin_for(&arch, false)?;
+        let module = match ctx.load_module(Ptx::from_binary(cubin)) {
+            Ok(m) => m,
+            // A cached image the driver refuses (damaged, or from another
+            // toolchain under the same key): compile afresh, once.
+            Err(_) if from_disk => ctx
+                .load_module(Ptx::from_binary(cubin_for(&arch, true)?.0))
+                .map_err(cuda_err)?,
+            Err(e) => return Err(cuda_err(e)),
+        };
         let funcs: Vec<CudaFunction> = KERNELS
             .iter()
             .map(|k| module.load_function(k).map_err(cuda_err))
