@@ -181,7 +181,7 @@ echo "== 2. timings"
 for shape in "16384 16384 128" "8192 65536 64"; do
     set -- $shape
     phase "bench_$1_$2_$3" 40 ./gpu_bundle/mixneg gpu-bench --batch "$1" --b-prime "$2" --dim "$3" --reps 20
-    phase "peers_$1_$2_$3" 110 "$PY" benches/gpu_peers.py "$1" "$2" "$3" --reps 5 --csv "$LOGS/peers.csv"
+    phase "peers_$1_$2_$3" 100 "$PY" benches/gpu_peers.py "$1" "$2" "$3" --reps 5 --csv "$LOGS/peers.csv"
 done
 "$PY" - "$LOGS" > "$LOGS/table.md" <<'PYEOF'
 import csv, glob, os, re, sys
