@@ -232,3 +232,36 @@ def test_float32_tensors_reach_the_kernels_without_a_copy(monkeypatch):
     mt.mns_loss(u, v, log_q, ids=ids).backward()
     for name, t in (("u", u), ("v", v), ("log_q", log_q), ("ids", ids)):
         assert np.shares_memory(seen[name], t.detach().numpy()), name
+
+
+def test_device_value_checks_give_the_cpu_paths_errors():
+    """The CUDA path's value checks (device reductions judged by the crate)
+    are device-agnostic: on CPU tensors they raise the CPU path's ValueError
+    for each kind of bad value (the same message; a magnitude error's
+    numbers to rounding), and pass good inputs."""
+    c = CASES[13]
+    u, v, log_q, ids, w = (None if x is None else x.to(torch.float32) for x in c.arrays())
+    b = u.shape[0]
+    w = torch.rand(b)
+    mt._check_device_values(u, v, log_q, w, c.temperature)
+    mt._check_device_values(u, v, log_q, None, c.temperature)
+    bad = []
+    x = v.clone()
+    x[3, 1] = float("inf")
+    bad.append((u, x, log_q, w))
+    x = log_q.clone()
+    x[-1] = float("nan")
+    bad.append((u, v, x, w))
+    x = w.clone()
+    x[b // 2] = -0.5
+    bad.append((u, v, log_q, x))
+    bad.append((u * 1e20, v * 1e20, log_q, w))
+    for uu, vv, lq, ww in bad:
+        with pytest.raises(ValueError) as cpu:
+            mt.mns_loss(uu, vv, lq, temperature=c.temperature, row_weight=ww)
+        with pytest.raises(ValueError) as dev:
+            mt._check_device_values(uu, vv, lq, ww, c.temperature)
+        # The largest row norms are summed in another order on the device:
+        # the magnitude error names the same quantity, its numbers agree to
+        # rounding.
+        assert str(dev.value).split(" may reach")[0] == str(cpu.value).split(" may reach")[0]

@@ -139,10 +139,10 @@ def _check_device_values(query, candidates, log_q, row_weight, temperature: floa
     parts = []
     for _, x in named:
         bad = ~torch.isfinite(x.reshape(-1))
-        parts += [bad.any().to(f64), bad.to(torch.uint8).argmax().to(f64)]
+        parts += [bad.any().to(f64), bad.to(torch.int32).argmax().to(f64)]
     if row_weight is not None:
         neg = row_weight < 0
-        parts += [neg.any().to(f64), neg.to(torch.uint8).argmax().to(f64), row_weight.max().to(f64).clamp(min=0)]
+        parts += [neg.any().to(f64), neg.to(torch.int32).argmax().to(f64), row_weight.max().to(f64).clamp(min=0)]
     parts += [
         torch.linalg.vector_norm(query, dim=1, dtype=f64).max(),
         torch.linalg.vector_norm(candidates, dim=1, dtype=f64).max(),
