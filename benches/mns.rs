@@ -26,7 +26,7 @@ use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, ReferenceBackend};
 use mixneg_train::tower::{matmul, matmul_at_b};
 use std::hint::black_box;
 
-/// (B, B′, K): the ladder of issue #4, plus an awkward shape.
+/// (B, B′, K): the benchmark ladder of BENCHMARKS.md, plus an awkward shape.
 const SHAPES: [(usize, usize, usize); 7] = [
     (256, 256, 64),
     (1024, 1024, 64),

@@ -1,4 +1,4 @@
-//! Numerical edges, concurrency and unaligned inputs (issue #6).
+//! Numerical edges, concurrency and unaligned inputs.
 
 mod common;
 use common::*;

@@ -79,7 +79,7 @@ fn reference_f64_matches_pytorch_f64() {
     }
 }
 
-/// The bar of issue #2 on the realistic vector (B = 256, B′ = 1024, K = 64,
+/// The absolute bar on the realistic vector (B = 256, B′ = 1024, K = 64,
 /// τ = 0.1, ids): every tensor within 1e-5 relative, the loss within 1e-6.
 #[test]
 fn realistic_vector_meets_the_bar() {

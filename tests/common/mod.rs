@@ -315,8 +315,8 @@ pub fn load_vectors() -> Vec<(Case, Expected)> {
 //
 // A deliberately degraded kernel fails this (`scripts/mutation_check.sh`):
 // one exp term per row and part rounded to bf16, 1/τ rounded to bf16, and
-// the CUDA gradient kernels' former exp(s − lse) with lse in f32 (10×). The bar of
-// issue #2 (1e-5 on the realistic vector) is asserted on its own in
+// the CUDA gradient kernels forming exp(s − lse) with lse in f32 (10×). The
+// absolute bar (1e-5 on the realistic vector) is asserted on its own in
 // tests/vectors.rs.
 pub const EPS: f64 = 5.960_464_477_539_063e-8;
 pub const FACTOR: f64 = 2.0;

@@ -10,8 +10,7 @@
 //! *fresh*: never in the training logs, but in the corpus with features, and
 //! in the test interactions at full popularity.
 //!
-//! **Synthetic, `--world paper`** (issue #14: the mechanism of the MNS
-//! paper). Items belong to one of C categories; b_i = √w·m_c + √(1−w)·ε_i and
+//! **Synthetic, `--world paper`** (the mechanism of the MNS paper). Items belong to one of C categories; b_i = √w·m_c + √(1−w)·ε_i and
 //! a_u = √w·m_{c_u} + √(1−w)·η_u (category centroids m and noise with
 //! N(0, 1/d) entries). Every item has an *exposure* e_i ∝ 1/rank^s over a
 //! random ranking and, independently of everything else, a latent quality:
@@ -719,8 +718,8 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
 
 /// The test pairs whose item is not among the same user's training items.
 /// Evaluation ranks every item but the user's training items
-/// (`eval::evaluate`), so such a pair could never be hit: ~7% of the
-/// synthetic world's test pairs before issue #14 counted as certain misses.
+/// (`eval::evaluate`), so such a pair could never be hit: kept, ~7% of the
+/// synthetic world's test pairs would count as certain misses.
 pub fn drop_seen_test_pairs(train: &[Pair], test: Vec<Pair>) -> Vec<Pair> {
     let seen: std::collections::HashSet<Pair> = train.iter().copied().collect();
     test.into_iter().filter(|p| !seen.contains(p)).collect()

@@ -13,7 +13,7 @@
 //! except that a bucket's first occurrence sets B to its gap since the start,
 //! t (A starts at 0), instead of blending it into the prior: with the prior
 //! B₀ = 10⁴ and α = 0.01, blending left p̂ 20–140× too small for items ranked
-//! 50–10 000 after a 2 300-step run (issue #14); the prior now only stands for
+//! 50–10 000 after a 2 300-step run; the prior only stands for
 //! never-seen items. p̂_y = 1/(steps between occurrences) = 1 / max_h B[h(y)] — in
 //! occurrences per step; divided by the batch size it is the probability
 //! that one draw from the training stream is y. Taking the max over hash
@@ -146,8 +146,8 @@ impl FrequencyEstimator for StreamingEstimator {
 
 /// Exact counts, add-one smoothed over the corpus:
 /// p̂_y = (count(y) + 1) / (total draws + |C|). (A floor of 1e-12 for unseen
-/// items, as before issue #14, gave an item's first appearance a +27.6-nat
-/// jump in its column's correction.)
+/// items instead would give an item's first appearance a +27.6-nat jump in
+/// its column's correction.)
 #[derive(Debug, Clone)]
 pub struct ExactCounts {
     counts: std::collections::HashMap<u32, u64>,
@@ -279,8 +279,7 @@ pub fn log_q(
 /// each row's own positive uncorrected); the `b_prime` uniform draws from a
 /// corpus of `corpus` items have log Q = ln(B′/|C|), the expected number of
 /// times a given item is drawn, so that the sampled sum estimates the
-/// corpus's (with 0, as before issue #14, the negatives weighed |C|/B′ too
-/// little).
+/// corpus's (with 0 the negatives would weigh |C|/B′ too little).
 pub fn uniform_only_log_q(b: usize, b_prime: usize, corpus: usize) -> Vec<f32> {
     let lq = (b_prime as f64 / corpus.max(1) as f64).ln() as f32;
     let mut v = vec![1e4f32; b];
@@ -376,7 +375,7 @@ mod tests {
         assert!((mix[0] - want(p(2.0))).abs() < 1e-6 && (mix[2] - want(p(0.0))).abs() < 1e-6);
     }
 
-    /// Issue #14: with the prior blended in, an item seen every g steps kept
+    /// With the prior blended in, an item seen every g steps would keep
     /// p̂ far below 1/g for ~1/α occurrences. The first occurrence now sets
     /// the gap, so p̂ is right after a handful of occurrences, short run or
     /// not; an item never seen keeps the prior.

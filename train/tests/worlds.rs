@@ -109,7 +109,8 @@ fn null_world_has_no_low_quality_items_and_the_ceiling_beats_popularity() {
 
 #[test]
 fn projection_features_fill_every_bucket_equally() {
-    // Before issue #14, ~58% of the values landed in the two edge buckets.
+    // A clamp instead of equal-frequency cuts puts ~58% of the values into
+    // the two edge buckets.
     let cfg = SynthConfig {
         users: 2000,
         items: 3000,
