@@ -22,13 +22,12 @@ SIMD kernels; docs/design.md in the repository).
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from . import _native
+from . import _common, _native
 
 __all__ = ["MnsResult", "mns_loss", "mns_forward", "backend_info", "__version__"]
 
@@ -97,16 +96,6 @@ def _ids_array(ids, n_hint: str = "ids") -> Optional[np.ndarray]:
     return np.ascontiguousarray(x, dtype=np.int64)
 
 
-def _index(name: str, x, minimum: int) -> int:
-    try:
-        i = operator.index(x)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(x).__name__}") from None
-    if i < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {i}")
-    return i
-
-
 def _temperature(t) -> float:
     if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)):
         raise TypeError(f"temperature must be a real number, got {type(t).__name__}")
@@ -117,8 +106,7 @@ def _temperature(t) -> float:
 
 
 def _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad, precision):
-    if not isinstance(precision, str):
-        raise TypeError(f"precision must be a string, got {type(precision).__name__}")
+    _common.precision(precision)
     u = _float_array("u", u, 2)
     v = _float_array("v", v, 2)
     log_q = _float_array("log_q", log_q, 1)
@@ -131,8 +119,8 @@ def _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_
         ids=_ids_array(ids),
         row_weight=w,
         correct_positive=bool(correct_positive),
-        positive_offset=_index("positive_offset", positive_offset, 0),
-        threads=0 if threads is None else _index("threads", threads, 1),
+        positive_offset=_common.index("positive_offset", positive_offset, 0),
+        threads=0 if threads is None else _common.index("threads", threads, 1),
         grad=grad,
         precision=precision,
     )

@@ -23,11 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _native
+from . import _common, _native
 
 __all__ = ["mns_loss"]
-
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 def _f32(x) -> np.ndarray:
@@ -52,12 +50,11 @@ def _host(q, c, lq, t, ids, w, *, opts, grad, coef=None):
     du = np.zeros(q.shape, np.float32)
     dv = np.zeros(c.shape, np.float32)
     dt = np.float32(0)
-    for sign, part in ((1.0, np.maximum(cw, 0)), (-1.0, np.maximum(-cw, 0))):
-        if (part > 0).any():
-            r = _native.mns_loss(q, c, lq, row_weight=part.astype(np.float32), grad=True, **args)
-            du += np.float32(sign) * r["d_u"]
-            dv += np.float32(sign) * r["d_v"]
-            dt += np.float32(sign * r["d_temperature"])
+    for sign, part in _common.signed_parts(cw):
+        r = _native.mns_loss(q, c, lq, row_weight=part.astype(np.float32), grad=True, **args)
+        du += np.float32(sign) * r["d_u"]
+        dv += np.float32(sign) * r["d_v"]
+        dt += np.float32(sign * r["d_temperature"])
     return du, dv, dt
 
 
@@ -174,10 +171,8 @@ def mns_loss(
     q = _float("query", query, 2)
     c = _float("candidates", candidates, 2)
     lq = _float("log_q", log_q, 1)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if isinstance(positive_offset, bool) or not isinstance(positive_offset, (int, np.integer)):
-        raise TypeError(f"positive_offset must be an int, got {type(positive_offset).__name__}")
+    _common.reduction(reduction)
+    positive_offset = _common.index("positive_offset", positive_offset, 0)
     b, k = q.shape
     n, kc = c.shape
     if kc != k:

@@ -187,3 +187,23 @@ def test_gil_is_released_during_the_call():
         # The call takes tens of ms; the sampler must have run through it.
         assert t1 - t0 > 4 * switch, "the call is too short for this test"
         assert inside and inside[-1] - inside[0] > 0.5 * (t1 - t0 - 2 * switch), (t1 - t0, len(inside))
+
+
+def test_native_stub_matches_the_module():
+    """python/mixneg/_native.pyi declares exactly the extension's functions,
+    each with its parameters in order."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from mixneg import _native
+
+    stub = Path(mixneg.__file__).with_name("_native.pyi")
+    tree = ast.parse(stub.read_text())
+    declared = {
+        f.name: [a.arg for a in f.args.args + f.args.kwonlyargs] for f in tree.body if isinstance(f, ast.FunctionDef)
+    }
+    native = {n: f for n, f in vars(_native).items() if callable(f) and not n.startswith("_")}
+    assert set(declared) == set(native)
+    for name, params in declared.items():
+        assert list(inspect.signature(native[name]).parameters) == params, name

@@ -38,12 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _native
+from .. import _common, _native
 
 __all__ = ["mns_loss", "MnsLoss", "cuda_unavailable"]
 
-_REDUCTIONS = ("mean", "sum", "none")
-_PRECISIONS = ("f32", "tf32", "bf16")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -237,8 +235,7 @@ def _run(
     precision,
     validate,
 ):
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    _common.precision(precision)
     if query.device.type == "cuda":
         return _call_cuda(
             query,
@@ -288,8 +285,7 @@ def _mns_loss_op(
     reduced as ``reduction`` says; ``row_loss`` is the unweighted ℓ; the three
     gradients are those of the mean L when ``need_grad`` and the reduction is
     not "none", else empty (shape (0,), and ∂L/∂τ = 0)."""
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    _common.reduction(reduction)
     grad = need_grad and reduction != "none"
     r = _run(
         query,
@@ -373,9 +369,7 @@ def _mns_backward_op(
     du = torch.zeros_like(query)
     dv = torch.zeros_like(candidates)
     dt = torch.zeros((), dtype=torch.float32, device=query.device)
-    for sign, part in ((1.0, c.clamp(min=0)), (-1.0, (-c).clamp(min=0))):
-        if not bool((part > 0).any()):
-            continue
+    for sign, part in _common.signed_parts(c):
         w = part.to(torch.float32)
         r = _run(
             query,
@@ -535,14 +529,9 @@ def mns_loss(
             raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
         if ids.dim() != 1:
             raise ValueError(f"ids must have 1 dimension, got shape {tuple(ids.shape)}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-    if isinstance(positive_offset, bool) or not isinstance(positive_offset, int):
-        raise TypeError(f"positive_offset must be an int, got {type(positive_offset).__name__}")
-    if positive_offset < 0:
-        raise ValueError(f"positive_offset must be at least 0, got {positive_offset}")
+    _common.reduction(reduction)
+    _common.precision(precision)
+    positive_offset = _common.index("positive_offset", positive_offset, 0)
     if isinstance(temperature, Tensor):
         if temperature.dtype not in _FLOATS:
             raise TypeError(f"temperature must be a floating-point tensor, got {temperature.dtype}")
@@ -605,10 +594,8 @@ class MnsLoss(torch.nn.Module):
         validate: bool = True,
     ):
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+        _common.reduction(reduction)
+        _common.precision(precision)
         self.temperature = temperature
         self.correct_positive = correct_positive
         self.reduction = reduction
