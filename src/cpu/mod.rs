@@ -121,8 +121,8 @@ impl Kernel {
 /// (2·B + 3·N)·K + 48..96·N floats — and reuses it when a later call fits
 /// (a buffer more than 4× too large is freed and replaced instead),
 /// so that a training loop does not allocate and page-fault them in every
-/// step (the page faults alone were ~3% of a call's CPU time at
-/// (4096, 4096, 128); BENCHMARKS.md item 17). Clones share it;
+/// step (the page faults alone would be ~3% of a call's CPU time at
+/// (4096, 4096, 128)). Clones share it;
 /// concurrent calls each get their own. [`CpuBackend::release_scratch`]
 /// frees it.
 #[derive(Debug, Clone)]

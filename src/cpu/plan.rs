@@ -178,7 +178,7 @@ mod tests {
     /// Worked by hand from the rule: (4096, 8192, 128), AVX-512, 2 threads,
     /// 2 MiB: 16 parts of 512 columns, each part's packed rows 3·512·128·4 =
     /// 768 KiB, a strip row per worker 4096·4 = 16 KiB, (2048 − 768)/16 = 80
-    /// rows, rounded down to 72 (BENCHMARKS.md quotes 72-row blocks there).
+    /// rows, rounded down to 72.
     #[test]
     fn plan_of_the_benchmark_shape_is_the_hand_worked_one() {
         let p = Plan::new((4096, 8192, 128), 16, 2, 2 << 20);
