@@ -112,22 +112,24 @@ impl Oracle {
 
     /// The test law P(· | u) of each user of `users` over every item, row by
     /// row (users.len() × n_items, each row summing to 1).
-    pub fn test_probs(&self, users: &[u32]) -> Vec<f32> {
+    /// Written into `s` (resized to users × items; a buffer kept across
+    /// calls is not page-faulted again).
+    pub fn test_probs(&self, users: &[u32], s: &mut Vec<f32>) {
         let (d, ni) = (self.dim, self.test_bias.len());
         let a: Vec<f32> = users
             .iter()
             .flat_map(|&u| self.user_factors[u as usize * d..(u as usize + 1) * d].iter())
             .map(|x| x / self.tau0)
             .collect();
-        let mut s = vec![0.0f32; users.len() * ni];
-        crate::tower::matmul(users.len(), ni, d, &a, &self.item_factors, true, &mut s);
+        s.resize(users.len() * ni, 0.0);
+        // The product overwrites every element.
+        crate::tower::matmul(users.len(), ni, d, &a, &self.item_factors, true, s);
         s.par_chunks_mut(ni).for_each(|row| {
             row.iter_mut()
                 .zip(&self.test_bias)
                 .for_each(|(x, b)| *x += b);
             softmax_in_place(row);
         });
-        s
     }
 }
 

@@ -184,12 +184,15 @@ fn merge(a: Acc, b: Acc) -> Acc {
     s
 }
 
-/// Evaluate rankings given by `score_block(users) -> scores of every item`
-/// (users.len() × n_items) for the test users (in blocks), excluding each
-/// user's training items. Ties rank the lower item index first.
-pub fn evaluate<F>(data: &Dataset, cls: &[Class], score_block: F) -> Metrics
+/// Evaluate rankings given by `score_block(users, scores)`, which writes
+/// the scores of every item (users.len() × n_items) into `scores`, for the
+/// test users (in blocks), excluding each user's training items. Ties rank
+/// the lower item index first. The score and probability buffers are kept
+/// across blocks and the candidate lists across a worker's users, so that
+/// evaluating does not allocate and page-fault them afresh every block.
+pub fn evaluate<F>(data: &Dataset, cls: &[Class], mut score_block: F) -> Metrics
 where
-    F: Fn(&[u32]) -> Vec<f32> + Sync,
+    F: FnMut(&[u32], &mut Vec<f32>),
 {
     let kmax = KS[2];
     let mut train_of: Vec<Vec<u32>> = vec![vec![]; data.n_users];
@@ -206,14 +209,24 @@ where
         .filter(|&u| !test_of[u as usize].is_empty())
         .collect();
     let ni = data.n_items;
+    let (mut scores, mut probs_buf) = (vec![], vec![]);
     let total = users
         .chunks(256)
         .map(|blk| {
-            let scores = score_block(blk);
-            let probs = data.oracle.as_ref().map(|o| o.test_probs(blk));
+            score_block(blk, &mut scores);
+            assert_eq!(
+                scores.len(),
+                blk.len() * ni,
+                "score_block wrote the wrong size"
+            );
+            let probs = data.oracle.as_ref().map(|o| {
+                o.test_probs(blk, &mut probs_buf);
+                &probs_buf
+            });
+            let scores = &scores;
             blk.par_iter()
                 .enumerate()
-                .map(|(bi, &u)| {
+                .map_init(Vec::new, |cand: &mut Vec<(f32, u32)>, (bi, &u)| {
                     let mut acc = Acc {
                         users: 1,
                         ..Default::default()
@@ -222,8 +235,8 @@ where
                     // Training items score −∞ and are dropped after the
                     // selection (kk leaves room for them).
                     let seen = &train_of[u as usize];
-                    let mut cand: Vec<(f32, u32)> =
-                        (0..ni as u32).map(|i| (row[i as usize], i)).collect();
+                    cand.clear();
+                    cand.extend((0..ni as u32).map(|i| (row[i as usize], i)));
                     seen.iter()
                         .for_each(|&i| cand[i as usize].0 = f32::NEG_INFINITY);
                     let kk = (kmax + seen.len()).min(cand.len());
@@ -305,16 +318,17 @@ where
     m
 }
 
-/// Scores of a two-tower model: ⟨user embedding, item embedding⟩ for a
-/// block of users against every item embedding (`items`: n_items × d).
+/// Scores of a two-tower model into `s`: ⟨user embedding, item embedding⟩
+/// for a block of users against every item embedding (`items`: n_items × d).
 pub fn dot_scores(
     user_emb: &[f32],
     items: &[f32],
     rows: usize,
     n_items: usize,
     d: usize,
-) -> Vec<f32> {
-    let mut s = vec![0.0f32; rows * n_items];
-    matmul(rows, n_items, d, user_emb, items, true, &mut s);
-    s
+    s: &mut Vec<f32>,
+) {
+    s.resize(rows * n_items, 0.0);
+    // The product overwrites every element.
+    matmul(rows, n_items, d, user_emb, items, true, s);
 }

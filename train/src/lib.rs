@@ -496,13 +496,13 @@ pub fn evaluate(data: &Dataset, cls: &[eval::Class], qt: &Tower, it: &Tower) -> 
         let f: Vec<&[u64]> = blk.iter().map(|x| x.as_slice()).collect();
         items.extend(it.forward(&f).0);
     }
-    eval::evaluate(data, cls, |users| {
+    eval::evaluate(data, cls, |users, s| {
         let f: Vec<&[u64]> = users
             .iter()
             .map(|&u| data.user_feats[u as usize].as_slice())
             .collect();
         let (ue, _) = qt.forward(&f);
-        eval::dot_scores(&ue, &items, users.len(), data.n_items, d)
+        eval::dot_scores(&ue, &items, users.len(), data.n_items, d, s)
     })
 }
 
@@ -512,16 +512,15 @@ pub fn evaluate(data: &Dataset, cls: &[eval::Class], qt: &Tower, it: &Tower) -> 
 pub fn oracle_metrics(data: &Dataset) -> Option<eval::Metrics> {
     let o = data.oracle.as_ref()?;
     let cls = eval::classes(data);
-    Some(eval::evaluate(data, &cls, |users| {
+    Some(eval::evaluate(data, &cls, |users, s| {
         let ni = data.n_items;
-        let mut s = vec![0.0f32; users.len() * ni];
+        s.resize(users.len() * ni, 0.0);
         use rayon::prelude::*;
         s.par_chunks_mut(ni).zip(users).for_each(|(row, &u)| {
             row.iter_mut()
                 .enumerate()
                 .for_each(|(i, x)| *x = o.score(u as usize, i));
         });
-        s
     }))
 }
 
@@ -533,13 +532,15 @@ pub fn popularity_metrics(data: &Dataset) -> eval::Metrics {
         .iter()
         .for_each(|&(_, i)| count[i as usize] += 1.0);
     let cls = eval::classes(data);
-    eval::evaluate(data, &cls, |users| {
-        count
-            .iter()
-            .copied()
-            .cycle()
-            .take(users.len() * data.n_items)
-            .collect()
+    eval::evaluate(data, &cls, |users, s| {
+        s.clear();
+        s.extend(
+            count
+                .iter()
+                .copied()
+                .cycle()
+                .take(users.len() * data.n_items),
+        );
     })
 }
 
@@ -625,17 +626,17 @@ pub fn ceiling_metrics(data: &Dataset) -> Option<eval::Metrics> {
         )
         .0;
     let cls = eval::classes(data);
-    Some(eval::evaluate(data, &cls, |users| {
+    Some(eval::evaluate(data, &cls, |users, s| {
         let a: Vec<f32> = users
             .iter()
             .flat_map(|&u| mean_of(&train_of[u as usize]))
             .map(|x| c * x)
             .collect();
-        let mut s = vec![0.0f32; users.len() * ni];
-        tower::matmul(users.len(), ni, d, &a, &o.item_factors, true, &mut s);
+        s.resize(users.len() * ni, 0.0);
+        // The product overwrites every element.
+        tower::matmul(users.len(), ni, d, &a, &o.item_factors, true, s);
         use rayon::prelude::*;
         s.par_chunks_mut(ni)
             .for_each(|row| row.iter_mut().zip(&o.known_bias).for_each(|(x, b)| *x += b));
-        s
     }))
 }

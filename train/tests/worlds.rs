@@ -190,7 +190,7 @@ fn hand_case() -> (Dataset, Vec<f32>) {
 fn metrics_match_a_hand_computed_case() {
     let (d, row) = hand_case();
     let cls = eval::classes(&d);
-    let m = eval::evaluate(&d, &cls, |users| row.repeat(users.len()));
+    let m = eval::evaluate(&d, &cls, |users, s| *s = row.repeat(users.len()));
     // User 0 ranks 1, 2, 3, …: item 5 at position 4, item 60 at 59. User 1
     // ranks 0, 3, 4, …: item 110 at position 108.
     assert_eq!(m.recall, [1.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0]);
