@@ -166,13 +166,13 @@ impl<'a> MnsInput<'a> {
     /// the weights); on success return the validated view.
     pub fn validate(&self) -> Result<Problem<'a>, MnsError> {
         let (b, n, k) = self.dims()?;
-        check_len("log_q", self.log_q.len(), n)?;
-        if let Some(ids) = self.ids {
-            check_len("ids", ids.len(), n)?;
-        }
-        if let Some(w) = self.row_weight {
-            check_len("row_weight", w.len(), b)?;
-        }
+        check_side_lengths(
+            b,
+            n,
+            self.log_q.len(),
+            self.ids.map(<[i64]>::len),
+            self.row_weight.map(<[f32]>::len),
+        )?;
         let t = self.temperature;
         check_temperature(t)?;
         check_finite("u", self.u)?;
@@ -232,6 +232,12 @@ pub(crate) fn shape(
         }
     }
     let (b, n) = (u_len / k, v_len / k);
+    check_rows(b, n, offset)?;
+    Ok((b, n, k))
+}
+
+/// B ≥ 1, N ≥ B and a positive offset ≤ N − B.
+fn check_rows(b: usize, n: usize, offset: usize) -> Result<(), MnsError> {
     if b == 0 {
         return Err(MnsError::EmptyBatch);
     }
@@ -241,7 +247,46 @@ pub(crate) fn shape(
     if offset > n - b {
         return Err(MnsError::PositiveOffset { offset, b, n });
     }
-    Ok((b, n, k))
+    Ok(())
+}
+
+/// log_q and the optional ids of length N, the optional row weights of B.
+fn check_side_lengths(
+    b: usize,
+    n: usize,
+    log_q_len: usize,
+    ids_len: Option<usize>,
+    row_weight_len: Option<usize>,
+) -> Result<(), MnsError> {
+    check_len("log_q", log_q_len, n)?;
+    if let Some(len) = ids_len {
+        check_len("ids", len, n)?;
+    }
+    if let Some(len) = row_weight_len {
+        check_len("row_weight", len, b)?;
+    }
+    Ok(())
+}
+
+/// The shape checks of [`MnsInput::validate`] for callers that hold shapes
+/// rather than slices (a front end that traces, such as JAX's): B rows of u,
+/// N rows of v, K components, the positive offset, and the lengths of
+/// log_q, the ids and the row weights (None when absent). The same errors,
+/// in the same order.
+pub fn check_shapes(
+    b: usize,
+    n: usize,
+    k: usize,
+    positive_offset: usize,
+    log_q_len: usize,
+    ids_len: Option<usize>,
+    row_weight_len: Option<usize>,
+) -> Result<(), MnsError> {
+    if k == 0 {
+        return Err(MnsError::ZeroDim);
+    }
+    check_rows(b, n, positive_offset)?;
+    check_side_lengths(b, n, log_q_len, ids_len, row_weight_len)
 }
 
 /// τ finite and > 0, with 1/τ finite in f32 too: τ below ~2.9e-39 would make

@@ -426,3 +426,48 @@ fn cpu_backends_refuse_lower_precision_tiers() {
         assert!(be.mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2)).is_ok());
     }
 }
+
+/// (B, N, K, offset, log_q length, ids length, weights length).
+type Shapes = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    Option<usize>,
+    Option<usize>,
+);
+
+/// `check_shapes` (shapes alone, for front ends that trace) gives the error
+/// `MnsInput::validate` gives for the same shapes, and none for good ones.
+#[test]
+fn shape_checks_from_shapes_alone_agree_with_validate() {
+    let zeros = |n: usize| vec![0.0f32; n];
+    // (B, N, K, offset, log_q length, ids length, weights length)
+    let cases: [Shapes; 9] = [
+        (2, 5, 3, 0, 5, None, None),
+        (2, 5, 3, 3, 5, Some(5), Some(2)),
+        (0, 5, 3, 0, 5, None, None),
+        (2, 5, 0, 0, 5, None, None),
+        (6, 5, 3, 0, 5, None, None),
+        (2, 5, 3, 4, 5, None, None),
+        (2, 5, 3, 0, 4, None, None),
+        (2, 5, 3, 0, 5, Some(4), None),
+        (2, 5, 3, 0, 5, None, Some(3)),
+    ];
+    for (b, n, k, o, lq, ids, w) in cases {
+        let (u, v, log_q) = (zeros(b * k), zeros(n * k), zeros(lq));
+        let ids_v = ids.map(|l| (0..l as i64).collect::<Vec<_>>());
+        let w_v = w.map(zeros);
+        let mut input = MnsInput::new(&u, &v, &log_q, k).positive_offset(o);
+        if let Some(ids) = &ids_v {
+            input = input.ids(ids);
+        }
+        if let Some(w) = &w_v {
+            input = input.row_weight(w);
+        }
+        let want = input.validate().err();
+        let got = mixneg::check_shapes(b, n, k, o, lq, ids, w).err();
+        assert_eq!(got, want, "B = {b}, N = {n}, K = {k}, offset {o}");
+    }
+}

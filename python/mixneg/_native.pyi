@@ -54,6 +54,16 @@ def mns_loss_cuda(
     d_v: int,
     d_temperature: int,
 ) -> None: ...
+def check_shapes(
+    b: int,
+    k: int,
+    n: int,
+    kv: int,
+    positive_offset: int,
+    log_q_len: int,
+    ids_len: Optional[int],
+    row_weight_len: Optional[int],
+) -> None: ...
 def check_values(
     b: int,
     n: int,

@@ -175,19 +175,6 @@ def mns_loss(
     positive_offset = _common.index("positive_offset", positive_offset, 0)
     b, k = q.shape
     n, kc = c.shape
-    if kc != k:
-        raise ValueError(f"query has K = {k} columns but candidates has {kc}")
-    if b == 0:
-        raise ValueError("empty batch: query has no rows (B = 0)")
-    if n < b:
-        raise ValueError(f"candidates has N = {n} rows but query has B = {b}; need N >= B")
-    if not 0 <= positive_offset <= n - b:
-        raise ValueError(
-            f"positive_offset = {positive_offset} is out of range: with B = {b} queries and N = {n} "
-            f"candidates it must be at most N - B = {n - b}"
-        )
-    if lq.shape[0] != n:
-        raise ValueError(f"log_q has length {lq.shape[0]}, expected {n}")
     t = temperature
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         t = jnp.asarray(t, dtype=q.dtype)
@@ -199,28 +186,28 @@ def mns_loss(
         ids = jnp.asarray(ids) if not isinstance(ids, (jax.Array, jax.core.Tracer)) else ids
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"ids must be an integer array, got dtype {ids.dtype}")
-        if ids.shape != (n,):
-            raise ValueError(f"ids has shape {tuple(ids.shape)}, expected ({n},)")
+        if ids.ndim != 1:
+            raise ValueError(f"ids must have 1 dimension, got shape {tuple(ids.shape)}")
     else:
         ids = jnp.zeros((0,), jnp.int32)
     has_w = row_weight is not None
     if has_w:
         w = _float("row_weight", row_weight, 1)
-        if w.shape[0] != b:
-            raise ValueError(f"row_weight has length {w.shape[0]}, expected {b}")
     else:
         w = jnp.zeros((0,), q.dtype)
+    # Shapes are static under tracing: the crate's checks, with its messages.
+    _native.check_shapes(
+        b, k, n, kc, positive_offset, lq.shape[0], ids.shape[0] if has_ids else None, w.shape[0] if has_w else None
+    )
     if _is_concrete(q, c, lq, t, w):
-        # Concrete inputs: the value checks run here, as ValueError (under jit
-        # they run in the callback).
-        tv = float(t)
-        if not (np.isfinite(tv) and tv > 0):
-            raise ValueError(f"temperature must be finite and > 0, got {tv}")
-        for name, x in (("query", q), ("candidates", c), ("log_q", lq), ("row_weight", w)):
-            xs = np.asarray(x)
-            bad = ~np.isfinite(xs)
-            if bad.any():
-                i = int(np.flatnonzero(bad.ravel())[0])
-                raise ValueError(f"{name}[{i}] = {xs.ravel()[i]} is not finite")
+        # Concrete inputs: the crate's value checks run here, as ValueError
+        # with its messages (under jit they run in the callback).
+        summary = _common.host_summary(
+            np.asarray(q, np.float32),
+            np.asarray(c, np.float32),
+            np.asarray(lq, np.float32),
+            np.asarray(w, np.float32) if has_w else None,
+        )
+        _native.check_values(b, n, float(t), *summary)
     f = _op(bool(correct_positive), int(positive_offset), reduction, has_ids, has_w)
     return f(q, c, lq, t, ids, w)

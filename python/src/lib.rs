@@ -54,6 +54,39 @@ fn backend(threads: usize) -> PyResult<CpuBackend> {
     Ok(b)
 }
 
+/// The crate takes flat rows and one K: a v with another row length could
+/// otherwise be read as a different number of K-long rows.
+fn same_k(k: usize, kv: usize) -> PyResult<()> {
+    if kv == k {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "u has K = {k} columns but v has {kv}: queries and candidates must have the same embedding dimension"
+        )))
+    }
+}
+
+/// The shape checks of a call, from shapes alone (for a front end that
+/// traces, such as JAX's): u B×K, v N×`kv`, log_q, ids and row weights of
+/// the given lengths (None: absent). Raises the errors `mns_loss` would.
+#[pyfunction]
+#[pyo3(signature = (b, k, n, kv, positive_offset, log_q_len, ids_len, row_weight_len))]
+#[allow(clippy::too_many_arguments)]
+fn check_shapes(
+    b: usize,
+    k: usize,
+    n: usize,
+    kv: usize,
+    positive_offset: usize,
+    log_q_len: usize,
+    ids_len: Option<usize>,
+    row_weight_len: Option<usize>,
+) -> PyResult<()> {
+    same_k(k, kv)?;
+    mixneg::check_shapes(b, n, k, positive_offset, log_q_len, ids_len, row_weight_len)
+        .map_err(to_py)
+}
+
 /// The tier a Python string names.
 fn precision(name: &str) -> PyResult<Precision> {
     match name {
@@ -124,13 +157,7 @@ fn mns_loss<'py>(
     let tier = self::precision(precision)?;
     let [b, k] = [u.shape()[0], u.shape()[1]];
     let [n, kv] = [v.shape()[0], v.shape()[1]];
-    // The crate takes flat rows and one K: a v with another row length could
-    // otherwise be read as a different number of K-long rows.
-    if kv != k {
-        return Err(PyValueError::new_err(format!(
-            "u has K = {k} columns but v has {kv}: queries and candidates must have the same embedding dimension"
-        )));
-    }
+    same_k(k, kv)?;
     check_temperature(temperature)?;
     let backend = backend(threads)?;
     let (us, vs, lqs) = (slice("u", &u)?, slice("v", &v)?, slice("log_q", &log_q)?);
@@ -351,14 +378,15 @@ fn cuda_scratch_bytes(
     Ok(cuda_backend(device)?.scratch_bytes(b, n, k, self::precision(precision)?))
 }
 
-/// The module: `mns_loss`, `mns_loss_cuda`, `check_values`, `cuda_unavailable`,
-/// `cuda_scratch_bytes`, `backend_info`, `__version__`.
+/// The module: `mns_loss`, `mns_loss_cuda`, `check_shapes`, `check_values`,
+/// `cuda_unavailable`, `cuda_scratch_bytes`, `backend_info`, `__version__`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mns_loss, m)?)?;
     m.add_function(wrap_pyfunction!(mns_loss_cuda, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_unavailable, m)?)?;
     m.add_function(wrap_pyfunction!(check_values, m)?)?;
+    m.add_function(wrap_pyfunction!(check_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_scratch_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(backend_info, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -140,7 +140,7 @@ def test_jax_bad_input():
         (lambda: mj.mns_loss(u, v, lq[:-1]), ValueError, "log_q has length 9"),
         (lambda: mj.mns_loss(u, v, lq, temperature=0.0), ValueError, "temperature"),
         (lambda: mj.mns_loss(u, v, lq, positive_offset=7), ValueError, "out of range"),
-        (lambda: mj.mns_loss(u.at[0, 0].set(jnp.nan), v, lq), ValueError, "query[0] = nan is not finite"),
+        (lambda: mj.mns_loss(u.at[0, 0].set(jnp.nan), v, lq), ValueError, "u[0] = NaN is not finite"),
         (lambda: mj.mns_loss(u, v, lq, ids=jnp.zeros(N)), TypeError, "integer"),
         (lambda: mj.mns_loss(u, v, lq, reduction="avg"), ValueError, "reduction"),
     ]:
