@@ -4,7 +4,7 @@ data, forward + backward to both embeddings, on one CUDA device.
 
 The problem is the one every peer can express: no accidental-hit removal,
 logits s_ij = ⟨u_i, v_j⟩/τ − log Q_j, the positive of query i is candidate i,
-τ = 0.05, mean over the rows; the data is mixneg's `synthetic::Synthetic`
+τ = 0.05, mean over the rows; the data is mixneg-train's `synthetic::Synthetic`
 regenerated bit for bit (benches/peers/peers.py), so `mixneg gpu-bench`
 times the same call. Rows:
 

@@ -21,8 +21,8 @@
 mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mixneg::synthetic::Synthetic;
 use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, ReferenceBackend};
+use mixneg_train::synthetic::Synthetic;
 use mixneg_train::tower::{matmul, matmul_at_b};
 use std::hint::black_box;
 

@@ -45,7 +45,6 @@ mod error;
 mod input;
 mod output;
 pub mod reference;
-pub mod synthetic;
 
 pub use cpu::{CpuBackend, Kernel};
 #[cfg(feature = "cuda")]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The MNS loss of docs/design.md §2 in NumPy, JAX and PyTorch, materializing the
 B×N logits as those libraries do, on mixneg's synthetic data (regenerated bit
-for bit, see src/synthetic.rs): τ = 0.05, logQ correction on every column,
+for bit, see train/src/synthetic.rs): τ = 0.05, logQ correction on every column,
 accidental hits removed, forward + backward (dL/dU, dL/dV).
 
 usage: peers.py IMPL B BPRIME K [--reps R]
@@ -38,7 +38,7 @@ def unit(idx):
 
 
 def synthetic(b, bp, k, seed=1):
-    """mixneg::synthetic::Synthetic::new(b, bp, k, seed), bit for bit."""
+    """mixneg_train::synthetic::Synthetic::new(b, bp, k, seed), bit for bit."""
     n = b + bp
     scale = np.float32(3.46) / np.float32(math.sqrt(k))
     base = np.uint64(seed << 32)

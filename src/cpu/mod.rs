@@ -39,6 +39,7 @@ use rows::Rows;
 use scratch::ScratchPool;
 use simd::Simd;
 use std::sync::Arc;
+#[cfg(feature = "testing")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Environment variable that forces a CPU kernel in [`CpuBackend::from_env`]:
@@ -60,6 +61,7 @@ pub enum Kernel {
     Avx512,
 }
 
+#[cfg(feature = "testing")]
 static CALLS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
 impl Kernel {
@@ -106,8 +108,9 @@ impl Kernel {
     }
 
     /// How many calls this kernel has run in this process — a test hook
-    /// that lets tests prove that a forced kernel really ran.
-    #[doc(hidden)]
+    /// (feature `testing`) that lets tests prove that a forced kernel really
+    /// ran.
+    #[cfg(feature = "testing")]
     pub fn calls_run(self) -> u64 {
         CALLS[self as usize].load(Ordering::Relaxed)
     }
@@ -275,6 +278,7 @@ impl CpuBackend {
     /// Runs [`CpuBackend::compute`] for this backend's kernel: the one
     /// dispatch of a call.
     fn dispatch(&self, p: &Problem<'_>, out: &mut MnsOutput, forward_only: bool) {
+        #[cfg(feature = "testing")]
         CALLS[self.kernel as usize].fetch_add(1, Ordering::Relaxed);
         match self.kernel {
             // SAFETY: Portable's operations need no CPU feature.

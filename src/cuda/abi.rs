@@ -226,6 +226,7 @@ pub enum Params {
     Merge(MergeParams),
 }
 
+#[cfg(feature = "testing")]
 fn logit_bytes(x: &Logits, out: &mut Vec<u8>) {
     for a in [x.u, x.v, x.log_q, x.ids] {
         out.extend(a.to_le_bytes());
@@ -237,6 +238,7 @@ fn logit_bytes(x: &Logits, out: &mut Vec<u8>) {
     out.extend(x.pad.to_le_bytes());
 }
 
+#[cfg(feature = "testing")]
 impl Params {
     /// The struct's memory image: its fields' little-endian bytes in order
     /// (there is no padding; a test checks the length against `size_of`).
@@ -331,27 +333,43 @@ pub struct Launch {
 /// buffer numbers in the emulator). 0 is null.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Buffers {
+    /// B×K queries.
     pub u: u64,
+    /// N×K candidates.
     pub v: u64,
+    /// N log Q.
     pub log_q: u64,
-    /// 0 without ids.
+    /// N ids; 0 without ids.
     pub ids: u64,
-    /// 0 without row weights.
+    /// B row weights; 0 without row weights.
     pub row_weight: u64,
+    /// splits × B partial maxima.
     pub part_m: u64,
+    /// splits × B partial sums.
     pub part_s: u64,
     /// splits × B × K (tensor-core path only; 0 otherwise).
     pub part_o: u64,
+    /// B lse.
     pub lse: u64,
+    /// B ℓ.
     pub row_loss: u64,
+    /// B top-1 flags (i32).
     pub top1: u64,
+    /// B w·ℓ.
     pub wloss: u64,
+    /// B row maxima.
     pub mrow: u64,
+    /// B row coefficients.
     pub coef: u64,
+    /// B diagonal terms.
     pub gdiag: u64,
+    /// The loss (one f32).
     pub loss: u64,
+    /// B×K ∂L/∂U.
     pub d_u: u64,
+    /// N×K ∂L/∂V.
     pub d_v: u64,
+    /// ∂L/∂τ (one f32).
     pub d_temperature: u64,
     /// [`dtau_parts`]`(B·K)` f64 partial sums of ∂L/∂τ.
     pub dtau_part: u64,
@@ -521,10 +539,12 @@ pub fn launches(
 }
 
 /// One struct of [`layout`]: its C name, its size and (field, offset) pairs.
+#[cfg(feature = "testing")]
 pub type StructLayout = (&'static str, usize, Vec<(&'static str, usize)>);
 
 /// The Rust side of the ABI: (C struct name, size, [(field, offset)]), the
 /// names as in `kernels/mns.cu` (nested `MnsLogits` fields as `x.u`, …).
+#[cfg(feature = "testing")]
 pub fn layout() -> Vec<StructLayout> {
     use std::mem::{offset_of, size_of};
     let x = |base: usize| -> Vec<(&'static str, usize)> {
@@ -628,7 +648,7 @@ pub fn layout() -> Vec<StructLayout> {
     ]
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
 

@@ -32,8 +32,8 @@ pub fn is_available() -> Result<(), String> {
 }
 
 /// The result of compiling [`SOURCE`] for one architecture.
-#[doc(hidden)]
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub struct Compiled {
     /// The target, e.g. `sm_90`.
     pub arch: String,
@@ -48,13 +48,11 @@ pub struct Compiled {
 /// Compile the kernels for `arch` (e.g. `sm_90`) to a CUBIN with NVRTC;
 /// `verbose` adds `--ptxas-options=-v` so the log reports registers, shared
 /// memory, stack and spills per kernel. Needs only `libnvrtc`, no GPU.
-#[doc(hidden)]
 pub fn compile(arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
     compile_source(SOURCE, arch, verbose)
 }
 
 /// [`compile`] for any source text (a test compiles a broken one).
-#[doc(hidden)]
 pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
     if !nvrtc_available() {
         return Err(MnsError::CudaUnavailable(

@@ -17,22 +17,28 @@
 //! * [`CudaBackend::mns_loss_raw`] — the same on another library's device
 //!   addresses and stream (PyTorch's tensors, from the Python package).
 //!
-//! The launch sequence of one call is [`abi::launches`]: the SIMT path's
+//! The launch sequence of one call is `abi::launches`: the SIMT path's
 //! forward, row merge, loss, dU, dV and ∂L/∂τ (two launches), or the
 //! tensor-core path's forward + O, row merge, loss, dU merge, dV and ∂L/∂τ
 //! (see the header of `mns.cu`). Each kernel takes one parameter struct that
-//! [`abi`] mirrors; the CPU emulator of the tests runs the same list.
+//! `abi` mirrors; the CPU emulator of the tests runs the same list.
 
-#[doc(hidden)]
+// The ABI, the grid plan and the NVRTC compile are public only with the
+// `testing` feature, for the crate's own tests (the emulator and ptxas).
+#[cfg(feature = "testing")]
 pub mod abi;
+#[cfg(not(feature = "testing"))]
+mod abi;
 mod compile;
 mod plan;
 
 use compile::cubin_for;
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub use compile::{Compiled, compile, compile_source};
 pub use compile::{cubin_cache_dir, is_available, nvrtc_available};
-#[doc(hidden)]
+#[cfg(not(feature = "testing"))]
+use plan::Plan;
+#[cfg(feature = "testing")]
 pub use plan::{Plan, Tc, tc_smem_bytes};
 
 use crate::{Backend, ErrorSource, MnsError, MnsInput, MnsOutput};
@@ -296,11 +302,27 @@ impl CudaBackend {
     /// the tensor-core kernels when enabled and K is within a class this
     /// device's shared memory holds (K ≤ 128 on sm_80 and sm_90), else the
     /// SIMT ones.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn plan(&self, b: usize, n: usize, k: usize, precision: crate::Precision) -> Plan {
+        self.plan_of(b, n, k, precision)
+    }
+
+    fn plan_of(&self, b: usize, n: usize, k: usize, precision: crate::Precision) -> Plan {
         Plan::tensor_core(b, n, k, self.sms, precision)
             .filter(|p| self.tensor_cores && p.tc.is_some_and(|t| t.class < self.tc_classes))
             .unwrap_or_else(|| Plan::new(b, n, k, self.sms))
+    }
+
+    /// Whether a B×N×K call at `precision` runs on the tensor-core kernels
+    /// (else on the SIMT ones, at f32 whatever the precision).
+    pub fn uses_tensor_cores(
+        &self,
+        b: usize,
+        n: usize,
+        k: usize,
+        precision: crate::Precision,
+    ) -> bool {
+        self.plan_of(b, n, k, precision).tc.is_some()
     }
 
     /// Device memory one call allocates besides its inputs and outputs, in
@@ -313,7 +335,7 @@ impl CudaBackend {
         k: usize,
         precision: crate::Precision,
     ) -> usize {
-        let plan = self.plan(b, n, k, precision);
+        let plan = self.plan_of(b, n, k, precision);
         let part_o = if plan.tc.is_some() {
             plan.splits * b * k
         } else {
@@ -364,8 +386,8 @@ impl CudaBackend {
 
     /// [`Self::mns_loss_device`] with a pair of CUDA events around each
     /// launch; synchronizes `stream` and returns each launch's kernel name
-    /// and milliseconds, in launch order (`gpu-bench`'s breakdown).
-    #[doc(hidden)]
+    /// and milliseconds, in launch order (`mixneg gpu-bench` prints them):
+    /// which kernel holds a call back.
     pub fn mns_loss_device_timed(
         &self,
         stream: &Arc<CudaStream>,
@@ -546,7 +568,7 @@ impl CudaBackend {
         forward_only: bool,
         mut events: Option<&mut Vec<TimedLaunch>>,
     ) -> Result<(), MnsError> {
-        let plan = self.plan(b, n, k, precision);
+        let plan = self.plan_of(b, n, k, precision);
         let part_m = stream.alloc_zeros::<f32>(plan.splits * b)?;
         let part_s = stream.alloc_zeros::<f32>(plan.splits * b)?;
         let part_o = stream.alloc_zeros::<f32>(if plan.tc.is_some() {

@@ -7,7 +7,6 @@ use crate::Precision;
 /// plan); a pure function of the shape, the path and the device's
 /// multiprocessor count, shared by the launches and by the tests that run
 /// the kernels on the CPU.
-#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     /// Column splits of the forward kernel.
@@ -28,7 +27,6 @@ pub struct Plan {
 }
 
 /// The tensor-core kernels of one call (`mns_fwd_tc_*`, `mns_dv_tc_*`).
-#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tc {
     /// K class: 0 for K ≤ 32, 1 for K ≤ 64, 2 for K ≤ 128.

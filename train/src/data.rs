@@ -42,7 +42,7 @@
 //! field, in [`crate::recbole`].
 
 use crate::Error;
-use mixneg::synthetic::splitmix;
+use crate::synthetic::splitmix;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;

@@ -78,7 +78,7 @@ impl StreamingEstimator {
     }
 
     fn bucket(&self, h: usize, item: u32) -> usize {
-        (mixneg::synthetic::splitmix(item as u64 ^ self.seeds[h]) % self.a[h].len() as u64) as usize
+        (crate::synthetic::splitmix(item as u64 ^ self.seeds[h]) % self.a[h].len() as u64) as usize
     }
 
     /// The raw state (A, B, step, batch) for checkpoints.
@@ -307,7 +307,7 @@ mod tests {
             .collect();
         let mut rng = 12345u64;
         let mut draw = || {
-            rng = mixneg::synthetic::splitmix(rng);
+            rng = crate::synthetic::splitmix(rng);
             let x = (rng >> 11) as f64 / (1u64 << 53) as f64;
             cdf.partition_point(|&c| c < x).min(items as usize - 1) as u32
         };

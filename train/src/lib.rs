@@ -17,6 +17,7 @@ pub mod freq;
 pub mod io;
 pub mod recbole;
 mod report;
+pub mod synthetic;
 pub mod tower;
 
 use data::Dataset;

@@ -2,8 +2,8 @@
 //! safetensors file (`loss`), or time it on a random problem (`demo`).
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mixneg::synthetic::Synthetic;
 use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput, ReferenceBackend};
+use mixneg_train::synthetic::Synthetic;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -360,7 +360,7 @@ fn demo(
     }
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
-    let flops = 6.0 * b as f64 * n as f64 * k as f64;
+    let flops = input.validate()?.flops();
     println!(
         "  loss {:.6}   in-batch top-1 {:.1}%   median {:.2} ms over {} runs   {:.1} effective GFLOP/s (6·B·N·K / time)",
         out.loss,
@@ -423,7 +423,7 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
     // Every path this GPU has, side by side on the same data: the SIMT
     // kernels, then the tensor-core ones at each precision.
     let mut paths = vec![("simt f32", false, mixneg::Precision::F32)];
-    if gpu.plan(b, n, k, mixneg::Precision::F32).tc.is_some() {
+    if gpu.uses_tensor_cores(b, n, k, mixneg::Precision::F32) {
         paths.push(("tc f32", true, mixneg::Precision::F32));
         paths.push(("tc tf32", true, mixneg::Precision::Tf32));
         paths.push(("tc bf16", true, mixneg::Precision::Bf16));

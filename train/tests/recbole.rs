@@ -159,7 +159,7 @@ fn write_medium(d: &Path) -> PathBuf {
     let mut inter = String::from("user_id:token\titem_id:token\trating:float\ttimestamp:float\n");
     let mut x = 17u64;
     let mut next = |n: u64| {
-        x = mixneg::synthetic::splitmix(x);
+        x = mixneg_train::synthetic::splitmix(x);
         x % n
     };
     for u in 0..300 {

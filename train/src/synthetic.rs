@@ -64,8 +64,8 @@ impl Synthetic {
     }
 
     /// The input at temperature 0.05 with accidental-hit removal.
-    pub fn input(&self) -> crate::MnsInput<'_> {
-        crate::MnsInput::new(&self.u, &self.v, &self.log_q, self.k)
+    pub fn input(&self) -> mixneg::MnsInput<'_> {
+        mixneg::MnsInput::new(&self.u, &self.v, &self.log_q, self.k)
             .temperature(0.05)
             .ids(&self.ids)
     }
