@@ -1,23 +1,25 @@
-// mixneg — the fused Mixed-Negative-Sampling loss on NVIDIA GPUs, f32.
+// mixneg — the fused Mixed-Negative-Sampling loss on NVIDIA GPUs.
 //
-// Semantics (docs/design.md §2): s_ij = <u_i, v_j>/tau - log_q[j] (no correction on
-// j = i unless correct_positive), s_ij = -inf for j != i with ids[j] == ids[i];
-// lse_i = log sum_j exp(s_ij), l_i = lse_i - s_ii, L = (1/B) sum_i w_i l_i;
-// G_ij = (w_i/B)(P_ij - delta_ij); dU = G V / tau, dV = G^T U / tau.
+// What every kernel computes is docs/design.md §2 (the loss, the positive
+// offset o, accidental hits, the gradients); the kernel parameters mirror
+// src/cuda/abi.rs. One file, because NVRTC compiles one source and the CPU
+// emulator of the tests includes it whole; its sections: building blocks
+// (rounding, mma.sync, cp.async), the parameter structs, the SIMT path, the
+// tensor-core path.
 //
-// FlashAttention-2's scheme, never storing the B x N logits: every kernel
-// recomputes 64 x 64 logit tiles from U and V staged through shared memory
-// in 16-wide K slices, accumulating in f32 registers.
-//
-// Kernels, in launch order (one stream, no atomics: every result is
+// No kernel stores the B x N logits: each recomputes 64 x 64 logit tiles
+// from U and V staged through shared memory, accumulating in f32 registers
+// (FlashAttention-2's scheme). One stream, no atomics: every result is
 // produced by a fixed sequence of f32/f64 operations, so runs are
-// bit-for-bit reproducible):
+// bit-for-bit reproducible.
+//
+// The SIMT path (any GPU, any K), in launch order:
 //
 //   mns_fwd_f32   grid (ceil(B/64), splits), 256 threads. Block (x, y) owns
 //                 rows 64x..64x+63 and the y-th range of `cols_per_split`
 //                 columns; thread (ty, tx) = (tid/16, tid%16) computes rows
 //                 ty+16i and columns tx+16j (i, j < 4) of each tile and keeps
-//                 an online (max, sum) per row excluding the diagonal; the 16
+//                 an online (max, sum) per row excluding the positive; the 16
 //                 threads of a row reduce with half-warp shuffles. Writes one
 //                 partial (max, sum) per row and split. The column split keeps
 //                 the GPU full when B is small.
@@ -27,19 +29,19 @@
 //                 G_ii/tau = -w_i S'/(B tau (e_ii + S')) (S' the off-diagonal
 //                 sum: no cancellation when the positive dominates).
 //   mns_loss_f32  one block: L = (1/B) sum_i w_i l_i, fixed-order f64 tree.
-//   mns_du_f32    grid (ceil(B/64), ceil(K/64)): block owns a 64-row x 64-
-//                 component tile of dU in registers and sweeps all columns:
-//                 logit tile -> G tile (shared) -> dU += G V_tile.
+//   mns_du_f32,   grid (ceil(B/64) or ceil(N/64), ceil(K/64)), one template
+//   mns_dv_f32    (mns_grad_simt): a block owns a 64-row x 64-component tile
+//                 of dU (or dV) in registers and sweeps the other side:
+//                 logit tile -> G tile (shared) -> dU += G V (dV += G^T U).
+//                 10 B N K flops in all for 6 B N K useful (the logits are
+//                 recomputed once more per 64-component slice when K > 64),
+//                 chosen over one backward kernel with atomic dU for
+//                 determinism.
 //   mns_dtau_f32  dL/dtau = -<U, dU>/tau: per-block f64 partials, then
 //                 their fixed-order sum (two launches).
-//   mns_dv_f32    grid (ceil(N/64), ceil(K/64)): block owns a 64-candidate x
-//                 64-component tile of dV and sweeps all rows:
-//                 logit tile -> G tile (shared) -> dV += G^T U_tile.
 //
-// Versions: v1 (this file) — f32 SIMT, separate dU and dV kernels, each
-// recomputing the logit tile (10 B N K flops in all, for 6 B N K useful):
-// chosen over one backward kernel with atomic dU for determinism. When K > 64
-// the dU/dV kernels of each 64-component slice recompute the logits again.
+// The tensor-core path (sm_80 and newer, K <= 128) is described where it
+// starts, below.
 //
 // All index arithmetic that can exceed 2^31 (row * K, split * B) is 64-bit.
 
@@ -495,23 +497,33 @@ struct MnsBwdSmem {
     float w[MNS_BM][MNS_KC + 1];   // V (dU) or U (dV) slice, [row or col][component]
 };
 
-extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(const MnsGradParams p)
+// dU (DV false) or dV (DV true), one block per 64 owned rows of the output
+// (queries for dU, candidates for dV) and 64-component slice kc0: the block
+// sweeps every tile of the other side, recomputes the 64 x 64 logit tile
+// (always queries x candidates), forms G/tau in shared memory and
+// accumulates G V (dU) or G^T U (dV) for its slice in registers.
+template <bool DV>
+__device__ __forceinline__ void mns_grad_simt(const MnsGradParams& p)
 {
     MNS_UNPACK_LOGITS(p.x);
     const float* __restrict__ mrow = p.mrow;
     const float* __restrict__ coef = p.coef;
     const float* __restrict__ gdiag = p.gdiag;
-    float* __restrict__ d_u = p.out;
+    float* __restrict__ out = p.out;
     __shared__ MnsBwdSmem sm;
     mns_smem_poison(&sm, sizeof sm);
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
-    const i64 r0 = (i64)blockIdx.x * MNS_BM;
+    const i64 own0 = (i64)blockIdx.x * MNS_BM;  // first owned row of the output
     const i64 kc0 = (i64)blockIdx.y * MNS_KC;
-    float acc[4][4];
+    const i64 own_rows = DV ? n : b, other_rows = DV ? b : n;
+    // The side streamed against the G tile: V for dU, U for dV.
+    const float* __restrict__ w_src = DV ? u : v;
+    float acc[4][4];  // [owned row ty+16i][component tx+16j]
     for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
-    for (i64 c0 = 0; c0 < n; c0 += MNS_BN) {
+    for (i64 t0 = 0; t0 < other_rows; t0 += MNS_BN) {
+        const i64 r0 = DV ? t0 : own0, c0 = DV ? own0 : t0;
         float dot[4][4];
         mns_dot_tile(sm.t, dot, u, b, r0, v, n, c0, k, tid, ty, tx);
         for (int i = 0; i < 4; ++i)
@@ -519,77 +531,32 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(const MnsGradPar
                 sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n, offset,
                                                           log_q, ids, inv_tau, mrow, coef, gdiag);
         for (int idx = tid; idx < MNS_BN * MNS_KC; idx += MNS_NT) {
-            const int c = idx / MNS_KC, kk = idx % MNS_KC;
-            const i64 gc = c0 + c, gk = kc0 + kk;
-            sm.w[c][kk] = (gc < n && gk < k) ? v[gc * k + gk] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll 4
-        for (int c = 0; c < MNS_BN; ++c) {
-            float gv[4], vv[4];
-            for (int i = 0; i < 4; ++i) gv[i] = sm.g[ty + 16 * i][c];
-            for (int j = 0; j < 4; ++j) vv[j] = sm.w[c][tx + 16 * j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(gv[i], vv[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-    for (int i = 0; i < 4; ++i) {
-        const i64 row = r0 + ty + 16 * i;
-        for (int j = 0; j < 4; ++j) {
-            const i64 c = kc0 + tx + 16 * j;
-            if (row < b && c < k) d_u[row * k + c] = acc[i][j];
-        }
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradParams p)
-{
-    MNS_UNPACK_LOGITS(p.x);
-    const float* __restrict__ mrow = p.mrow;
-    const float* __restrict__ coef = p.coef;
-    const float* __restrict__ gdiag = p.gdiag;
-    float* __restrict__ d_v = p.out;
-    __shared__ MnsBwdSmem sm;
-    mns_smem_poison(&sm, sizeof sm);
-    const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
-    const i64 c0 = (i64)blockIdx.x * MNS_BN;
-    const i64 kc0 = (i64)blockIdx.y * MNS_KC;
-    float acc[4][4];  // [candidate ty+16i][component tx+16j]
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-
-    for (i64 r0 = 0; r0 < b; r0 += MNS_BM) {
-        float dot[4][4];
-        mns_dot_tile(sm.t, dot, u, b, r0, v, n, c0, k, tid, ty, tx);
-        for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 4; ++j)
-                sm.g[ty + 16 * i][tx + 16 * j] = mns_grad(dot[i][j], r0 + ty + 16 * i, c0 + tx + 16 * j, b, n, offset,
-                                                          log_q, ids, inv_tau, mrow, coef, gdiag);
-        for (int idx = tid; idx < MNS_BM * MNS_KC; idx += MNS_NT) {
             const int r = idx / MNS_KC, kk = idx % MNS_KC;
-            const i64 gr = r0 + r, gk = kc0 + kk;
-            sm.w[r][kk] = (gr < b && gk < k) ? u[gr * k + gk] : 0.0f;
+            const i64 gr = t0 + r, gk = kc0 + kk;
+            sm.w[r][kk] = (gr < other_rows && gk < k) ? w_src[gr * k + gk] : 0.0f;
         }
         __syncthreads();
 #pragma unroll 4
-        for (int r = 0; r < MNS_BM; ++r) {
-            float gv[4], uv[4];
-            for (int i = 0; i < 4; ++i) gv[i] = sm.g[r][ty + 16 * i];
-            for (int j = 0; j < 4; ++j) uv[j] = sm.w[r][tx + 16 * j];
+        for (int x = 0; x < MNS_BN; ++x) {
+            float gv[4], wv[4];
+            for (int i = 0; i < 4; ++i) gv[i] = DV ? sm.g[x][ty + 16 * i] : sm.g[ty + 16 * i][x];
+            for (int j = 0; j < 4; ++j) wv[j] = sm.w[x][tx + 16 * j];
             for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(gv[i], uv[j], acc[i][j]);
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(gv[i], wv[j], acc[i][j]);
         }
         __syncthreads();
     }
     for (int i = 0; i < 4; ++i) {
-        const i64 col = c0 + ty + 16 * i;
+        const i64 row = own0 + ty + 16 * i;
         for (int j = 0; j < 4; ++j) {
             const i64 c = kc0 + tx + 16 * j;
-            if (col < n && c < k) d_v[col * k + c] = acc[i][j];
+            if (row < own_rows && c < k) out[row * k + c] = acc[i][j];
         }
     }
 }
+
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_f32(const MnsGradParams p) { mns_grad_simt<false>(p); }
+extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dv_f32(const MnsGradParams p) { mns_grad_simt<true>(p); }
 
 // dL/dtau = -<U, dU>/tau after dU, in two launches of one kernel (no
 // atomics, so the result is reproducible): phase 0, grid (parts), block x
@@ -621,7 +588,7 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_dtau_f32(const MnsDtauP
 }
 
 // ===========================================================================
-// The tensor-core path (sm_80 and newer), v2: two flash-style kernels at
+// The tensor-core path (sm_80 and newer): two flash-style kernels at
 // 8 B N K flops (the SIMT path above does 10-14), both products of each on
 // mma.sync, plus a small merge.
 //
