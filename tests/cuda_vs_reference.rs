@@ -186,27 +186,49 @@ fn numerical_edges() {
     assert!(out.d_u.iter().chain(&out.d_v).all(|&x| x == 0.0));
 }
 
-#[test]
-fn device_entry_point_matches_host_entry_point() {
-    let Some(be) = gpu() else { return };
-    let c = random_case(31, 200, 600, 48);
+/// A new stream of `be` and the case's u, v, log_q and ids copied to it.
+fn on_device(
+    be: &CudaBackend,
+    c: &Case,
+) -> (
+    std::sync::Arc<cuda::cudarc::driver::CudaStream>,
+    [cuda::cudarc::driver::CudaSlice<f32>; 3],
+    cuda::cudarc::driver::CudaSlice<i64>,
+) {
     let s = be.context().new_stream().unwrap();
-    let u = s.clone_htod(&c.u).unwrap();
-    let v = s.clone_htod(&c.v).unwrap();
-    let lq = s.clone_htod(&c.log_q).unwrap();
+    let f = [&c.u, &c.v, &c.log_q].map(|x| s.clone_htod(x).unwrap());
     let ids = s.clone_htod(c.ids.as_ref().unwrap()).unwrap();
-    let x = DeviceInput {
-        u: &u,
-        v: &v,
-        log_q: &lq,
-        ids: Some(&ids),
+    (s, f, ids)
+}
+
+/// The F32 device input of `c` on buffers made by [`on_device`].
+fn device_input<'a>(
+    c: &Case,
+    u: &'a cuda::cudarc::driver::CudaSlice<f32>,
+    v: &'a cuda::cudarc::driver::CudaSlice<f32>,
+    lq: &'a cuda::cudarc::driver::CudaSlice<f32>,
+    ids: &'a cuda::cudarc::driver::CudaSlice<i64>,
+) -> DeviceInput<'a> {
+    DeviceInput {
+        u,
+        v,
+        log_q: lq,
+        ids: Some(ids),
         row_weight: None,
         dim: c.k,
         temperature: c.temperature,
         correct_positive: true,
         positive_offset: c.positive_offset,
         precision: mixneg::Precision::F32,
-    };
+    }
+}
+
+#[test]
+fn device_entry_point_matches_host_entry_point() {
+    let Some(be) = gpu() else { return };
+    let c = random_case(31, 200, 600, 48);
+    let (s, [u, v, lq], ids) = on_device(be, &c);
+    let x = device_input(&c, &u, &v, &lq, &ids);
     let mut out = DeviceOutput::zeros(&s, c.b(), c.n(), c.k).unwrap();
     be.mns_loss_device(&s, &x, &mut out).unwrap();
     let d_u = s.clone_dtoh(&out.d_u).unwrap();
@@ -249,11 +271,7 @@ fn raw_entry_point_matches_host_entry_point() {
     use mixneg::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
     let Some(be) = gpu() else { return };
     let c = random_case(33, 130, 400, 40);
-    let s = be.context().new_stream().unwrap();
-    let u = s.clone_htod(&c.u).unwrap();
-    let v = s.clone_htod(&c.v).unwrap();
-    let lq = s.clone_htod(&c.log_q).unwrap();
-    let ids = s.clone_htod(c.ids.as_ref().unwrap()).unwrap();
+    let (s, [u, v, lq], ids) = on_device(be, &c);
     let mut out = DeviceOutput::zeros(&s, c.b(), c.n(), c.k).unwrap();
     {
         let (pu, _g1) = u.device_ptr(&s);
@@ -306,18 +324,7 @@ fn raw_entry_point_matches_host_entry_point() {
         "same kernels, same bits"
     );
     assert_eq!(d_v, host.d_v);
-    let x = DeviceInput {
-        u: &u,
-        v: &v,
-        log_q: &lq,
-        ids: Some(&ids),
-        row_weight: None,
-        dim: c.k,
-        temperature: c.temperature,
-        correct_positive: true,
-        positive_offset: c.positive_offset,
-        precision: mixneg::Precision::F32,
-    };
+    let x = device_input(&c, &u, &v, &lq, &ids);
     let timed = be.mns_loss_device_timed(&s, &x, &mut out).unwrap();
     assert_eq!(timed.len(), 7, "{timed:?}");
     assert!(timed.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0));

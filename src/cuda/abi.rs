@@ -9,6 +9,9 @@
 //! off its PTX) and the C++ compiler make of the `.cu` structs (size and
 //! every field offset).
 //!
+//! One file: each struct, its byte image and its layout entry must change
+//! together, and the tests compare them field by field.
+//!
 //! Every struct is laid out without implicit padding (8-byte fields first,
 //! 4-byte fields in pairs), so that [`Params::bytes`] — the fields'
 //! little-endian bytes in order — is the struct's exact memory image.

@@ -1,6 +1,10 @@
 //! The CUDA backend: hand-written kernels (`kernels/mns.cu`) compiled at run
 //! time by NVRTC and launched through `cudarc`.
 //!
+//! One file for the backend's state and its three entry points, which share
+//! the launch code (`enqueue`) and its safety contract; the compile, the plan
+//! and the ABI are in their own modules.
+//!
 //! The crate links nothing CUDA: `cudarc` loads `libcuda` and `libnvrtc`
 //! (version 13) when first used, so building and testing need no toolkit and
 //! no GPU. [`is_available`] probes without panicking (cudarc panics if

@@ -1,5 +1,6 @@
 //! Training data: seeded synthetic worlds, and readers for real
-//! interaction logs.
+//! interaction logs. One file for now: the worlds share the generator, the
+//! feature hashing and the dataset type (a split by job is pending).
 //!
 //! **Synthetic, `--world zipf`** (the original world). Users and items get
 //! planted latent factors a_u, b_i ∈ R^d (N(0, 1/d) entries); items get Zipf

@@ -1,5 +1,9 @@
 //! # mixneg-train — a two-tower trainer on the mixneg kernels
 //!
+//! (One file holds the configuration and the training loop, `train_on`,
+//! with the model-level evaluations; splitting the loop into a `Trainer` is
+//! pending.)
+//!
 //! A minimal but real two-tower trainer, the kernels' first customer:
 //! query and item towers ([`tower`]), MNS batching — B
 //! positives from the training stream plus B′ items drawn uniformly from the

@@ -1,5 +1,8 @@
 """PyTorch front end: ``mns_loss`` with autograd, and the ``MnsLoss`` module.
 
+One module: the custom op, its CPU and CUDA kernels, its fake and autograd
+registrations and the public wrapper are registered together at import.
+
 The computation is the custom op ``torch.ops.mixneg.mns_loss`` (registered with
 ``torch.library.custom_op``, with a fake implementation and an autograd
 formula), so ``torch.compile`` graphs containing it work and
