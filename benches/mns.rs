@@ -22,8 +22,8 @@ mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, ReferenceBackend};
+use mixneg_train::linalg::{matmul, matmul_at_b};
 use mixneg_train::synthetic::Synthetic;
-use mixneg_train::tower::{matmul, matmul_at_b};
 use std::hint::black_box;
 
 /// (B, B′, K): the benchmark ladder of BENCHMARKS.md, plus an awkward shape.

@@ -17,7 +17,7 @@
 //!   no training interaction that are not among the user's test items.
 
 use super::data::Dataset;
-use super::tower::matmul;
+use crate::linalg::matmul;
 use rayon::prelude::*;
 use std::collections::HashSet;
 

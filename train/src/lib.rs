@@ -17,10 +17,13 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod experiment;
+pub mod features;
 pub mod freq;
 pub mod io;
+pub mod linalg;
 pub mod recbole;
 mod report;
+pub mod rng;
 pub mod synthetic;
 pub mod tower;
 
@@ -587,7 +590,7 @@ pub fn ceiling_metrics(data: &Dataset) -> Option<eval::Metrics> {
         })
         .collect();
     let mut dots = vec![0.0f32; fit.len() * ni];
-    tower::matmul(fit.len(), ni, d, &a_half, &o.item_factors, true, &mut dots);
+    linalg::matmul(fit.len(), ni, d, &a_half, &o.item_factors, true, &mut dots);
     let grid = [0.25f32, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0];
     let fresh = &data.fresh;
     let loglik = |c: f32| -> f64 {
@@ -639,7 +642,7 @@ pub fn ceiling_metrics(data: &Dataset) -> Option<eval::Metrics> {
             .collect();
         s.resize(users.len() * ni, 0.0);
         // The product overwrites every element.
-        tower::matmul(users.len(), ni, d, &a, &o.item_factors, true, s);
+        linalg::matmul(users.len(), ni, d, &a, &o.item_factors, true, s);
         use rayon::prelude::*;
         s.par_chunks_mut(ni)
             .for_each(|row| row.iter_mut().zip(&o.known_bias).for_each(|(x, b)| *x += b));

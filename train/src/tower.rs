@@ -1,11 +1,12 @@
 //! A tower: hashed sparse features → embedding bag → MLP (ReLU between
 //! layers) → optional L2 normalization, with its backward pass and the
-//! Adagrad / Adam updates. Dense products go through the `gemm` crate.
+//! Adagrad / Adam updates. Dense products go through [`crate::linalg`].
 //!
 //! The bag pools each feature field on its own and sums the fields:
 //! x = Σ_f (1/n_f)·Σ_{h ∈ field f} E[h mod buckets], so an item's id weighs
 //! the same whatever its number of genres or title tokens ([`pool_weights`]).
 
+use crate::linalg::{matmul, matmul_at_b};
 use rayon::prelude::*;
 
 /// Which optimizer updates the parameters.
@@ -66,91 +67,21 @@ fn update(
     }
 }
 
-/// C (m×n) = A·B through the `gemm` crate, with A and B given by their
-/// column and row strides (so that transposes are free) and C row-major.
-#[allow(clippy::too_many_arguments)]
-fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_cs: isize,
-    a_rs: isize,
-    b: &[f32],
-    b_cs: isize,
-    b_rs: isize,
-    c: &mut [f32],
-) {
-    let extent = |rows: usize, cols: usize, cs: isize, rs: isize| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1
-        }
-    };
-    assert!(
-        a.len() >= extent(m, k, a_cs, a_rs)
-            && b.len() >= extent(k, n, b_cs, b_rs)
-            && c.len() >= m * n
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: the assert above makes every pointer cover the elements its
-    // strides reach; c does not alias a or b (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        )
-    }
-}
-
-/// C (m×n) = A (m×k) · B (k×n), all row-major (`trans_b`: B given as n×k).
-pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, c: &mut [f32]) {
-    let (b_cs, b_rs) = if trans_b {
-        (k as isize, 1)
-    } else {
-        (1, n as isize)
-    };
-    gemm_strided(m, n, k, a, 1, k as isize, b, b_cs, b_rs, c)
-}
-
-/// C (k×n) = Aᵀ · B with A m×k and B m×n, row-major.
-pub fn matmul_at_b(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm_strided(k, n, m, a, k as isize, 1, b, 1, n as isize, c)
-}
-
 /// The embedding bag of one example's features: (row, weight) pairs with
 /// row = h mod `buckets` and weight 1/n_f, n_f the number of the example's
-/// features in h's field ([`crate::data::feature_field`]): each field is
+/// features in h's field ([`crate::features::feature_field`]): each field is
 /// mean-pooled, and the fields are summed.
 pub fn pool_weights(feats: &[u64], buckets: usize) -> Vec<(usize, f32)> {
     let mut per_field: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     for &h in feats {
-        *per_field.entry(crate::data::feature_field(h)).or_default() += 1;
+        *per_field
+            .entry(crate::features::feature_field(h))
+            .or_default() += 1;
     }
     feats
         .iter()
         .map(|&h| {
-            let n = per_field[&crate::data::feature_field(h)];
+            let n = per_field[&crate::features::feature_field(h)];
             ((h % buckets as u64) as usize, 1.0 / n as f32)
         })
         .collect()
@@ -205,7 +136,7 @@ impl Tower {
         l2: bool,
         seed: u64,
     ) -> Self {
-        let mut rng = super::data::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         let table = (0..buckets * emb)
             .map(|_| (rng.normal() * 0.1) as f32)
             .collect();

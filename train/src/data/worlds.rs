@@ -1,81 +1,12 @@
-//! Training data: seeded synthetic worlds, and readers for real
-//! interaction logs. One file for now: the worlds share the generator, the
-//! feature hashing and the dataset type (a split by job is pending).
-//!
-//! **Synthetic, `--world zipf`** (the original world). Users and items get
-//! planted latent factors a_u, b_i ∈ R^d (N(0, 1/d) entries); items get Zipf
-//! popularity pop_i ∝ 1/rank^s over a random ranking. A user's interactions
-//! are drawn from P(i | u) ∝ pop_i^β · exp(⟨a_u, b_i⟩/τ₀) — popularity-biased
-//! logs — by sampling-importance-resampling: a pool of candidates drawn
-//! ∝ pop^β, then one of them ∝ exp(⟨a_u, b_i⟩/τ₀). A share of the items is
-//! *fresh*: never in the training logs, but in the corpus with features, and
-//! in the test interactions at full popularity.
-//!
-//! **Synthetic, `--world paper`** (the mechanism of the MNS paper). Items belong to one of C categories; b_i = √w·m_c + √(1−w)·ε_i and
-//! a_u = √w·m_{c_u} + √(1−w)·η_u (category centroids m and noise with
-//! N(0, 1/d) entries). Every item has an *exposure* e_i ∝ 1/rank^s over a
-//! random ranking and, independently of everything else, a latent quality:
-//! a share s_bad is low-quality. The logs are drawn exactly (no resampling)
-//! from
-//!
-//! ```text
-//! P(i | u) ∝ e_i^β · exp(⟨a_u, b_i⟩/τ₀ − Δ·bad_i)
-//! ```
-//!
-//! so a low-quality item is shown as often as any other but chosen e^Δ times
-//! less often: most of them have 0–3 interactions ("sparse feedback").
-//! Content features (category and noisy projections of b_i) are shared by
-//! good and bad items: nothing but feedback tells them apart. A share of the
-//! *good* items is fresh: never in the training logs, and in the test law with
-//! exposure × `fresh_exposure` (new items are shown less) — the items MNS's
-//! uniform negatives demote for lack of feedback without deserving it.
-//! `bad_share = 0` is the built-in null world.
-//!
-//! **Features.** Hashed categorical values tagged with their field
-//! ([`feature`]): the id, and for synthetic worlds noisy projections of the
-//! planted factors, standardised and cut into equal-frequency buckets (so a
-//! tower can generalize to fresh items through content).
-//!
-//! **Real logs.** `user,item[,timestamp]` CSV/TSV, MovieLens `ratings.dat`
-//! (`user::item::rating::timestamp`) and `u.data` (tab-separated, 4 fields)
-//! with ids as the only features and a leave-last-out split; and RecBole
-//! atomic files (`.inter` with `.user` and `.item`) with every feature
-//! field, in [`crate::recbole`].
+//! The seeded synthetic worlds (`--world zipf` and `--world paper`, the
+//! module docs of [`crate::data`]) and their planted model.
 
+use super::{Dataset, Pair, drop_seen_test_pairs};
 use crate::Error;
-use crate::synthetic::splitmix;
+use crate::features::{equal_frequency_buckets, feature};
+use crate::linalg::matmul;
+use crate::rng::Rng;
 use rayon::prelude::*;
-use std::collections::HashMap;
-use std::path::Path;
-
-/// One user–item interaction.
-pub type Pair = (u32, u32);
-
-/// A dataset ready for training and evaluation.
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    /// Number of users.
-    pub n_users: usize,
-    /// Number of items (the corpus, fresh items included).
-    pub n_items: usize,
-    /// Hashed features of every user ([`feature`]: field-tagged).
-    pub user_feats: Vec<Vec<u64>>,
-    /// Hashed features of every item.
-    pub item_feats: Vec<Vec<u64>>,
-    /// Training interactions, in log order.
-    pub train: Vec<Pair>,
-    /// Held-out interactions.
-    pub test: Vec<Pair>,
-    /// Items that are new at test time: absent from the training logs on
-    /// purpose (synthetic), or first rated after the split time (logs).
-    pub fresh: Vec<bool>,
-    /// Low-quality items: the planted bad items of the paper world, or for
-    /// logs the items whose mean training rating is at most
-    /// `--low-quality-rating` (items without a training rating are not).
-    pub low_quality: Vec<bool>,
-    /// The planted model, for synthetic data.
-    pub oracle: Option<Oracle>,
-}
 
 /// The planted generative model of a synthetic dataset: the test law
 /// log P(i | u) = bias_i + ⟨a_u, b_i⟩/τ₀ − log Z_u.
@@ -124,7 +55,7 @@ impl Oracle {
             .collect();
         s.resize(users.len() * ni, 0.0);
         // The product overwrites every element.
-        crate::tower::matmul(users.len(), ni, d, &a, &self.item_factors, true, s);
+        matmul(users.len(), ni, d, &a, &self.item_factors, true, s);
         s.par_chunks_mut(ni).for_each(|row| {
             row.iter_mut()
                 .zip(&self.test_bias)
@@ -303,85 +234,6 @@ impl Default for SynthConfig {
             fresh_exposure: 0.25,
         }
     }
-}
-
-/// A small seeded generator (SplitMix64 stream).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// The generator's whole state (checkpoints).
-    pub fn state(&self) -> u64 {
-        self.0
-    }
-    /// A generator at a saved state.
-    pub fn from_state(state: u64) -> Self {
-        Self(state)
-    }
-    /// A stream from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(splitmix(seed ^ 0xD1B5_4A32_D192_ED03))
-    }
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        splitmix(self.0)
-    }
-    /// Uniform in [0, 1).
-    pub fn unif(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform integer in 0..n.
-    pub fn below(&mut self, n: usize) -> usize {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-    /// Shuffle `v` in place (Fisher–Yates, from the last element down).
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let (a, b) = (self.unif().max(1e-300), self.unif());
-        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
-    }
-}
-
-const VALUE_BITS: u32 = 48;
-
-/// A hashed categorical feature: the field in the top 16 bits (so that a
-/// tower can pool each field on its own, [`feature_field`]) and a hash of
-/// (field, value) in the low 48.
-pub fn feature(field: u64, value: u64) -> u64 {
-    ((field & 0xFFFF) << VALUE_BITS) | (splitmix((field << VALUE_BITS) ^ value) >> 16)
-}
-
-/// The field of a [`feature`].
-pub fn feature_field(f: u64) -> u64 {
-    f >> VALUE_BITS
-}
-
-/// A hashed categorical feature of a string value.
-pub fn feature_str(field: u64, value: &str) -> u64 {
-    let h = value.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
-    });
-    feature(field, h)
-}
-
-/// Equal-frequency buckets of `values`: bucket b holds the values ranked
-/// b·n/nb to (b+1)·n/nb (ties by index), so every bucket holds n/nb ± 1
-/// values whatever their scale.
-pub fn equal_frequency_buckets(values: &[f64], nb: usize) -> Vec<u64> {
-    let n = values.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]).then(a.cmp(&b)));
-    let mut out = vec![0u64; n];
-    for (r, &i) in order.iter().enumerate() {
-        out[i] = (r * nb.max(1) / n.max(1)) as u64;
-    }
-    out
 }
 
 /// Noisy projections of factor rows (`rows` × d) as features of fields
@@ -657,7 +509,7 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
             })
             .collect();
         let mut s = vec![0.0f32; blk.len() * ni];
-        crate::tower::matmul(blk.len(), ni, d, &ab, &oracle.item_factors, true, &mut s);
+        matmul(blk.len(), ni, d, &ab, &oracle.item_factors, true, &mut s);
         let drawn: Vec<(Vec<Pair>, Vec<Pair>)> = s
             .par_chunks(ni)
             .zip(blk)
@@ -717,106 +569,4 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
         fresh,
         bad,
     )
-}
-
-/// The test pairs whose item is not among the same user's training items.
-/// Evaluation ranks every item but the user's training items
-/// (`eval::evaluate`), so such a pair could never be hit: kept, ~7% of the
-/// synthetic world's test pairs would count as certain misses.
-pub fn drop_seen_test_pairs(train: &[Pair], test: Vec<Pair>) -> Vec<Pair> {
-    let seen: std::collections::HashSet<Pair> = train.iter().copied().collect();
-    test.into_iter().filter(|p| !seen.contains(p)).collect()
-}
-
-/// Read interaction logs: `user,item[,timestamp]` CSV or TSV (a header line
-/// whose second field is not a number is skipped), MovieLens `ratings.dat`
-/// (`::`-separated, 4 fields) or `u.data` (tab-separated, 4 fields: user,
-/// item, rating, timestamp). Leave-last-out split by timestamp (file order
-/// when there is none). A malformed line is an error naming file and line.
-pub fn read_logs(path: &Path) -> Result<Dataset, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut users: HashMap<String, u32> = HashMap::new();
-    let mut items: HashMap<String, u32> = HashMap::new();
-    let mut events: Vec<(u32, u32, f64, usize)> = vec![];
-    for (lineno, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = if line.contains("::") {
-            line.split("::").collect()
-        } else if line.contains('\t') {
-            line.split('\t').collect()
-        } else {
-            line.split(',').collect()
-        };
-        let bad = |why: &str| {
-            Error::Invalid(format!(
-                "{}:{}: {why}: {line:?}",
-                path.display(),
-                lineno + 1
-            ))
-        };
-        if lineno == 0
-            && fields.len() >= 2
-            && fields[1].trim().parse::<f64>().is_err()
-            && !line.contains("::")
-        {
-            continue; // a header
-        }
-        // MovieLens layouts have 4 fields: user, item, rating, timestamp.
-        let (u, i, t) = match fields.len() {
-            2 => (fields[0], fields[1], None),
-            3 => (fields[0], fields[1], Some(fields[2])),
-            4 => (fields[0], fields[1], Some(fields[3])),
-            n => return Err(bad(&format!("expected 2 to 4 fields, found {n}"))),
-        };
-        let (u, i) = (u.trim(), i.trim());
-        if u.is_empty() || i.is_empty() {
-            return Err(bad("empty user or item"));
-        }
-        let t = match t {
-            Some(t) => t
-                .trim()
-                .parse::<f64>()
-                .map_err(|_| bad("timestamp is not a number"))?,
-            None => lineno as f64,
-        };
-        let nu = users.len() as u32;
-        let uid = *users.entry(u.to_string()).or_insert(nu);
-        let ni = items.len() as u32;
-        let iid = *items.entry(i.to_string()).or_insert(ni);
-        events.push((uid, iid, t, lineno));
-    }
-    if events.is_empty() {
-        return Err(format!("{}: no interactions", path.display()).into());
-    }
-    events.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.3.cmp(&b.3)));
-    let mut last: HashMap<u32, usize> = HashMap::new();
-    let mut count: HashMap<u32, usize> = HashMap::new();
-    for (k, e) in events.iter().enumerate() {
-        last.insert(e.0, k);
-        *count.entry(e.0).or_default() += 1;
-    }
-    let (mut train, mut test) = (vec![], vec![]);
-    for (k, e) in events.iter().enumerate() {
-        if count[&e.0] >= 2 && last[&e.0] == k {
-            test.push((e.0, e.1));
-        } else {
-            train.push((e.0, e.1));
-        }
-    }
-    let test = drop_seen_test_pairs(&train, test);
-    let (nu, ni) = (users.len(), items.len());
-    Ok(Dataset {
-        n_users: nu,
-        n_items: ni,
-        user_feats: (0..nu).map(|u| vec![feature(100, u as u64)]).collect(),
-        item_feats: (0..ni).map(|i| vec![feature(200, i as u64)]).collect(),
-        train,
-        test,
-        fresh: vec![false; ni],
-        low_quality: vec![false; ni],
-        oracle: None,
-    })
 }
