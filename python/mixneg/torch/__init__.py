@@ -224,48 +224,14 @@ def _call_cuda(
     return out
 
 
-def _run(
-    query,
-    candidates,
-    log_q,
-    temperature,
-    ids,
-    row_weight,
-    correct_positive,
-    positive_offset,
-    threads,
-    grad,
-    precision,
-    validate,
-):
+def _run(args, *, threads: int, grad: bool, precision: str, validate: bool):
+    """The fused call on ``args`` = (query, candidates, log_q, temperature,
+    ids, row_weight, correct_positive, positive_offset), on the device the
+    tensors are on."""
     _common.precision(precision)
-    if query.device.type == "cuda":
-        return _call_cuda(
-            query,
-            candidates,
-            log_q,
-            temperature,
-            ids,
-            row_weight,
-            correct_positive,
-            positive_offset,
-            grad,
-            precision,
-            validate,
-        )
-    return _call(
-        query,
-        candidates,
-        log_q,
-        temperature,
-        ids,
-        row_weight,
-        correct_positive,
-        positive_offset,
-        threads,
-        grad,
-        precision,
-    )
+    if args[0].device.type == "cuda":
+        return _call_cuda(*args, grad, precision, validate)
+    return _call(*args, threads, grad, precision)
 
 
 @torch.library.custom_op("mixneg::mns_loss", mutates_args=(), device_types=("cpu", "cuda"))
@@ -290,20 +256,8 @@ def _mns_loss_op(
     not "none", else empty (shape (0,), and ∂L/∂τ = 0)."""
     _common.reduction(reduction)
     grad = need_grad and reduction != "none"
-    r = _run(
-        query,
-        candidates,
-        log_q,
-        temperature,
-        ids,
-        row_weight,
-        correct_positive,
-        positive_offset,
-        threads,
-        grad,
-        precision,
-        validate,
-    )
+    args = (query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset)
+    r = _run(args, threads=threads, grad=grad, precision=precision, validate=validate)
     row_loss = r["row_loss"]
     b = query.shape[0]
     if reduction == "mean":
@@ -374,20 +328,8 @@ def _mns_backward_op(
     dt = torch.zeros((), dtype=torch.float32, device=query.device)
     for sign, part in _common.signed_parts(c):
         w = part.to(torch.float32)
-        r = _run(
-            query,
-            candidates,
-            log_q,
-            temperature,
-            ids,
-            w,
-            correct_positive,
-            positive_offset,
-            threads,
-            True,
-            precision,
-            validate,
-        )
+        args = (query, candidates, log_q, temperature, ids, w, correct_positive, positive_offset)
+        r = _run(args, threads=threads, grad=True, precision=precision, validate=validate)
         du += sign * r["d_u"]
         dv += sign * r["d_v"]
         dt += sign * r["d_temperature"]
