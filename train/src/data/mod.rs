@@ -1,5 +1,5 @@
 //! Training data: the dataset type, seeded synthetic worlds
-//! ([`worlds`]) and readers for real interaction logs ([`logs`]; RecBole
+//! (`worlds.rs`) and readers for real interaction logs (`logs.rs`; RecBole
 //! files in [`crate::recbole`]).
 //!
 //! **Synthetic, `--world zipf`** (the original world). Users and items get
