@@ -83,7 +83,7 @@ fn run_launches(exe: &Path, case: &Case, plan: &Plan, forward_only: bool) -> Mns
 /// What the emulator counted in one launch (`MNS_EMU_STATS=1`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct LaunchStats {
-    /// Index into `mixneg::cuda::KERNELS`.
+    /// The kernel's index (`mixneg::cuda::Kernel::index`).
     kernel: usize,
     /// Warp-wide fragment loads from shared memory (`mns_lds`).
     loads: u64,
@@ -162,7 +162,7 @@ fn emulate(
     for l in launches {
         let p = l.params.bytes();
         for x in [
-            l.kernel as u32,
+            l.kernel.index() as u32,
             l.grid.0,
             l.grid.1,
             l.threads,
@@ -393,8 +393,8 @@ fn emulated_tensor_core_loads_are_conflict_free_and_skip_pad_tiles() {
             };
             let want = 4 * passes * ((kp / step) as u64 * 8 + second * kc);
             for kernel in [tc.fwd_kernel(), tc.dv_kernel()] {
-                let name = mixneg::cuda::KERNELS[kernel];
-                let s = stats.iter().find(|s| s.kernel == kernel).unwrap();
+                let name = kernel.name();
+                let s = stats.iter().find(|s| s.kernel == kernel.index()).unwrap();
                 assert!(s.loads > 0, "{name} K = {k}: no fragment load counted");
                 assert_eq!(
                     s.conflicts, 0,

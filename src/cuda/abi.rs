@@ -16,7 +16,7 @@
 //! 4-byte fields in pairs), so that [`Params::bytes`] — the fields'
 //! little-endian bytes in order — is the struct's exact memory image.
 
-use super::Plan;
+use super::{Kernel, Plan};
 
 /// What every logit-tile kernel reads (`MnsLogits`).
 #[repr(C)]
@@ -316,12 +316,12 @@ impl Params {
     }
 }
 
-/// One kernel launch: the kernel (an index into [`super::KERNELS`]), its
-/// grid, block size, dynamic shared memory and parameters.
+/// One kernel launch: the kernel, its grid, block size, dynamic shared
+/// memory and parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Launch {
-    /// Index into [`super::KERNELS`].
-    pub kernel: usize,
+    /// The kernel.
+    pub kernel: Kernel,
     /// Grid (x, y).
     pub grid: (u32, u32),
     /// Threads a block.
@@ -423,7 +423,7 @@ pub fn launches(
         gdiag: a.gdiag,
         out,
     };
-    let simt = |kernel: usize, grid: (u32, u32), params: Params| Launch {
+    let simt = |kernel: Kernel, grid: (u32, u32), params: Params| Launch {
         kernel,
         grid,
         threads: super::THREADS,
@@ -438,7 +438,7 @@ pub fn launches(
         part_o: if plan.tc.is_some() { a.part_o } else { 0 },
     });
     let rows = simt(
-        1,
+        Kernel::Rows,
         (plan.rows_grid, 1),
         Params::Rows(RowsParams {
             u: a.u,
@@ -460,11 +460,11 @@ pub fn launches(
             inv_tau,
             correct_positive: correct_positive as i32,
             splits: plan.splits as i32,
-            round: plan.tc.map_or(0, |t| t.mode) as i32,
+            round: plan.tc.map_or(0, |t| tier_code(t.tier)),
         }),
     );
     let loss = simt(
-        2,
+        Kernel::Loss,
         (1, 1),
         Params::Loss(LossParams {
             wloss: a.wloss,
@@ -475,7 +475,7 @@ pub fn launches(
     let parts = dtau_parts(b * k);
     let dtau = |phase: i32| {
         simt(
-            5,
+            Kernel::Dtau,
             (if phase == 0 { parts as u32 } else { 1 }, 1),
             Params::Dtau(DtauParams {
                 u: a.u,
@@ -491,16 +491,16 @@ pub fn launches(
     };
     match plan.tc {
         None => [
-            simt(0, plan.fwd_grid, fwd),
+            simt(Kernel::Fwd, plan.fwd_grid, fwd),
             rows,
             loss,
-            simt(3, plan.du_grid, Params::Grad(grad(a.d_u))),
-            simt(4, plan.dv_grid, Params::Grad(grad(a.d_v))),
+            simt(Kernel::Du, plan.du_grid, Params::Grad(grad(a.d_u))),
+            simt(Kernel::Dv, plan.dv_grid, Params::Grad(grad(a.d_v))),
             dtau(0),
             dtau(1),
         ],
         Some(tc) => {
-            let tensor = |kernel: usize, grid: (u32, u32), params: Params| Launch {
+            let tensor = |kernel: Kernel, grid: (u32, u32), params: Params| Launch {
                 kernel,
                 grid,
                 threads: super::TC_THREADS,
@@ -512,7 +512,7 @@ pub fn launches(
                 rows,
                 loss,
                 simt(
-                    6,
+                    Kernel::DuMerge,
                     (tc.merge_grid, 1),
                     Params::Merge(MergeParams {
                         v: a.v,
@@ -538,6 +538,16 @@ pub fn launches(
                 dtau(1),
             ]
         }
+    }
+}
+
+/// A tier's code in the kernels (`MNS_3XTF32`, `MNS_TF32`, `MNS_BF16` of
+/// `mns.cu`; `MnsRowsParams::round`).
+fn tier_code(tier: crate::Precision) -> i32 {
+    match tier {
+        crate::Precision::F32 => 0,
+        crate::Precision::Tf32 => 1,
+        crate::Precision::Bf16 => 2,
     }
 }
 

@@ -92,6 +92,91 @@ pub const KERNELS: [&str; 25] = [
     "mns_dv_tc_k128_bf16",
 ];
 
+/// One kernel of [`SOURCE`]: the one place its position in [`KERNELS`] is
+/// worked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// `mns_fwd_f32`.
+    Fwd,
+    /// `mns_rows_f32`.
+    Rows,
+    /// `mns_loss_f32`.
+    Loss,
+    /// `mns_du_f32`.
+    Du,
+    /// `mns_dv_f32`.
+    Dv,
+    /// `mns_dtau_f32`.
+    Dtau,
+    /// `mns_du_merge_f32`.
+    DuMerge,
+    /// `mns_fwd_tc_k{32,64,128}_{f32,tf32,bf16}`: class index into the K
+    /// classes (≤ 32, ≤ 64, ≤ 128) and tier.
+    FwdTc(usize, crate::Precision),
+    /// `mns_dv_tc_k{32,64,128}_{f32,tf32,bf16}`.
+    DvTc(usize, crate::Precision),
+}
+
+impl Kernel {
+    /// The tiers in the order of [`KERNELS`] within a class.
+    const TIERS: [crate::Precision; 3] = [
+        crate::Precision::F32,
+        crate::Precision::Tf32,
+        crate::Precision::Bf16,
+    ];
+
+    /// Its position in [`KERNELS`] (and in the emulator's numbering).
+    pub fn index(self) -> usize {
+        let tc = |class: usize, tier: crate::Precision| {
+            let t = Self::TIERS.iter().position(|&p| p == tier).unwrap_or(0);
+            7 + 2 * (3 * class + t)
+        };
+        match self {
+            Kernel::Fwd => 0,
+            Kernel::Rows => 1,
+            Kernel::Loss => 2,
+            Kernel::Du => 3,
+            Kernel::Dv => 4,
+            Kernel::Dtau => 5,
+            Kernel::DuMerge => 6,
+            Kernel::FwdTc(class, tier) => tc(class, tier),
+            Kernel::DvTc(class, tier) => tc(class, tier) + 1,
+        }
+    }
+
+    /// Its name in [`SOURCE`].
+    pub fn name(self) -> &'static str {
+        KERNELS[self.index()]
+    }
+
+    /// The tensor-core class of a tensor-core kernel.
+    fn tc_class(self) -> Option<usize> {
+        match self {
+            Kernel::FwdTc(c, _) | Kernel::DvTc(c, _) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Every kernel, in the order of [`KERNELS`].
+    pub fn all() -> Vec<Kernel> {
+        let mut v = vec![
+            Kernel::Fwd,
+            Kernel::Rows,
+            Kernel::Loss,
+            Kernel::Du,
+            Kernel::Dv,
+            Kernel::Dtau,
+            Kernel::DuMerge,
+        ];
+        for class in 0..plan::TC_CLASSES.len() {
+            for tier in Self::TIERS {
+                v.extend([Kernel::FwdTc(class, tier), Kernel::DvTc(class, tier)]);
+            }
+        }
+        v
+    }
+}
+
 /// Rows / columns of a logit tile and the dU/dV component slice (`mns.cu`).
 const TILE: usize = 64;
 /// Threads per block of the SIMT kernels and the merges.
@@ -272,8 +357,11 @@ impl CudaBackend {
         } else {
             0
         };
-        for (i, f) in funcs.iter().enumerate().skip(7) {
-            let class = (i - 7) / 6;
+        for kernel in Kernel::all() {
+            let Some(class) = kernel.tc_class() else {
+                continue;
+            };
+            let f = &funcs[kernel.index()];
             if class < tc_classes {
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -604,7 +692,7 @@ impl CudaBackend {
         let all = abi::launches(&plan, (b, n, k), opt, &a);
         let count = if forward_only { 3 } else { all.len() };
         for l in &all[..count] {
-            let mut lb = stream.launch_builder(&self.funcs[l.kernel]);
+            let mut lb = stream.launch_builder(&self.funcs[l.kernel.index()]);
             match &l.params {
                 abi::Params::Fwd(p) => lb.arg(p),
                 abi::Params::Rows(p) => lb.arg(p),
@@ -639,7 +727,7 @@ impl CudaBackend {
                 let name = match l.params {
                     abi::Params::Dtau(p) if p.phase == 0 => "mns_dtau_f32 (partials)",
                     abi::Params::Dtau(_) => "mns_dtau_f32 (sum)",
-                    _ => KERNELS[l.kernel],
+                    _ => l.kernel.name(),
                 };
                 ev.push((name, t0, timing_event(&self.ctx, stream)?));
             }
@@ -787,5 +875,25 @@ impl CudaBackend {
             top1: top1.iter().map(|&x| x != 0).collect(),
             d_temperature: d_temperature[0],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Kernel::all` lists every kernel once, at its index, with its name.
+    #[test]
+    fn kernel_ids_number_the_kernel_list() {
+        let all = Kernel::all();
+        assert_eq!(all.len(), KERNELS.len());
+        for (i, k) in all.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+            assert_eq!(k.name(), KERNELS[i]);
+        }
+        assert_eq!(
+            Kernel::DvTc(2, crate::Precision::Tf32).name(),
+            "mns_dv_tc_k128_tf32"
+        );
     }
 }

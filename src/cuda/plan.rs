@@ -31,8 +31,8 @@ pub struct Plan {
 pub struct Tc {
     /// K class: 0 for K ≤ 32, 1 for K ≤ 64, 2 for K ≤ 128.
     pub class: usize,
-    /// The tier: 0 3xTF32 (F32), 1 one TF32 pass, 2 bf16.
-    pub mode: usize,
+    /// The tier.
+    pub tier: Precision,
     /// Dynamic shared memory a block, bytes ([`tc_smem_bytes`]).
     pub smem: u32,
     /// `mns_du_merge_f32` grid: ⌈B·K/256⌉.
@@ -43,13 +43,13 @@ pub struct Tc {
 pub const TC_CLASSES: [usize; 3] = [32, 64, 128];
 
 impl Tc {
-    /// The forward kernel's index in [`super::KERNELS`].
-    pub fn fwd_kernel(&self) -> usize {
-        7 + 2 * (3 * self.class + self.mode)
+    /// The forward kernel.
+    pub fn fwd_kernel(&self) -> super::Kernel {
+        super::Kernel::FwdTc(self.class, self.tier)
     }
-    /// The dV kernel's index in [`super::KERNELS`].
-    pub fn dv_kernel(&self) -> usize {
-        self.fwd_kernel() + 1
+    /// The dV kernel.
+    pub fn dv_kernel(&self) -> super::Kernel {
+        super::Kernel::DvTc(self.class, self.tier)
     }
 }
 
@@ -99,11 +99,7 @@ impl Plan {
         Some(Plan {
             tc: Some(Tc {
                 class,
-                mode: match precision {
-                    Precision::F32 => 0,
-                    Precision::Tf32 => 1,
-                    Precision::Bf16 => 2,
-                },
+                tier: precision,
                 smem: tc_smem_bytes(kp) as u32,
                 merge_grid: (b * k).div_ceil(super::THREADS as usize) as u32,
             }),
