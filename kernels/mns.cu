@@ -52,6 +52,13 @@
 #define MNS_NT 256
 #define MNS_PAD 4
 
+// The precision tiers (the tensor-core kernels' name suffix; Precision::{F32, Tf32,
+// Bf16} in Rust, precision="f32" | "tf32" | "bf16" in Python). F32 runs
+// each product as 3xTF32 on the tensor cores.
+#define MNS_TIER_F32 0
+#define MNS_TIER_TF32 1
+#define MNS_TIER_BF16 2
+
 #define MNS_NEG_INF (-__int_as_float(0x7f800000))
 
 typedef long long i64;
@@ -242,7 +249,7 @@ struct MnsRowsParams {
     float inv_tau;
     int correct_positive;
     int splits;
-    int round;  // s_ii's factors rounded as the tensor-core tier rounds the other logits': 0 no, 1 TF32, 2 bf16
+    int tier;  // MNS_TIER_*: s_ii's factors rounded as the tensor-core tier rounds the other logits' (F32: not)
 };
 struct MnsLossParams {
     const float* wloss;
@@ -414,10 +421,10 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_rows_f32(const MnsRowsP
     if (row >= b) return;  // whole warp
     float d = 0.0f;
     const i64 pos = row + offset;  // the row's positive
-    if (p.round == 1) {
+    if (p.tier == MNS_TIER_TF32) {
         for (i64 c = lane; c < k; c += 32)
             d = fmaf(mns_round_tf32(u[row * k + c]), mns_round_tf32(v[pos * k + c]), d);
-    } else if (p.round == 2) {
+    } else if (p.tier == MNS_TIER_BF16) {
         for (i64 c = lane; c < k; c += 32)
             d = fmaf(mns_round_bf16(u[row * k + c]), mns_round_bf16(v[pos * k + c]), d);
     } else {
@@ -679,15 +686,11 @@ __device__ __forceinline__ void mns_tc_stage(
     }
 }
 
-// The tiers of the tensor-core kernels (the kernel name's suffix).
-#define MNS_3XTF32 0  // f32
-#define MNS_TF32 1    // tf32
-#define MNS_BF16 2    // bf16
 
 // acc[j] = the warp's 16 x 64 block of X Y^T in C-fragment layout (columns
 // 8j..8j+7): xs the warp's 16 rows, ys the tile's 64 rows, ld floats a row,
 // kp components (a multiple of MNS_KSTEP(MODE)).
-#define MNS_KSTEP(MODE) ((MODE) == MNS_BF16 ? 16 : 8)
+#define MNS_KSTEP(MODE) ((MODE) == MNS_TIER_BF16 ? 16 : 8)
 template <int MODE>
 __device__ __forceinline__ void mns_tc_dots(
     float acc[8][4], const float* xs, const float* ys, int kp, int ld, int lane)
@@ -697,7 +700,7 @@ __device__ __forceinline__ void mns_tc_dots(
     for (int j = 0; j < 8; ++j)
         for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
     for (int kk = 0; kk < kp; kk += MNS_KSTEP(MODE)) {
-        if constexpr (MODE == MNS_BF16) {
+        if constexpr (MODE == MNS_TIER_BF16) {
             // The k-step's 16 components enter the fragments' k slots
             // permuted (slots 2t, 2t+1, 2t+8, 2t+9 hold components t, t+4,
             // t+8, t+12), the same for A and B, so the sum is unchanged and
@@ -722,7 +725,7 @@ __device__ __forceinline__ void mns_tc_dots(
             unsigned ab[4], as[4];
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-                if (MODE == MNS_3XTF32) mns_split_tf32(av[r], ab[r], as[r]);
+                if (MODE == MNS_TIER_F32) mns_split_tf32(av[r], ab[r], as[r]);
                 else ab[r] = mns_to_tf32(av[r]);
             }
 #pragma unroll
@@ -731,10 +734,10 @@ __device__ __forceinline__ void mns_tc_dots(
                 const float bv[2] = {mns_lds(yb), mns_lds(yb + 4)};
                 unsigned bb[2], bs[2];
                 for (int r = 0; r < 2; ++r) {
-                    if (MODE == MNS_3XTF32) mns_split_tf32(bv[r], bb[r], bs[r]);
+                    if (MODE == MNS_TIER_F32) mns_split_tf32(bv[r], bb[r], bs[r]);
                     else bb[r] = mns_to_tf32(bv[r]);
                 }
-                if (MODE == MNS_3XTF32) mns_mma_3xtf32(acc[j], ab, as, bb, bs);
+                if (MODE == MNS_TIER_F32) mns_mma_3xtf32(acc[j], ab, as, bb, bs);
                 else mns_mma_tf32(acc[j], ab, bb);
             }
         }
@@ -757,7 +760,7 @@ __device__ __forceinline__ void mns_tc_accumulate(
     float o[KT][4], float f[8][4], const float* ys, int ld, int kc, int lane)
 {
     const int g = lane / 4, t = lane % 4;
-    if constexpr (MODE == MNS_BF16) {
+    if constexpr (MODE == MNS_TIER_BF16) {
 #pragma unroll
         for (int jj = 0; jj < 4; ++jj) {
             const float* f0 = f[2 * jj];
@@ -780,7 +783,7 @@ __device__ __forceinline__ void mns_tc_accumulate(
             unsigned ab[4], as[4];
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-                if (MODE == MNS_3XTF32) mns_split_tf32(av[r], ab[r], as[r]);
+                if (MODE == MNS_TIER_F32) mns_split_tf32(av[r], ab[r], as[r]);
                 else ab[r] = mns_to_tf32(av[r]);
             }
 #pragma unroll
@@ -790,10 +793,10 @@ __device__ __forceinline__ void mns_tc_accumulate(
                 const float bv[2] = {mns_lds(yb), mns_lds(yb + ld)};
                 unsigned bb[2], bs[2];
                 for (int r = 0; r < 2; ++r) {
-                    if (MODE == MNS_3XTF32) mns_split_tf32(bv[r], bb[r], bs[r]);
+                    if (MODE == MNS_TIER_F32) mns_split_tf32(bv[r], bb[r], bs[r]);
                     else bb[r] = mns_to_tf32(bv[r]);
                 }
-                if (MODE == MNS_3XTF32) mns_mma_3xtf32(o[c], ab, as, bb, bs);
+                if (MODE == MNS_TIER_F32) mns_mma_3xtf32(o[c], ab, as, bb, bs);
                 else mns_mma_tf32(o[c], ab, bb);
             }
         }
@@ -1050,12 +1053,12 @@ extern "C" __global__ void __launch_bounds__(MNS_NT) mns_du_merge_f32(const MnsM
         mns_fwd_tc_##KNAME##_##PNAME(const MnsFwdParams p) { MNS_TC_BODY(mns_fwd_tc, KT, MODE) } \
     extern "C" __global__ void __launch_bounds__(MNS_TC_NT, 2)                                  \
         mns_dv_tc_##KNAME##_##PNAME(const MnsGradParams p) { MNS_TC_BODY(mns_dv_tc, KT, MODE) }
-MNS_TC_KERNELS(4, k32, MNS_3XTF32, f32)
-MNS_TC_KERNELS(4, k32, MNS_TF32, tf32)
-MNS_TC_KERNELS(4, k32, MNS_BF16, bf16)
-MNS_TC_KERNELS(8, k64, MNS_3XTF32, f32)
-MNS_TC_KERNELS(8, k64, MNS_TF32, tf32)
-MNS_TC_KERNELS(8, k64, MNS_BF16, bf16)
-MNS_TC_KERNELS(16, k128, MNS_3XTF32, f32)
-MNS_TC_KERNELS(16, k128, MNS_TF32, tf32)
-MNS_TC_KERNELS(16, k128, MNS_BF16, bf16)
+MNS_TC_KERNELS(4, k32, MNS_TIER_F32, f32)
+MNS_TC_KERNELS(4, k32, MNS_TIER_TF32, tf32)
+MNS_TC_KERNELS(4, k32, MNS_TIER_BF16, bf16)
+MNS_TC_KERNELS(8, k64, MNS_TIER_F32, f32)
+MNS_TC_KERNELS(8, k64, MNS_TIER_TF32, tf32)
+MNS_TC_KERNELS(8, k64, MNS_TIER_BF16, bf16)
+MNS_TC_KERNELS(16, k128, MNS_TIER_F32, f32)
+MNS_TC_KERNELS(16, k128, MNS_TIER_TF32, tf32)
+MNS_TC_KERNELS(16, k128, MNS_TIER_BF16, bf16)

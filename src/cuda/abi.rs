@@ -134,9 +134,10 @@ pub struct RowsParams {
     pub correct_positive: i32,
     /// Column splits of the forward kernel.
     pub splits: i32,
-    /// s_ii's factors rounded as the tier rounds the other logits' (0 no,
-    /// 1 TF32, 2 bf16), so that ℓ = lse − s_ii keeps its cancellation.
-    pub round: i32,
+    /// The tensor-core tier (`tier_code`; 0 on the SIMT path): s_ii's
+    /// factors are rounded as that tier rounds the other logits', so that
+    /// ℓ = lse − s_ii keeps its cancellation.
+    pub tier: i32,
 }
 
 /// `mns_loss_f32` (`MnsLossParams`).
@@ -287,7 +288,7 @@ impl Params {
                 o.extend(p.k.to_le_bytes());
                 o.extend(p.offset.to_le_bytes());
                 o.extend(p.inv_tau.to_le_bytes());
-                for a in [p.correct_positive, p.splits, p.round] {
+                for a in [p.correct_positive, p.splits, p.tier] {
                     o.extend(a.to_le_bytes());
                 }
             }
@@ -460,7 +461,7 @@ pub fn launches(
             inv_tau,
             correct_positive: correct_positive as i32,
             splits: plan.splits as i32,
-            round: plan.tc.map_or(0, |t| tier_code(t.tier)),
+            tier: plan.tc.map_or(0, |t| tier_code(t.tier)),
         }),
     );
     let loss = simt(
@@ -541,8 +542,8 @@ pub fn launches(
     }
 }
 
-/// A tier's code in the kernels (`MNS_3XTF32`, `MNS_TF32`, `MNS_BF16` of
-/// `mns.cu`; `MnsRowsParams::round`).
+/// A tier's code in the kernels (`MNS_TIER_F32`, `MNS_TIER_TF32`,
+/// `MNS_TIER_BF16` of `mns.cu`; `MnsRowsParams::tier`).
 fn tier_code(tier: crate::Precision) -> i32 {
     match tier {
         crate::Precision::F32 => 0,
@@ -613,7 +614,7 @@ pub fn layout() -> Vec<StructLayout> {
                 ("inv_tau", offset_of!(RowsParams, inv_tau)),
                 ("correct_positive", offset_of!(RowsParams, correct_positive)),
                 ("splits", offset_of!(RowsParams, splits)),
-                ("round", offset_of!(RowsParams, round)),
+                ("tier", offset_of!(RowsParams, tier)),
             ],
         ),
         (
@@ -700,7 +701,7 @@ mod tests {
                 let four = (f.ends_with("inv_tau") && name != "MnsDtauParams")
                     || f.ends_with("correct_positive")
                     || f.ends_with("splits")
-                    || f.ends_with("round")
+                    || f.ends_with("tier")
                     || f.ends_with("parts")
                     || f.ends_with("phase")
                     || f.ends_with("pad");

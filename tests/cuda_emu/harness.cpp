@@ -66,7 +66,7 @@ static int layout() {
     FIELD(MnsRowsParams, wloss); FIELD(MnsRowsParams, mrow); FIELD(MnsRowsParams, coef);
     FIELD(MnsRowsParams, gdiag); FIELD(MnsRowsParams, b); FIELD(MnsRowsParams, k); FIELD(MnsRowsParams, offset);
     FIELD(MnsRowsParams, inv_tau); FIELD(MnsRowsParams, correct_positive);
-    FIELD(MnsRowsParams, splits); FIELD(MnsRowsParams, round);
+    FIELD(MnsRowsParams, splits); FIELD(MnsRowsParams, tier);
     printf("MnsLossParams %zu\n", sizeof(MnsLossParams));
     FIELD(MnsLossParams, wloss); FIELD(MnsLossParams, loss); FIELD(MnsLossParams, b);
     printf("MnsGradParams %zu\n", sizeof(MnsGradParams));
