@@ -185,9 +185,9 @@ fn parameter_structs_have_the_host_layout() {
             }
             // The SIMT forward has no partial O to write.
             let unused = |f: &str| f.ends_with("pad") || (kernel == "mns_fwd_f32" && f == "part_o");
-            for &(f, o) in fields.iter().filter(|(f, _)| !unused(f)) {
+            for (f, o) in fields.iter().filter(|(f, _)| !unused(f)) {
                 assert!(
-                    loads.iter().any(|&(off, n)| off <= o && o < off + n),
+                    loads.iter().any(|&(off, n)| off <= *o && *o < off + n),
                     "{arch}: {kernel} never reads {name}.{f} at offset {o}"
                 );
             }

@@ -18,160 +18,233 @@
 
 use super::{Kernel, Plan};
 
-/// What every logit-tile kernel reads (`MnsLogits`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Logits {
-    /// B×K queries.
-    pub u: u64,
-    /// N×K candidates.
-    pub v: u64,
-    /// N log Q.
-    pub log_q: u64,
-    /// N item ids, or 0 (null): no accidental-hit removal.
-    pub ids: u64,
-    /// B.
-    pub b: i64,
-    /// N.
-    pub n: i64,
-    /// K.
-    pub k: i64,
-    /// o: row r's positive is column r + o.
-    pub offset: i64,
-    /// 1/τ in f32.
-    pub inv_tau: f32,
-    /// Explicit padding (0): the logit kernels never form the diagonal,
-    /// which `mns_rows_f32` computes (with or without its correction).
-    pub pad: i32,
+/// Declares the parameter structs once: each becomes a `#[repr(C)]` struct
+/// (the fields in order, as in the `.cu` struct named beside it) and, for the
+/// tests, an [`Abi`] implementation that writes its memory image and lists
+/// its fields' offsets — so a field is written here, in `mns.cu` and in the
+/// emulator's harness, and nowhere else.
+macro_rules! abi_structs {
+    ($(
+        $(#[$m:meta])*
+        pub struct $name:ident($cname:literal) {
+            $( $(#[$fm:meta])* pub $field:ident: $ty:ty, )*
+        }
+    )*) => {$(
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq)]
+        pub struct $name {
+            $( $(#[$fm])* pub $field: $ty, )*
+        }
+
+        #[cfg(feature = "testing")]
+        impl Abi for $name {
+            const C_NAME: &'static str = $cname;
+            fn write(&self, out: &mut Vec<u8>) {
+                $( Abi::write(&self.$field, out); )*
+            }
+            fn fields(name: &str, base: usize, out: &mut Vec<(String, usize)>) {
+                $(
+                    let field = stringify!($field);
+                    let at = base + std::mem::offset_of!($name, $field);
+                    if name.is_empty() {
+                        <$ty as Abi>::fields(field, at, out);
+                    } else {
+                        <$ty as Abi>::fields(&format!("{name}.{field}"), at, out);
+                    }
+                )*
+            }
+        }
+    )*};
 }
 
-/// `mns_fwd_f32` (`MnsFwdParams`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct FwdParams {
-    /// The logits.
-    pub x: Logits,
-    /// Columns per split, a multiple of 64.
-    pub cols_per_split: i64,
-    /// splits × B partial maxima (out).
-    pub part_m: u64,
-    /// splits × B partial sums (out).
-    pub part_s: u64,
-    /// splits × B × K partial O = Σ_j e^{s_ij − m} v_j (out; tensor-core
-    /// forward only, 0 for `mns_fwd_f32`).
-    pub part_o: u64,
+/// What the tests read off a parameter struct (or a field): its memory image
+/// and its (field, offset) list, nested structs as `x.u`.
+#[cfg(feature = "testing")]
+trait Abi {
+    /// The C struct's name (structs only).
+    const C_NAME: &'static str = "";
+    /// Append the little-endian bytes of every field, in order.
+    fn write(&self, out: &mut Vec<u8>);
+    /// Append (name, offset) of each leaf field.
+    fn fields(name: &str, base: usize, out: &mut Vec<(String, usize)>);
 }
 
-/// `mns_du_merge_f32` (`MnsMergeParams`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct MergeParams {
-    /// N×K candidates.
-    pub v: u64,
-    /// splits × B partial maxima (in).
-    pub part_m: u64,
-    /// splits × B × K partial O (in).
-    pub part_o: u64,
-    /// B row maxima (in).
-    pub mrow: u64,
-    /// B coefficients (in).
-    pub coef: u64,
-    /// B diagonal terms (in).
-    pub gdiag: u64,
-    /// B×K ∂L/∂U (out).
-    pub d_u: u64,
-    /// B.
-    pub b: i64,
-    /// K.
-    pub k: i64,
-    /// o: row r's positive is column r + o.
-    pub offset: i64,
-    /// Column splits of the forward kernel.
-    pub splits: i32,
-    /// Explicit padding (0).
-    pub pad: i32,
+/// Leaf fields: their little-endian bytes, and their one (name, offset).
+macro_rules! abi_leaf {
+    ($($t:ty),*) => {$(
+        #[cfg(feature = "testing")]
+        impl Abi for $t {
+            fn write(&self, out: &mut Vec<u8>) {
+                out.extend(self.to_le_bytes());
+            }
+            fn fields(name: &str, base: usize, out: &mut Vec<(String, usize)>) {
+                out.push((name.to_string(), base));
+            }
+        }
+    )*};
 }
+abi_leaf!(u64, i64, i32, f32, f64);
 
-/// `mns_rows_f32` (`MnsRowsParams`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct RowsParams {
-    /// B×K queries.
-    pub u: u64,
-    /// N×K candidates.
-    pub v: u64,
-    /// N log Q.
-    pub log_q: u64,
-    /// B row weights, or 0 (null): all 1.
-    pub row_weight: u64,
-    /// splits × B partial maxima (in).
-    pub part_m: u64,
-    /// splits × B partial sums (in).
-    pub part_s: u64,
-    /// B lse (out).
-    pub lse: u64,
-    /// B ℓ (out).
-    pub row_loss: u64,
-    /// B top-1 flags, i32 (out).
-    pub top1: u64,
-    /// B w·ℓ (out).
-    pub wloss: u64,
-    /// B row maxima m_i (out).
-    pub mrow: u64,
-    /// B coefficients w_i/(B·τ·Σ_i) (out).
-    pub coef: u64,
-    /// B diagonal terms G_ii/τ (out).
-    pub gdiag: u64,
-    /// B.
-    pub b: i64,
-    /// K.
-    pub k: i64,
-    /// o: row r's positive is column r + o.
-    pub offset: i64,
-    /// 1/τ in f32.
-    pub inv_tau: f32,
-    /// 1: subtract log_q on the diagonal too.
-    pub correct_positive: i32,
-    /// Column splits of the forward kernel.
-    pub splits: i32,
-    /// The tensor-core tier (`tier_code`; 0 on the SIMT path): s_ii's
-    /// factors are rounded as that tier rounds the other logits', so that
-    /// ℓ = lse − s_ii keeps its cancellation.
-    pub tier: i32,
-}
+abi_structs! {
+    /// What every logit-tile kernel reads (`MnsLogits`).
+    pub struct Logits("MnsLogits") {
+        /// B×K queries.
+        pub u: u64,
+        /// N×K candidates.
+        pub v: u64,
+        /// N log Q.
+        pub log_q: u64,
+        /// N item ids, or 0 (null): no accidental-hit removal.
+        pub ids: u64,
+        /// B.
+        pub b: i64,
+        /// N.
+        pub n: i64,
+        /// K.
+        pub k: i64,
+        /// o: row r's positive is column r + o.
+        pub offset: i64,
+        /// 1/τ in f32.
+        pub inv_tau: f32,
+        /// Explicit padding (0): the logit kernels never form the diagonal,
+        /// which `mns_rows_f32` computes (with or without its correction).
+        pub pad: i32,
+    }
 
-/// `mns_loss_f32` (`MnsLossParams`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct LossParams {
-    /// B w·ℓ (in).
-    pub wloss: u64,
-    /// The loss, one f32 (out).
-    pub loss: u64,
-    /// B.
-    pub b: i64,
-}
+    /// `mns_fwd_f32` (`MnsFwdParams`).
+    pub struct FwdParams("MnsFwdParams") {
+        /// The logits.
+        pub x: Logits,
+        /// Columns per split, a multiple of 64.
+        pub cols_per_split: i64,
+        /// splits × B partial maxima (out).
+        pub part_m: u64,
+        /// splits × B partial sums (out).
+        pub part_s: u64,
+        /// splits × B × K partial O = Σ_j e^{s_ij − m} v_j (out; tensor-core
+        /// forward only, 0 for `mns_fwd_f32`).
+        pub part_o: u64,
+    }
 
-/// `mns_dtau_f32` (`MnsDtauParams`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DtauParams {
-    /// B×K queries.
-    pub u: u64,
-    /// B×K ∂L/∂U (in).
-    pub d_u: u64,
-    /// `parts` f64 partial sums of u·dU (out of phase 0, in of phase 1).
-    pub part: u64,
-    /// ∂L/∂τ, one f32 (out of phase 1).
-    pub d_temperature: u64,
-    /// B·K.
-    pub len: i64,
-    /// 1/τ in f64.
-    pub inv_tau: f64,
-    /// Blocks of phase 0 ([`dtau_parts`]).
-    pub parts: i32,
-    /// 0: per-block partials; 1: their fixed-order sum, −Σ/τ.
-    pub phase: i32,
+    /// `mns_du_merge_f32` (`MnsMergeParams`).
+    pub struct MergeParams("MnsMergeParams") {
+        /// N×K candidates.
+        pub v: u64,
+        /// splits × B partial maxima (in).
+        pub part_m: u64,
+        /// splits × B × K partial O (in).
+        pub part_o: u64,
+        /// B row maxima (in).
+        pub mrow: u64,
+        /// B coefficients (in).
+        pub coef: u64,
+        /// B diagonal terms (in).
+        pub gdiag: u64,
+        /// B×K ∂L/∂U (out).
+        pub d_u: u64,
+        /// B.
+        pub b: i64,
+        /// K.
+        pub k: i64,
+        /// o: row r's positive is column r + o.
+        pub offset: i64,
+        /// Column splits of the forward kernel.
+        pub splits: i32,
+        /// Explicit padding (0).
+        pub pad: i32,
+    }
+
+    /// `mns_rows_f32` (`MnsRowsParams`).
+    pub struct RowsParams("MnsRowsParams") {
+        /// B×K queries.
+        pub u: u64,
+        /// N×K candidates.
+        pub v: u64,
+        /// N log Q.
+        pub log_q: u64,
+        /// B row weights, or 0 (null): all 1.
+        pub row_weight: u64,
+        /// splits × B partial maxima (in).
+        pub part_m: u64,
+        /// splits × B partial sums (in).
+        pub part_s: u64,
+        /// B lse (out).
+        pub lse: u64,
+        /// B ℓ (out).
+        pub row_loss: u64,
+        /// B top-1 flags, i32 (out).
+        pub top1: u64,
+        /// B w·ℓ (out).
+        pub wloss: u64,
+        /// B row maxima m_i (out).
+        pub mrow: u64,
+        /// B coefficients w_i/(B·τ·Σ_i) (out).
+        pub coef: u64,
+        /// B diagonal terms G_ii/τ (out).
+        pub gdiag: u64,
+        /// B.
+        pub b: i64,
+        /// K.
+        pub k: i64,
+        /// o: row r's positive is column r + o.
+        pub offset: i64,
+        /// 1/τ in f32.
+        pub inv_tau: f32,
+        /// 1: subtract log_q on the diagonal too.
+        pub correct_positive: i32,
+        /// Column splits of the forward kernel.
+        pub splits: i32,
+        /// The tensor-core tier (`tier_code`; 0 on the SIMT path): s_ii's
+        /// factors are rounded as that tier rounds the other logits', so that
+        /// ℓ = lse − s_ii keeps its cancellation.
+        pub tier: i32,
+    }
+
+    /// `mns_loss_f32` (`MnsLossParams`).
+    pub struct LossParams("MnsLossParams") {
+        /// B w·ℓ (in).
+        pub wloss: u64,
+        /// The loss, one f32 (out).
+        pub loss: u64,
+        /// B.
+        pub b: i64,
+    }
+
+    /// `mns_dtau_f32` (`MnsDtauParams`).
+    pub struct DtauParams("MnsDtauParams") {
+        /// B×K queries.
+        pub u: u64,
+        /// B×K ∂L/∂U (in).
+        pub d_u: u64,
+        /// `parts` f64 partial sums of u·dU (out of phase 0, in of phase 1).
+        pub part: u64,
+        /// ∂L/∂τ, one f32 (out of phase 1).
+        pub d_temperature: u64,
+        /// B·K.
+        pub len: i64,
+        /// 1/τ in f64.
+        pub inv_tau: f64,
+        /// Blocks of phase 0 ([`dtau_parts`]).
+        pub parts: i32,
+        /// 0: per-block partials; 1: their fixed-order sum, −Σ/τ.
+        pub phase: i32,
+    }
+
+
+    /// `mns_du_f32` and `mns_dv_f32` (`MnsGradParams`).
+    pub struct GradParams("MnsGradParams") {
+        /// The logits.
+        pub x: Logits,
+        /// B row maxima (in).
+        pub mrow: u64,
+        /// B coefficients (in).
+        pub coef: u64,
+        /// B diagonal terms (in).
+        pub gdiag: u64,
+        /// dU (B×K) or dV (N×K) (out).
+        pub out: u64,
+    }
 }
 
 /// Blocks of `mns_dtau_f32`'s first phase for B·K = `len` elements: one per
@@ -179,22 +252,6 @@ pub struct DtauParams {
 /// a few hundred partials at most. A function of the shape alone.
 pub fn dtau_parts(len: usize) -> usize {
     len.div_ceil(2048).clamp(1, 1024)
-}
-
-/// `mns_du_f32` and `mns_dv_f32` (`MnsGradParams`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct GradParams {
-    /// The logits.
-    pub x: Logits,
-    /// B row maxima (in).
-    pub mrow: u64,
-    /// B coefficients (in).
-    pub coef: u64,
-    /// B diagonal terms (in).
-    pub gdiag: u64,
-    /// dU (B×K) or dV (N×K) (out).
-    pub out: u64,
 }
 
 // SAFETY: each is `#[repr(C)]` of plain integers and floats (device
@@ -231,87 +288,18 @@ pub enum Params {
 }
 
 #[cfg(feature = "testing")]
-fn logit_bytes(x: &Logits, out: &mut Vec<u8>) {
-    for a in [x.u, x.v, x.log_q, x.ids] {
-        out.extend(a.to_le_bytes());
-    }
-    for a in [x.b, x.n, x.k, x.offset] {
-        out.extend(a.to_le_bytes());
-    }
-    out.extend(x.inv_tau.to_le_bytes());
-    out.extend(x.pad.to_le_bytes());
-}
-
-#[cfg(feature = "testing")]
 impl Params {
     /// The struct's memory image: its fields' little-endian bytes in order
     /// (there is no padding; a test checks the length against `size_of`).
     pub fn bytes(&self) -> Vec<u8> {
         let mut o = vec![];
         match self {
-            Params::Fwd(p) => {
-                logit_bytes(&p.x, &mut o);
-                o.extend(p.cols_per_split.to_le_bytes());
-                o.extend(p.part_m.to_le_bytes());
-                o.extend(p.part_s.to_le_bytes());
-                o.extend(p.part_o.to_le_bytes());
-            }
-            Params::Merge(p) => {
-                for a in [p.v, p.part_m, p.part_o, p.mrow, p.coef, p.gdiag, p.d_u] {
-                    o.extend(a.to_le_bytes());
-                }
-                for a in [p.b, p.k, p.offset] {
-                    o.extend(a.to_le_bytes());
-                }
-                o.extend(p.splits.to_le_bytes());
-                o.extend(p.pad.to_le_bytes());
-            }
-            Params::Rows(p) => {
-                for a in [
-                    p.u,
-                    p.v,
-                    p.log_q,
-                    p.row_weight,
-                    p.part_m,
-                    p.part_s,
-                    p.lse,
-                    p.row_loss,
-                    p.top1,
-                    p.wloss,
-                    p.mrow,
-                    p.coef,
-                    p.gdiag,
-                ] {
-                    o.extend(a.to_le_bytes());
-                }
-                o.extend(p.b.to_le_bytes());
-                o.extend(p.k.to_le_bytes());
-                o.extend(p.offset.to_le_bytes());
-                o.extend(p.inv_tau.to_le_bytes());
-                for a in [p.correct_positive, p.splits, p.tier] {
-                    o.extend(a.to_le_bytes());
-                }
-            }
-            Params::Loss(p) => {
-                o.extend(p.wloss.to_le_bytes());
-                o.extend(p.loss.to_le_bytes());
-                o.extend(p.b.to_le_bytes());
-            }
-            Params::Grad(p) => {
-                logit_bytes(&p.x, &mut o);
-                for a in [p.mrow, p.coef, p.gdiag, p.out] {
-                    o.extend(a.to_le_bytes());
-                }
-            }
-            Params::Dtau(p) => {
-                for a in [p.u, p.d_u, p.part, p.d_temperature] {
-                    o.extend(a.to_le_bytes());
-                }
-                o.extend(p.len.to_le_bytes());
-                o.extend(p.inv_tau.to_le_bytes());
-                o.extend(p.parts.to_le_bytes());
-                o.extend(p.phase.to_le_bytes());
-            }
+            Params::Fwd(p) => p.write(&mut o),
+            Params::Merge(p) => p.write(&mut o),
+            Params::Rows(p) => p.write(&mut o),
+            Params::Loss(p) => p.write(&mut o),
+            Params::Grad(p) => p.write(&mut o),
+            Params::Dtau(p) => p.write(&mut o),
         }
         o
     }
@@ -554,111 +542,24 @@ fn tier_code(tier: crate::Precision) -> i32 {
 
 /// One struct of [`layout`]: its C name, its size and (field, offset) pairs.
 #[cfg(feature = "testing")]
-pub type StructLayout = (&'static str, usize, Vec<(&'static str, usize)>);
+pub type StructLayout = (&'static str, usize, Vec<(String, usize)>);
 
 /// The Rust side of the ABI: (C struct name, size, [(field, offset)]), the
 /// names as in `kernels/mns.cu` (nested `MnsLogits` fields as `x.u`, …).
 #[cfg(feature = "testing")]
 pub fn layout() -> Vec<StructLayout> {
-    use std::mem::{offset_of, size_of};
-    let x = |base: usize| -> Vec<(&'static str, usize)> {
-        vec![
-            ("x.u", base + offset_of!(Logits, u)),
-            ("x.v", base + offset_of!(Logits, v)),
-            ("x.log_q", base + offset_of!(Logits, log_q)),
-            ("x.ids", base + offset_of!(Logits, ids)),
-            ("x.b", base + offset_of!(Logits, b)),
-            ("x.n", base + offset_of!(Logits, n)),
-            ("x.k", base + offset_of!(Logits, k)),
-            ("x.offset", base + offset_of!(Logits, offset)),
-            ("x.inv_tau", base + offset_of!(Logits, inv_tau)),
-            ("x.pad", base + offset_of!(Logits, pad)),
-        ]
-    };
-    let mut fwd = x(offset_of!(FwdParams, x));
-    fwd.extend([
-        ("cols_per_split", offset_of!(FwdParams, cols_per_split)),
-        ("part_m", offset_of!(FwdParams, part_m)),
-        ("part_s", offset_of!(FwdParams, part_s)),
-        ("part_o", offset_of!(FwdParams, part_o)),
-    ]);
-    let mut grad = x(offset_of!(GradParams, x));
-    grad.extend([
-        ("mrow", offset_of!(GradParams, mrow)),
-        ("coef", offset_of!(GradParams, coef)),
-        ("gdiag", offset_of!(GradParams, gdiag)),
-        ("out", offset_of!(GradParams, out)),
-    ]);
+    fn of<T: Abi>() -> StructLayout {
+        let mut fields = vec![];
+        T::fields("", 0, &mut fields);
+        (T::C_NAME, std::mem::size_of::<T>(), fields)
+    }
     vec![
-        ("MnsFwdParams", size_of::<FwdParams>(), fwd),
-        (
-            "MnsRowsParams",
-            size_of::<RowsParams>(),
-            vec![
-                ("u", offset_of!(RowsParams, u)),
-                ("v", offset_of!(RowsParams, v)),
-                ("log_q", offset_of!(RowsParams, log_q)),
-                ("row_weight", offset_of!(RowsParams, row_weight)),
-                ("part_m", offset_of!(RowsParams, part_m)),
-                ("part_s", offset_of!(RowsParams, part_s)),
-                ("lse", offset_of!(RowsParams, lse)),
-                ("row_loss", offset_of!(RowsParams, row_loss)),
-                ("top1", offset_of!(RowsParams, top1)),
-                ("wloss", offset_of!(RowsParams, wloss)),
-                ("mrow", offset_of!(RowsParams, mrow)),
-                ("coef", offset_of!(RowsParams, coef)),
-                ("gdiag", offset_of!(RowsParams, gdiag)),
-                ("b", offset_of!(RowsParams, b)),
-                ("k", offset_of!(RowsParams, k)),
-                ("offset", offset_of!(RowsParams, offset)),
-                ("inv_tau", offset_of!(RowsParams, inv_tau)),
-                ("correct_positive", offset_of!(RowsParams, correct_positive)),
-                ("splits", offset_of!(RowsParams, splits)),
-                ("tier", offset_of!(RowsParams, tier)),
-            ],
-        ),
-        (
-            "MnsLossParams",
-            size_of::<LossParams>(),
-            vec![
-                ("wloss", offset_of!(LossParams, wloss)),
-                ("loss", offset_of!(LossParams, loss)),
-                ("b", offset_of!(LossParams, b)),
-            ],
-        ),
-        ("MnsGradParams", size_of::<GradParams>(), grad),
-        (
-            "MnsDtauParams",
-            size_of::<DtauParams>(),
-            vec![
-                ("u", offset_of!(DtauParams, u)),
-                ("d_u", offset_of!(DtauParams, d_u)),
-                ("part", offset_of!(DtauParams, part)),
-                ("d_temperature", offset_of!(DtauParams, d_temperature)),
-                ("len", offset_of!(DtauParams, len)),
-                ("inv_tau", offset_of!(DtauParams, inv_tau)),
-                ("parts", offset_of!(DtauParams, parts)),
-                ("phase", offset_of!(DtauParams, phase)),
-            ],
-        ),
-        (
-            "MnsMergeParams",
-            size_of::<MergeParams>(),
-            vec![
-                ("v", offset_of!(MergeParams, v)),
-                ("part_m", offset_of!(MergeParams, part_m)),
-                ("part_o", offset_of!(MergeParams, part_o)),
-                ("mrow", offset_of!(MergeParams, mrow)),
-                ("coef", offset_of!(MergeParams, coef)),
-                ("gdiag", offset_of!(MergeParams, gdiag)),
-                ("d_u", offset_of!(MergeParams, d_u)),
-                ("b", offset_of!(MergeParams, b)),
-                ("k", offset_of!(MergeParams, k)),
-                ("offset", offset_of!(MergeParams, offset)),
-                ("splits", offset_of!(MergeParams, splits)),
-                ("pad", offset_of!(MergeParams, pad)),
-            ],
-        ),
+        of::<FwdParams>(),
+        of::<RowsParams>(),
+        of::<LossParams>(),
+        of::<GradParams>(),
+        of::<DtauParams>(),
+        of::<MergeParams>(),
     ]
 }
 
