@@ -1,8 +1,7 @@
 //! # mixneg-train — a two-tower trainer on the mixneg kernels
 //!
-//! (One file holds the configuration and the training loop, `train_on`,
-//! with the model-level evaluations; splitting the loop into a `Trainer` is
-//! pending.)
+//! This file holds the configuration and the model-level evaluations; the
+//! training loop is [`Trainer`].
 //!
 //! A minimal but real two-tower trainer, the kernels' first customer:
 //! query and item towers ([`tower`]), MNS batching — B
@@ -26,14 +25,14 @@ mod report;
 pub mod rng;
 pub mod synthetic;
 pub mod tower;
+pub mod trainer;
 
 use data::Dataset;
 pub use error::Error;
-use freq::{ExactCounts, FrequencyEstimator, LogCounts, QMode, StreamingEstimator};
-use mixneg::{Backend, MnsInput, MnsOutput, ReferenceBackend};
-use report::{csv_header, csv_line, parse_csv_line, write_csv};
-use std::time::Instant;
+use freq::QMode;
+use mixneg::{Backend, MnsOutput};
 use tower::{Optimizer, Tower};
+pub use trainer::Trainer;
 
 /// Which negatives a batch uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -230,265 +229,15 @@ pub fn load_logs(path: &std::path::Path, cfg: &TrainConfig) -> Result<Dataset, E
     }
 }
 
-/// Train on a given dataset.
+/// Train on a given dataset: [`Trainer::new`] then [`Trainer::run`].
 pub fn train_on(
     cfg: &TrainConfig,
     backend: &dyn Backend,
     data: &Dataset,
 ) -> Result<Vec<EpochReport>, Error> {
-    let id_only;
-    let data = match cfg.item_features {
-        ItemFeatures::All => data,
-        ItemFeatures::Id => {
-            // Every dataset puts an item's id first among its features.
-            let mut d = data.clone();
-            d.item_feats.iter_mut().for_each(|f| f.truncate(1));
-            id_only = d;
-            &id_only
-        }
-    };
-    if cfg.batch == 0 || (cfg.negatives == Negatives::UniformOnly && cfg.b_prime == 0) {
-        return Err("need B ≥ 1, and B′ ≥ 1 with uniform-only negatives".into());
-    }
-    let hidden: Vec<usize> = if cfg.hidden > 0 {
-        vec![cfg.hidden]
-    } else {
-        vec![]
-    };
-    let l2 = !cfg.no_l2;
-    let mut qt = Tower::new(cfg.buckets, cfg.emb, &hidden, cfg.dim, l2, cfg.seed ^ 0x51);
-    let mut it = Tower::new(cfg.buckets, cfg.emb, &hidden, cfg.dim, l2, cfg.seed ^ 0xA7);
-    let mut est: Box<dyn FrequencyEstimator> = match cfg.estimator {
-        Estimator::Streaming => Box::new(StreamingEstimator::new(
-            1 << 20,
-            2,
-            cfg.estimator_alpha,
-            1e4,
-        )),
-        Estimator::Exact => Box::new(ExactCounts::new(data.n_items)),
-        Estimator::Log => Box::new(LogCounts::new(data.train.iter().map(|p| p.1), data.n_items)),
-    };
-    let cls = eval::classes(data);
-    let mut rng = data::Rng::new(cfg.seed ^ 0xBA7C);
-    let mut reports = vec![];
-    let steps_per_epoch = data.train.len() / cfg.batch;
-    if steps_per_epoch == 0 {
-        return Err(format!(
-            "the training stream has {} interactions, fewer than one batch of B = {}: \
-             no step could run (lower --batch to at most {})",
-            data.train.len(),
-            cfg.batch,
-            data.train.len()
-        )
-        .into());
-    }
-    let mut step = 0u64;
-    let mut csv = match &cfg.metrics {
-        Some(p) => {
-            let mut f = std::fs::File::create(p).map_err(|e| Error::io(p, e))?;
-            use std::io::Write;
-            writeln!(f, "{}", csv_header()).map_err(|e| e.to_string())?;
-            Some(f)
-        }
-        None => None,
-    };
-    let fingerprint = cfg.fingerprint();
-    let resume = match &cfg.checkpoint {
-        Some(dir) => checkpoint::load(dir, &fingerprint)?,
-        None => None,
-    };
-    if let Some(st) = &resume {
-        // Check everything before changing anything: a checkpoint is loaded
-        // whole or not at all.
-        let mut targets: Vec<&mut Vec<f32>> = qt.state_mut();
-        targets.extend(it.state_mut());
-        let fits = targets.len() == st.tensors.len()
-            && targets
-                .iter()
-                .zip(&st.tensors)
-                .all(|(a, b)| a.len() == b.len());
-        if !fits {
-            return Err("checkpoint refused: its tensors do not fit this model".into());
-        }
-        let restored: Vec<EpochReport> = st
-            .reports
-            .iter()
-            .map(|l| parse_csv_line(l))
-            .collect::<Result<_, _>>()?;
-        est.set_state(st.estimator.clone())?;
-        for (a, b) in targets.into_iter().zip(&st.tensors) {
-            a.copy_from_slice(b);
-        }
-        reports = restored;
-        step = st.step;
-        if !cfg.quiet {
-            eprintln!(
-                "resuming from checkpoint: epoch {}, step {}",
-                st.epoch, st.step
-            );
-        }
-    }
-    if resume.is_none() && !cfg.eval_final_only {
-        // The untrained towers, a random model: epoch 0.
-        reports.push(EpochReport {
-            epoch: 0,
-            loss: f64::NAN,
-            metrics: evaluate(data, &cls, &qt, &it),
-            examples_per_s: 0.0,
-            loss_share: 0.0,
-            max_verify_error: 0.0,
-        });
-    }
-    for r in &reports {
-        write_csv(&mut csv, r)?;
-    }
-    let start_epoch = resume.as_ref().map_or(1, |st| st.epoch);
-    for epoch in start_epoch..=cfg.epochs {
-        let resuming = resume.as_ref().filter(|st| st.epoch == epoch);
-        if let Some(st) = resuming {
-            rng = data::Rng::from_state(st.epoch_rng);
-        }
-        let epoch_rng = rng.state();
-        let mut order: Vec<usize> = (0..data.train.len()).collect();
-        rng.shuffle(&mut order);
-        if let Some(st) = resuming {
-            rng = data::Rng::from_state(st.rng);
-        }
-        let bar = if cfg.quiet {
-            indicatif::ProgressBar::hidden()
-        } else {
-            let b = indicatif::ProgressBar::new(steps_per_epoch as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg}",
-                )
-                .map_err(|e| e.to_string())?
-                .progress_chars("=> "),
-            );
-            b.set_prefix(format!("{epoch}/{}", cfg.epochs));
-            b
-        };
-        let (mut loss_sum, mut t_loss, mut max_err) = (0.0f64, 0.0f64, 0.0f64);
-        let first = resuming.map_or(0, |st| st.step_in_epoch);
-        if let Some(st) = resuming {
-            (loss_sum, max_err) = (st.loss_sum, st.max_err);
-            bar.set_position(first as u64);
-        }
-        let t_epoch = Instant::now();
-        let mut out = MnsOutput::filled(0, 0, 0, 0.0);
-        for s in first..steps_per_epoch {
-            step += 1;
-            let idx = &order[s * cfg.batch..(s + 1) * cfg.batch];
-            let users: Vec<u32> = idx.iter().map(|&k| data.train[k].0).collect();
-            let mut cands: Vec<u32> = idx.iter().map(|&k| data.train[k].1).collect();
-            cands.extend((0..cfg.b_prime).map(|_| rng.below(data.n_items) as u32));
-            let b = cfg.batch;
-            let (log_q, correct_positive) = match cfg.negatives {
-                Negatives::Mixed => (
-                    freq::log_q(cfg.q_mode, est.as_ref(), &cands, b, data.n_items),
-                    cfg.positive_correction == PositiveCorrection::Yi,
-                ),
-                // The diagonal must stay uncorrected: its +10⁴ removes the
-                // other rows' positives (freq::uniform_only_log_q).
-                Negatives::UniformOnly => (
-                    freq::uniform_only_log_q(b, cfg.b_prime, data.n_items),
-                    false,
-                ),
-            };
-            est.observe(&cands[..b]);
-            let uf: Vec<&[u64]> = users
-                .iter()
-                .map(|&u| data.user_feats[u as usize].as_slice())
-                .collect();
-            let vf: Vec<&[u64]> = cands
-                .iter()
-                .map(|&i| data.item_feats[i as usize].as_slice())
-                .collect();
-            let (u, uc) = qt.forward(&uf);
-            let (v, vc) = it.forward(&vf);
-            let ids: Vec<i64> = cands.iter().map(|&i| i as i64).collect();
-            let input = MnsInput::new(&u, &v, &log_q, cfg.dim)
-                .temperature(cfg.temperature)
-                .correct_positive(correct_positive)
-                .ids(&ids);
-            if out.lse.len() != b || out.d_v.len() != cands.len() * cfg.dim {
-                out = MnsOutput::filled(b, cands.len(), cfg.dim, 0.0);
-            }
-            let t0 = Instant::now();
-            backend
-                .mns_loss_into(&input, &mut out)
-                .map_err(|e| format!("step {step}: {e}"))?;
-            t_loss += t0.elapsed().as_secs_f64();
-            if cfg.verify_every > 0 && step.is_multiple_of(cfg.verify_every as u64) {
-                let want = ReferenceBackend
-                    .mns_loss(&input)
-                    .map_err(|e| e.to_string())?;
-                let err = max_rel_error(&out, &want);
-                max_err = max_err.max(err);
-                if err > cfg.verify_tolerance {
-                    return Err(format!(
-                        "step {step}: {} differs from the reference by {err:.2e} (> {:.0e})",
-                        backend.name(),
-                        cfg.verify_tolerance
-                    )
-                    .into());
-                }
-            }
-            loss_sum += out.loss as f64;
-            qt.backward_update(uc, &out.d_u, cfg.optimizer, cfg.lr, step);
-            it.backward_update(vc, &out.d_v, cfg.optimizer, cfg.lr, step);
-            if s % 20 == 0 {
-                let rate = ((s + 1) * b) as f64 / t_epoch.elapsed().as_secs_f64();
-                bar.set_message(format!(
-                    "loss {:.4}  {rate:.0} examples/s",
-                    loss_sum / (s + 1) as f64
-                ));
-            }
-            bar.inc(1);
-            if let Some(dir) = &cfg.checkpoint
-                && cfg.checkpoint_every > 0
-                && step.is_multiple_of(cfg.checkpoint_every as u64)
-                && s + 1 < steps_per_epoch
-            {
-                let mut tensors: Vec<Vec<f32>> =
-                    qt.state_mut().into_iter().map(|t| t.clone()).collect();
-                tensors.extend(it.state_mut().into_iter().map(|t| t.clone()));
-                let st = checkpoint::State {
-                    step,
-                    epoch,
-                    step_in_epoch: s + 1,
-                    rng: rng.state(),
-                    epoch_rng,
-                    loss_sum,
-                    max_err,
-                    reports: reports.iter().map(csv_line).collect(),
-                    tensors,
-                    estimator: est.state(),
-                };
-                checkpoint::save(dir, &fingerprint, &st)?;
-            }
-        }
-        bar.finish_and_clear();
-        let secs = t_epoch.elapsed().as_secs_f64();
-        let rep = EpochReport {
-            epoch,
-            loss: loss_sum / steps_per_epoch.max(1) as f64,
-            metrics: if cfg.eval_final_only && epoch < cfg.epochs {
-                eval::Metrics::default()
-            } else {
-                evaluate(data, &cls, &qt, &it)
-            },
-            examples_per_s: ((steps_per_epoch - first) * cfg.batch) as f64 / secs,
-            loss_share: t_loss / secs,
-            max_verify_error: max_err,
-        };
-        write_csv(&mut csv, &rep)?;
-        reports.push(rep);
-    }
-    Ok(reports)
+    Trainer::new(cfg, backend, data)?.run()
 }
 
-/// Largest relative L2 error over loss, d_u, d_v (f32 result vs f64 reference).
 fn max_rel_error(got: &MnsOutput, want: &MnsOutput) -> f64 {
     let rel = mixneg::reference::rel_l2_error::<f32>;
     let l = ((got.loss - want.loss) as f64).abs() / (want.loss as f64).abs().max(1e-12);
