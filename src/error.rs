@@ -119,16 +119,6 @@ pub enum MnsError {
         /// Which buffer.
         name: &'static str,
     },
-    /// A raw device call whose B·K or N·K does not fit in memory addresses.
-    #[error("B = {b}, N = {n}, K = {k}: B·K or N·K overflows")]
-    TooLarge {
-        /// B.
-        b: usize,
-        /// N.
-        n: usize,
-        /// K.
-        k: usize,
-    },
     /// The CUDA backend cannot run here: no driver library, no NVRTC 13, or
     /// no device (the reason says which).
     #[error("CUDA is not available: {0}")]

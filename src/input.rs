@@ -302,9 +302,9 @@ pub(crate) fn check_temperature(t: f32) -> Result<(), MnsError> {
 /// The a-priori overflow checks of [`MnsInput::validate`] on the data's
 /// summary — the largest row norms of u and v, the largest |log_q_j| and the
 /// largest row weight (1 without weights) — for callers whose data the
-/// host cannot scan (a device entry point reduces these on the GPU). τ must
-/// already have passed its own check. Err([`MnsError::Magnitude`]) names the
-/// first quantity whose bound exceeds [`MAGNITUDE_LIMIT`].
+/// host cannot scan (a device entry point reduces these on the GPU): τ's
+/// own check ([`MnsError::Temperature`]), then Err([`MnsError::Magnitude`])
+/// naming the first quantity whose bound exceeds [`MAGNITUDE_LIMIT`].
 pub fn check_magnitudes(
     b: usize,
     n: usize,
@@ -314,6 +314,7 @@ pub fn check_magnitudes(
     max_lq: f64,
     max_w: f64,
 ) -> Result<(), MnsError> {
+    check_temperature(t)?;
     let tau = t as f64;
     let logit_bound = max_u * max_v / tau + max_lq;
     let grad_bound = 2.0 * max_w * max_u.max(max_v) / tau;

@@ -356,12 +356,17 @@ fn check_values(
     if let Some((index, value)) = negative {
         return Err(to_py(MnsError::NegativeWeight { index, value }));
     }
-    let t = temperature as f32;
-    if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
-        return Err(to_py(MnsError::Temperature(t)));
-    }
-    mixneg::check_magnitudes(b, n, t, max_u_norm, max_v_norm, max_abs_log_q, max_weight)
-        .map_err(to_py)
+    // τ in f32 (its reciprocal too) is checked by check_magnitudes.
+    mixneg::check_magnitudes(
+        b,
+        n,
+        temperature as f32,
+        max_u_norm,
+        max_v_norm,
+        max_abs_log_q,
+        max_weight,
+    )
+    .map_err(to_py)
 }
 
 /// Bytes of device memory one `mns_loss_cuda` call on `device` allocates

@@ -195,7 +195,7 @@ abi_structs! {
         pub correct_positive: i32,
         /// Column splits of the forward kernel.
         pub splits: i32,
-        /// The tensor-core tier (`tier_code`; 0 on the SIMT path): s_ii's
+        /// The tensor-core tier (`MNS_TIER_*`; 0 on the SIMT path): s_ii's
         /// factors are rounded as that tier rounds the other logits', so that
         /// ℓ = lse − s_ii keeps its cancellation.
         pub tier: i32,
@@ -449,7 +449,7 @@ pub fn launches(
             inv_tau,
             correct_positive: correct_positive as i32,
             splits: plan.splits as i32,
-            tier: plan.tc.map_or(0, |t| tier_code(t.tier)),
+            tier: plan.tc.map_or(0, |t| super::tier_code(t.tier) as i32),
         }),
     );
     let loss = simt(
@@ -527,16 +527,6 @@ pub fn launches(
                 dtau(1),
             ]
         }
-    }
-}
-
-/// A tier's code in the kernels (`MNS_TIER_F32`, `MNS_TIER_TF32`,
-/// `MNS_TIER_BF16` of `mns.cu`; `MnsRowsParams::tier`).
-fn tier_code(tier: crate::Precision) -> i32 {
-    match tier {
-        crate::Precision::F32 => 0,
-        crate::Precision::Tf32 => 1,
-        crate::Precision::Bf16 => 2,
     }
 }
 

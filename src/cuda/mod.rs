@@ -117,6 +117,16 @@ pub enum Kernel {
     DvTc(usize, crate::Precision),
 }
 
+/// A tier's code: its place among a class's kernels in [`KERNELS`], and the
+/// value of `MNS_TIER_*` in `mns.cu`.
+pub(crate) fn tier_code(tier: crate::Precision) -> usize {
+    match tier {
+        crate::Precision::F32 => 0,
+        crate::Precision::Tf32 => 1,
+        crate::Precision::Bf16 => 2,
+    }
+}
+
 impl Kernel {
     /// The tiers in the order of [`KERNELS`] within a class.
     const TIERS: [crate::Precision; 3] = [
@@ -127,10 +137,7 @@ impl Kernel {
 
     /// Its position in [`KERNELS`] (and in the emulator's numbering).
     pub fn index(self) -> usize {
-        let tc = |class: usize, tier: crate::Precision| {
-            let t = Self::TIERS.iter().position(|&p| p == tier).unwrap_or(0);
-            7 + 2 * (3 * class + t)
-        };
+        let tc = |class: usize, tier: crate::Precision| 7 + 2 * (3 * class + tier_code(tier));
         match self {
             Kernel::Fwd => 0,
             Kernel::Rows => 1,
@@ -427,13 +434,8 @@ impl CudaBackend {
         k: usize,
         precision: crate::Precision,
     ) -> usize {
-        let plan = self.plan_of(b, n, k, precision);
-        let part_o = if plan.tc.is_some() {
-            plan.splits * b * k
-        } else {
-            1
-        };
-        4 * (2 * plan.splits * b + part_o + 4 * b) + 8 * abi::dtau_parts(b * k)
+        let s = Scratch::of(&self.plan_of(b, n, k, precision), b, k);
+        4 * (2 * s.partials + s.part_o + 4 * s.rows) + 8 * s.dtau_parts
     }
 
     /// The device's architecture, e.g. `sm_90`.
@@ -520,16 +522,10 @@ impl CudaBackend {
         call: &RawCall,
         forward_only: bool,
     ) -> Result<(), MnsError> {
-        use crate::input::{check_temperature, shape};
-        let too_large = MnsError::TooLarge {
-            b: call.b,
-            n: call.n,
-            k: call.k,
-        };
-        let u_len = call.b.checked_mul(call.k).ok_or(too_large.clone())?;
-        let v_len = call.n.checked_mul(call.k).ok_or(too_large)?;
-        let (b, n, k) = shape(u_len, v_len, call.k, call.positive_offset)?;
-        check_temperature(call.temperature)?;
+        let (b, n, k) = (call.b, call.n, call.k);
+        // log_q, ids and the weights have the lengths the contract states.
+        crate::check_shapes(b, n, k, call.positive_offset, n, None, None)?;
+        crate::input::check_temperature(call.temperature)?;
         let mut needed = vec![
             ("u", call.u),
             ("v", call.v),
@@ -661,16 +657,13 @@ impl CudaBackend {
         mut events: Option<&mut Vec<TimedLaunch>>,
     ) -> Result<(), MnsError> {
         let plan = self.plan_of(b, n, k, precision);
-        let part_m = stream.alloc_zeros::<f32>(plan.splits * b)?;
-        let part_s = stream.alloc_zeros::<f32>(plan.splits * b)?;
-        let part_o = stream.alloc_zeros::<f32>(if plan.tc.is_some() {
-            plan.splits * b * k
-        } else {
-            1
-        })?;
-        let [wloss, mrow, coef, gdiag] = [(); 4].map(|()| stream.alloc_zeros::<f32>(b));
+        let s = Scratch::of(&plan, b, k);
+        let part_m = stream.alloc_zeros::<f32>(s.partials)?;
+        let part_s = stream.alloc_zeros::<f32>(s.partials)?;
+        let part_o = stream.alloc_zeros::<f32>(s.part_o)?;
+        let [wloss, mrow, coef, gdiag] = [(); 4].map(|()| stream.alloc_zeros::<f32>(s.rows));
         let (wloss, mrow, coef, gdiag) = (wloss?, mrow?, coef?, gdiag?);
-        let dtau_part = stream.alloc_zeros::<f64>(abi::dtau_parts(b * k))?;
+        let dtau_part = stream.alloc_zeros::<f64>(s.dtau_parts)?;
         // The temporaries are freed in stream order after the launches.
         let (part_m, _g1) = part_m.device_ptr(stream);
         let (part_s, _g2) = part_s.device_ptr(stream);
@@ -733,6 +726,34 @@ impl CudaBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// The lengths of one call's temporaries (what `enqueue` allocates and
+/// `scratch_bytes` counts).
+struct Scratch {
+    /// part_m and part_s: splits × B f32 each.
+    partials: usize,
+    /// part_o: splits × B × K f32 on the tensor-core path (1 otherwise).
+    part_o: usize,
+    /// wloss, mrow, coef, gdiag: B f32 each.
+    rows: usize,
+    /// dtau_part: f64.
+    dtau_parts: usize,
+}
+
+impl Scratch {
+    fn of(plan: &Plan, b: usize, k: usize) -> Self {
+        Scratch {
+            partials: plan.splits * b,
+            part_o: if plan.tc.is_some() {
+                plan.splits * b * k
+            } else {
+                1
+            },
+            rows: b,
+            dtau_parts: abi::dtau_parts(b * k),
+        }
     }
 }
 
