@@ -3,7 +3,7 @@
 blocks alone on real hardware, through CuPy (no Rust binary involved), so
 that a wrong fragment layout is told apart from a thin accuracy margin.
 
-kernels/mns.cu + kernels/mma_test.cu are compiled by CuPy's NVRTC for the
+kernels/mns.cu (with the files it includes) + tests/cuda_emu/mma_test.cu are compiled by CuPy's NVRTC for the
 device; one block of 8 warps computes D = A·B per warp (A 16×K, B K×8, values
 sign·[1, 2)·2^(−3…2), as tests/cuda_emu/mma.cpp draws them) with 3xTF32, one
 TF32 pass and bf16 factors, and a two-stage cp.async pipeline copies 5 chunks.
@@ -126,8 +126,8 @@ def on_gpu() -> int:
     except Exception as e:  # noqa: BLE001
         print(f"gpu_blocks: no GPU ({e})")
         return 4
-    src = (ROOT / "kernels/mns.cu").read_text() + "\n" + (ROOT / "kernels/mma_test.cu").read_text()
-    mod = cp.RawModule(code=src, options=("--std=c++17",), backend="nvrtc")
+    src = (ROOT / "kernels/mns.cu").read_text() + "\n" + (ROOT / "tests/cuda_emu/mma_test.cu").read_text()
+    mod = cp.RawModule(code=src, options=("--std=c++17", f"-I{ROOT / 'kernels'}"), backend="nvrtc")
     mma = mod.get_function("mns_test_mma")
     mma_bf16 = mod.get_function("mns_test_mma_bf16")
     cp_async = mod.get_function("mns_test_cp_async")

@@ -7,8 +7,8 @@
 # Needs g++ for the CUDA-emulator mutant (else that one is reported skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if ! git diff --quiet -- src kernels; then
-    echo "src/ or kernels/ has uncommitted changes; commit or stash them first" >&2
+if ! git diff --quiet -- src kernels tests/cuda_emu; then
+    echo "src/, kernels/ or tests/cuda_emu/ has uncommitted changes; commit or stash them first" >&2
     exit 2
 fi
 status=0
@@ -25,7 +25,7 @@ for patch in scripts/mutants/*.patch; do
     log=$(mktemp)
     cargo test --release --locked -p mixneg "${tests[@]}" >"$log" 2>&1
     rc=$?
-    git checkout -q -- src kernels
+    git checkout -q -- src kernels tests/cuda_emu
     if grep -q "^skipping: no C++ compiler" "$log"; then
         echo "$name: skipped (no g++)"
     elif [ $rc -ne 0 ]; then

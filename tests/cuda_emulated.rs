@@ -564,7 +564,7 @@ fn emulated_kernels_handle_the_numerical_edges() {
 
 /// The tensor-core building blocks (mns_to_tf32, mns_split_tf32,
 /// mns_mma_tf32, mns_mma_3xtf32, mns_pack_bf16 and mns_mma_bf16 of
-/// kernels/mns.cu, in the PTX fragment layouts) through kernels/mma_test.cu
+/// kernels/mns.cu, in the PTX fragment layouts) through tests/cuda_emu/mma_test.cu
 /// on the emulator: 3xTF32 within its derived bound and one TF32 pass
 /// outside it, bf16 within K f32 additions of the rounded factors' exact
 /// product; and the cp.async building

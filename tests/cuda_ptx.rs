@@ -198,7 +198,7 @@ fn parameter_structs_have_the_host_layout() {
 /// The tensor-core and cp.async building blocks compile to
 /// `cvt.rna.tf32.f32`, `mma.sync.m16n8k8` TF32, `mma.sync.m16n8k16` bf16 and
 /// `cp.async` for sm_80 and
-/// sm_90 (through the test kernels of kernels/mma_test.cu, appended to the
+/// sm_90 (through the test kernels of tests/cuda_emu/mma_test.cu, appended to the
 /// source), without spills.
 #[test]
 fn tensor_core_building_blocks_compile_to_mma_sync() {
@@ -208,7 +208,7 @@ fn tensor_core_building_blocks_compile_to_mma_sync() {
     let src = format!(
         "{}\n{}",
         include_str!("../kernels/mns.cu"),
-        include_str!("../kernels/mma_test.cu")
+        include_str!("cuda_emu/mma_test.cu")
     );
     for arch in ["sm_80", "sm_90"] {
         let c = cuda::compile_source(&src, arch, true).unwrap_or_else(|e| panic!("{arch}: {e}"));

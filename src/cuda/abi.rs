@@ -1,5 +1,5 @@
 //! The kernels' ABI, written once: one `#[repr(C)]` parameter struct per
-//! launch, mirroring the structs declared at the top of `kernels/mns.cu`
+//! launch, mirroring the structs declared in `kernels/params.cuh`
 //! (FlashAttention's `Flash_fwd_params` habit), and the launch sequence of
 //! one call as a pure function of the grid [`Plan`] and the buffers'
 //! addresses. The backend launches exactly what [`launches`] returns; the
@@ -21,7 +21,7 @@ use super::{Kernel, Plan};
 /// Declares the parameter structs once: each becomes a `#[repr(C)]` struct
 /// (the fields in order, as in the `.cu` struct named beside it) and, for the
 /// tests, an [`Abi`] implementation that writes its memory image and lists
-/// its fields' offsets — so a field is written here, in `mns.cu` and in the
+/// its fields' offsets — so a field is written here, in `params.cuh` and in the
 /// emulator's harness, and nowhere else.
 macro_rules! abi_structs {
     ($(
@@ -535,7 +535,7 @@ pub fn launches(
 pub type StructLayout = (&'static str, usize, Vec<(String, usize)>);
 
 /// The Rust side of the ABI: (C struct name, size, [(field, offset)]), the
-/// names as in `kernels/mns.cu` (nested `MnsLogits` fields as `x.u`, …).
+/// names as in `kernels/params.cuh` (nested `MnsLogits` fields as `x.u`, …).
 #[cfg(feature = "testing")]
 pub fn layout() -> Vec<StructLayout> {
     fn of<T: Abi>() -> StructLayout {

@@ -1,7 +1,7 @@
 //! NVRTC: probing for the libraries without panicking, and compiling
 //! [`SOURCE`] to a CUBIN (and PTX) for one architecture, cached per process.
 
-use super::SOURCE;
+use super::{HEADERS, SOURCE};
 use crate::{ErrorSource, MnsError};
 use cudarc::driver::CudaContext;
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
@@ -52,7 +52,8 @@ pub fn compile(arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
     compile_source(SOURCE, arch, verbose)
 }
 
-/// [`compile`] for any source text (a test compiles a broken one).
+/// [`compile`] for any source text (a test compiles a broken one); the
+/// source may include the files of [`HEADERS`] by name.
 pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compiled, MnsError> {
     if !nvrtc_available() {
         return Err(MnsError::CudaUnavailable(
@@ -67,7 +68,39 @@ pub fn compile_source(source: &str, arch: &str, verbose: bool) -> Result<Compile
         context: "kernel source".into(),
         source: ErrorSource::new(e),
     })?;
-    let prog = nvrtc::create_program(&src, Some(c"mns.cu")).map_err(|e| err("create", e))?;
+    let cstr = |t: &str| {
+        CString::new(t).map_err(|e| MnsError::Cuda {
+            context: "kernel header".into(),
+            source: ErrorSource::new(e),
+        })
+    };
+    let texts = HEADERS
+        .iter()
+        .map(|(_, t)| cstr(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names = HEADERS
+        .iter()
+        .map(|(n, _)| cstr(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let text_ptrs: Vec<*const c_char> = texts.iter().map(|t| t.as_ptr()).collect();
+    let name_ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+    let mut prog = std::mem::MaybeUninit::uninit();
+    // SAFETY: every pointer is to a NUL-terminated string alive until this
+    // call returns (NVRTC copies them); the two arrays have HEADERS.len()
+    // entries; on success NVRTC initialised `prog`.
+    let prog = unsafe {
+        nvrtc_sys::nvrtcCreateProgram(
+            prog.as_mut_ptr(),
+            src.as_ptr(),
+            c"mns.cu".as_ptr(),
+            HEADERS.len() as i32,
+            text_ptrs.as_ptr(),
+            name_ptrs.as_ptr(),
+        )
+        .result()
+        .map_err(|e| err("create", e))?;
+        prog.assume_init()
+    };
     let mut opts = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
@@ -236,7 +269,11 @@ fn cubin_file_name(arch: &str) -> String {
         }
     };
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [SOURCE, arch, "--std=c++17", &nvrtc] {
+    let headers = HEADERS.iter().flat_map(|(n, t)| [*n, *t]);
+    for part in [SOURCE, arch, "--std=c++17", &nvrtc]
+        .into_iter()
+        .chain(headers)
+    {
         for &byte in part.as_bytes().iter().chain(&[0u8]) {
             h = (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }

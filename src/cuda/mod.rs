@@ -57,8 +57,19 @@ use std::sync::Arc;
 /// `CudaSlice`s and `CudaStream`s).
 pub use cudarc;
 
-/// The kernel source, embedded at build time.
+/// The kernel source, embedded at build time: `kernels/mns.cu`, which
+/// includes the files of [`HEADERS`].
 pub const SOURCE: &str = include_str!("../../kernels/mns.cu");
+
+/// The files `kernels/mns.cu` includes, as (include name, text), handed to
+/// NVRTC with it: the building blocks, the parameter structs, the SIMT path
+/// and the tensor-core path.
+pub const HEADERS: [(&str, &str); 4] = [
+    ("blocks.cuh", include_str!("../../kernels/blocks.cuh")),
+    ("params.cuh", include_str!("../../kernels/params.cuh")),
+    ("simt.cuh", include_str!("../../kernels/simt.cuh")),
+    ("tc.cuh", include_str!("../../kernels/tc.cuh")),
+];
 
 /// Every kernel in [`SOURCE`]: the SIMT path's six in launch order, the
 /// tensor-core path's dU merge, then (forward, dV) of each tensor-core class
@@ -118,7 +129,7 @@ pub enum Kernel {
 }
 
 /// A tier's code: its place among a class's kernels in [`KERNELS`], and the
-/// value of `MNS_TIER_*` in `mns.cu`.
+/// value of `MNS_TIER_*` in `kernels/blocks.cuh`.
 pub(crate) fn tier_code(tier: crate::Precision) -> usize {
     match tier {
         crate::Precision::F32 => 0,
@@ -184,7 +195,7 @@ impl Kernel {
     }
 }
 
-/// Rows / columns of a logit tile and the dU/dV component slice (`mns.cu`).
+/// Rows / columns of a logit tile and the dU/dV component slice (`MNS_BM`, `MNS_BN`, `MNS_KC` in `kernels/blocks.cuh`).
 const TILE: usize = 64;
 /// Threads per block of the SIMT kernels and the merges.
 const THREADS: u32 = 256;

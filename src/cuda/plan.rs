@@ -54,7 +54,7 @@ impl Tc {
 }
 
 /// Dynamic shared memory of a tensor-core block for K padded to `kp` (a
-/// multiple of 16), as `mns_tc_smem` in `kernels/mns.cu` lays it out: the
+/// multiple of 16), as `mns_tc_smem` in `kernels/tc.cuh` lays it out: the
 /// owned tile and two streamed tiles of 64 rows of kp + 4 floats, 6·64
 /// floats of side data and 2·64 ids (i64).
 pub fn tc_smem_bytes(kp: usize) -> usize {

@@ -1,4 +1,4 @@
-// Runs kernels/mma_test.cu on the CPU emulator: 8 warps, each D = A.B of a
+// Runs tests/cuda_emu/mma_test.cu on the CPU emulator: 8 warps, each D = A.B of a
 // 16 x k and a k x 8 matrix of seeded values spanning six binades, and
 // prints, for 3xTF32 and for one TF32 pass, the largest error over every
 // output as a multiple of |A||B| = sum_k |a_ik b_kj| times 2^-22; for the
@@ -8,7 +8,7 @@
 //   mma_emu K SEED  ->  "3xtf32 R3 tf32 R1 bf16 RB cp_async_wrong W"
 #include "emu.hpp"
 #include "../../kernels/mns.cu"
-#include "../../kernels/mma_test.cu"
+#include "mma_test.cu"
 #include <cstdio>
 #include <cstdlib>
 
