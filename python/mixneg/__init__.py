@@ -105,10 +105,12 @@ def _temperature(t) -> float:
     return t
 
 
-def _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad, precision):
+def _call(
+    query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad, precision
+):
     _common.precision(precision)
-    u = _float_array("u", u, 2)
-    v = _float_array("v", v, 2)
+    u = _float_array("query", query, 2)
+    v = _float_array("candidates", candidates, 2)
     log_q = _float_array("log_q", log_q, 1)
     w = None if row_weight is None else _float_array("row_weight", row_weight, 1)
     out = _native.mns_loss(
@@ -128,8 +130,8 @@ def _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_
 
 
 def mns_loss(
-    u,
-    v,
+    query,
+    candidates,
     log_q,
     *,
     temperature: float = 1.0,
@@ -142,7 +144,8 @@ def mns_loss(
 ) -> MnsResult:
     """The fused MNS loss and its gradients on NumPy arrays.
 
-    ``u`` (B×K) queries, ``v`` (N×K) candidates with row i + ``positive_offset``
+    ``query`` (B×K) query embeddings, ``candidates`` (N×K) candidate embeddings
+    with row i + ``positive_offset``
     the positive of query i (0 ≤ offset ≤ N − B), ``log_q`` (N) the log
     sampling probabilities, ``ids`` (N, integers) to remove accidental hits,
     ``row_weight`` (B, ≥ 0). C-contiguous float32 arrays are read in place;
@@ -153,12 +156,24 @@ def mns_loss(
     through ``mixneg.torch`` with CUDA tensors, and raise ValueError here).
     Bad input raises ValueError or TypeError with the numbers.
     """
-    return _call(u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, True, precision)
+    return _call(
+        query,
+        candidates,
+        log_q,
+        temperature,
+        ids,
+        row_weight,
+        correct_positive,
+        positive_offset,
+        threads,
+        True,
+        precision,
+    )
 
 
 def mns_forward(
-    u,
-    v,
+    query,
+    candidates,
     log_q,
     *,
     temperature: float = 1.0,
@@ -172,5 +187,15 @@ def mns_forward(
     """The forward only (loss, lse, row_loss, top1; a third of the flops), for
     evaluation: the same arguments as ``mns_loss``; the gradients are None."""
     return _call(
-        u, v, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, False, precision
+        query,
+        candidates,
+        log_q,
+        temperature,
+        ids,
+        row_weight,
+        correct_positive,
+        positive_offset,
+        threads,
+        False,
+        precision,
     )

@@ -38,43 +38,41 @@ def index(name: str, x, minimum: int) -> int:
     return i
 
 
-def host_summary(u, v, log_q, row_weight):
-    """What ``_native.check_values`` judges, from NumPy arrays: the first
-    non-finite element (name, flat index, value) in the order u, v, log_q,
-    row_weight; the first negative weight (index, value); the largest row
-    norms of u and v, the largest |log_q| and the largest weight (1 without
-    weights)."""
-    import numpy as np
-
+def value_summary(xp, f64, u, v, log_q, row_weight):
+    """What ``_native.check_values`` judges, for arrays of one library ``xp``
+    (``numpy``, or ``torch`` with tensors on any device; ``f64`` converts one
+    of its arrays to float64): the first non-finite element (name, flat
+    index, value) in the order u, v, log_q, row_weight; the first negative
+    weight (index, value); the largest row norms of u and v, the largest
+    |log_q| and the largest weight (1 without weights). The reductions are
+    stacked and brought to the host in one transfer."""
     named = [("u", u), ("v", v), ("log_q", log_q)] + ([("row_weight", row_weight)] if row_weight is not None else [])
+    parts = []
+    for _, x in named:
+        bad = f64(~xp.isfinite(x.reshape(-1)))
+        parts += [bad.max(), f64(bad.argmax())]
+    if row_weight is not None:
+        neg = f64(row_weight < 0)
+        parts += [neg.max(), f64(neg.argmax()), f64(row_weight).max()]
+    parts += [(f64(u) ** 2).sum(1).max(), (f64(v) ** 2).sum(1).max(), abs(f64(log_q)).max()]
+    got = [float(g) for g in xp.stack(parts).tolist()]
     nonfinite = None
-    for name, x in named:
-        flat = np.asarray(x).ravel()
-        bad = np.flatnonzero(~np.isfinite(flat))
-        if bad.size:
-            nonfinite = (name, int(bad[0]), float(flat[bad[0]]))
+    for i, (name, x) in enumerate(named):
+        if got[2 * i]:
+            index = int(got[2 * i + 1])
+            nonfinite = (name, index, float(x.reshape(-1)[index]))
             break
+    at = 2 * len(named)
     negative, max_w = None, 1.0
     if row_weight is not None:
-        w = np.asarray(row_weight, dtype=np.float64)
-        neg = np.flatnonzero(w < 0)
-        if neg.size:
-            negative = (int(neg[0]), float(w[neg[0]]))
-        max_w = float(max(w.max(initial=0.0), 0.0))
+        if got[at]:
+            index = int(got[at + 1])
+            negative = (index, float(row_weight[index]))
+        max_w = max(got[at + 2], 0.0)
+        at += 3
     if nonfinite is not None:
         return nonfinite, negative, 0.0, 0.0, 0.0, max_w
-
-    def norm(x):
-        return float(np.sqrt((np.asarray(x, dtype=np.float64) ** 2).sum(axis=1).max(initial=0.0)))
-
-    return (
-        nonfinite,
-        negative,
-        norm(u),
-        norm(v),
-        float(np.abs(np.asarray(log_q, dtype=np.float64)).max(initial=0.0)),
-        max_w,
-    )
+    return nonfinite, negative, got[at] ** 0.5, got[at + 1] ** 0.5, got[at + 2], max_w
 
 
 def signed_parts(coef):

@@ -202,7 +202,9 @@ def mns_loss(
     if _is_concrete(q, c, lq, t, w):
         # Concrete inputs: the crate's value checks run here, as ValueError
         # with its messages (under jit they run in the callback).
-        summary = _common.host_summary(
+        summary = _common.value_summary(
+            np,
+            lambda x: np.asarray(x, np.float64),
             np.asarray(q, np.float32),
             np.asarray(c, np.float32),
             np.asarray(lq, np.float32),

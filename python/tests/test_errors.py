@@ -184,3 +184,38 @@ def test_random_garbage_never_crashes():
         except (ValueError, TypeError) as e:
             outcomes[type(e).__name__] += 1
     assert outcomes["ok"] > 0 and outcomes["ValueError"] > 0, outcomes
+
+
+@pytest.mark.parametrize("case", ["clean", "nan_v", "inf_log_q", "negative_weight", "nan_weight", "no_weight"])
+def test_value_summary_is_the_same_from_numpy_and_torch(case):
+    """The value checks of CUDA tensors (torch reductions on the device) and
+    of concrete JAX arrays (NumPy on the host) summarise the inputs alike."""
+    from mixneg import _common
+
+    rng = np.random.default_rng(3)
+    u = rng.standard_normal((5, 3)).astype(np.float32)
+    v = rng.standard_normal((7, 3)).astype(np.float32)
+    lq = rng.standard_normal(7).astype(np.float32)
+    w = rng.random(5).astype(np.float32)
+    if case == "nan_v":
+        v[4, 1] = np.nan
+        v[6, 0] = np.inf
+    elif case == "inf_log_q":
+        lq[2] = -np.inf
+    elif case == "negative_weight":
+        w[3] = -0.5
+        w[4] = -1.0
+    elif case == "nan_weight":
+        w[1] = np.nan
+    elif case == "no_weight":
+        w = None
+    host = _common.value_summary(np, lambda x: np.asarray(x, np.float64), u, v, lq, w)
+    t = [None if x is None else torch.from_numpy(x) for x in (u, v, lq, w)]
+    dev = _common.value_summary(torch, lambda x: x.to(torch.float64), *t)
+    assert repr(host) == repr(dev)
+    expect_nonfinite = {"nan_v": ("v", 13), "inf_log_q": ("log_q", 2), "nan_weight": ("row_weight", 1)}.get(case)
+    assert (host[0] and host[0][:2]) == expect_nonfinite or (host[0] is None and expect_nonfinite is None)
+    if case == "negative_weight":
+        assert host[1] == (3, -0.5)
+    if host[0] is None:
+        assert host[2] == pytest.approx(np.linalg.norm(u.astype(np.float64), axis=1).max(), rel=1e-12)

@@ -133,39 +133,8 @@ def _check_device_values(query, candidates, log_q, row_weight, temperature: floa
     """The CPU path's value checks (finite inputs, weights ≥ 0, no overflow
     of the kernels' f32 intermediates) on CUDA tensors: reduced on the
     device, brought to the host in one transfer, judged by the crate."""
-    named = [("u", query), ("v", candidates), ("log_q", log_q)]
-    if row_weight is not None:
-        named.append(("row_weight", row_weight))
-    f64 = torch.float64
-    parts = []
-    for _, x in named:
-        bad = ~torch.isfinite(x.reshape(-1))
-        parts += [bad.any().to(f64), bad.to(torch.int32).argmax().to(f64)]
-    if row_weight is not None:
-        neg = row_weight < 0
-        parts += [neg.any().to(f64), neg.to(torch.int32).argmax().to(f64), row_weight.max().to(f64).clamp(min=0)]
-    parts += [
-        torch.linalg.vector_norm(query, dim=1, dtype=f64).max(),
-        torch.linalg.vector_norm(candidates, dim=1, dtype=f64).max(),
-        log_q.abs().max().to(f64),
-    ]
-    got = torch.stack(parts).tolist()
-    nonfinite = None
-    for i, (name, x) in enumerate(named):
-        if got[2 * i]:
-            index = int(got[2 * i + 1])
-            nonfinite = (name, index, float(x.reshape(-1)[index].item()))
-            break
-    at = 2 * len(named)
-    negative, max_w = None, 1.0
-    if row_weight is not None:
-        if got[at]:
-            index = int(got[at + 1])
-            negative = (index, float(row_weight[index].item()))
-        max_w = got[at + 2]
-        at += 3
-    b, n = query.shape[0], candidates.shape[0]
-    _native.check_values(b, n, temperature, nonfinite, negative, got[at], got[at + 1], got[at + 2], max_w)
+    summary = _common.value_summary(torch, lambda x: x.to(torch.float64), query, candidates, log_q, row_weight)
+    _native.check_values(query.shape[0], candidates.shape[0], temperature, *summary)
 
 
 def _call_cuda(
