@@ -2,9 +2,9 @@
 # The MNS experiment of EXPERIMENTS.md in one command (about 40 minutes on
 # 2 cores): the paper world at s_bad ∈ {0, 0.1, 0.3, 0.5}, MovieLens-100K
 # and MovieLens-1M (downloaded by scripts/get_movielens.sh), 5 seeds each,
-# exact Q, equal budget; then the plots (experiments/*.png; matplotlib is
-# installed into benches/peers/.venv if missing).
-#   scripts/experiment.sh            the whole experiment into experiments/
+# exact Q, equal budget; then the plots (lab/experiments/*.png; matplotlib is
+# installed into lab/.venv if missing).
+#   scripts/experiment.sh            the whole experiment into lab/experiments/
 #   scripts/experiment.sh --smoke    a short version (~15 s) into target/experiment-smoke/
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ if [ "${1:-}" = "--smoke" ]; then
     FULL_ML="$SUBSET"
     ML_FILES=()
 else
-    OUT=experiments
+    OUT=lab/experiments
     SEEDS=5
     PAPER=(--users 5000 --items 25000 --train-per-user 25 --epochs 2 --batch 256)
     ML=(--min-rating 4 --batch 256)
@@ -53,7 +53,7 @@ for m in "${ML_FILES[@]}"; do
     run "$m" "$only" --logs "data/$m/$m.inter" --epochs "$epochs" "${ML[@]}"
 done
 echo "experiment: $(( $(date +%s) - t0 )) s"
-VENV=benches/peers/.venv
+VENV=lab/.venv
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null || "$VENV/bin/pip" install -q --disable-pip-version-check matplotlib
 "$VENV/bin/python" scripts/plot_experiment.py "$OUT"

@@ -37,7 +37,7 @@
 #              128 rows against the f64 reference (F32 judged by the crate's
 #              bar: loss 1e-6, gradients 1e-5 relative).
 #   2 timings  at (16384, 16384, 128) and (8192, 65536, 64): gpu-bench (each
-#              launch timed on its own events) and benches/gpu_peers.py
+#              launch timed on its own events) and lab/gpu_peers.py
 #              (mixneg.torch per tier, PyTorch eager/TF32/bf16-autocast,
 #              torch.compile, F.linear_cross_entropy, Liger, CCE; losses
 #              checked before timing; peak device memory).
@@ -181,7 +181,7 @@ echo "== 2. timings"
 for shape in "16384 16384 128" "8192 65536 64"; do
     set -- $shape
     phase "bench_$1_$2_$3" 40 ./gpu_bundle/mixneg gpu-bench --batch "$1" --b-prime "$2" --dim "$3" --reps 20
-    phase "peers_$1_$2_$3" 100 "$PY" benches/gpu_peers.py "$1" "$2" "$3" --reps 5 --csv "$LOGS/peers.csv"
+    phase "peers_$1_$2_$3" 100 "$PY" lab/gpu_peers.py "$1" "$2" "$3" --reps 5 --csv "$LOGS/peers.csv"
 done
 "$PY" - "$LOGS" > "$LOGS/table.md" <<'PYEOF'
 import csv, glob, os, re, sys

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plot loss and recall curves of `mixneg train --metrics M.csv`, or of every
 run of `mixneg experiment` (a directory), to a PNG. Needs matplotlib (e.g.
-benches/peers/.venv/bin/python, which benches/peers/run.sh creates).
+lab/.venv/bin/python, which lab/peers.sh creates).
 
 usage: plot_training.py METRICS.csv|EXPERIMENT_DIR OUT.png
 """

@@ -1,5 +1,5 @@
 """Shared pieces of the Python tests: the float64 PyTorch reference of the
-loss (written here, independently of the crate) and the random cases."""
+loss (plain PyTorch, no call into the crate) and the random cases."""
 
 import dataclasses
 from typing import Optional
@@ -7,6 +7,8 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
+
+from mixneg.torch.reference import mns_loss_reference
 
 # The bar of the issue, on realistic inputs: the loss within 1e-6 relative
 # of the float64 reference, the gradients within 1e-5 relative (normwise).
@@ -17,25 +19,19 @@ GRAD_RTOL, GRAD_ATOL = 1e-5, 1e-9
 
 
 def reference(u, v, log_q, temperature, ids=None, row_weight=None, correct_positive=True, offset=0, reduction="mean"):
-    """The MNS loss of docs/design.md §2 and §8 in float64, materializing the
-    B×N logits (autograd gives its gradients)."""
-    b, n = u.shape[0], v.shape[0]
-    pos = torch.arange(b) + offset
-    s = u @ v.T / temperature - log_q
-    if not correct_positive:
-        s = s.clone()
-        s[torch.arange(b), pos] = s[torch.arange(b), pos] + log_q[pos]
-    if ids is not None:
-        hit = (ids[None, :] == ids[pos][:, None]) & (torch.arange(n)[None, :] != pos[:, None])
-        s = s.masked_fill(hit, float("-inf"))
-    rows = torch.logsumexp(s, dim=1) - s[torch.arange(b), pos]
-    if row_weight is not None:
-        rows = rows * row_weight
-    if reduction == "mean":
-        return rows.mean()
-    if reduction == "sum":
-        return rows.sum()
-    return rows
+    """The float64 PyTorch reference (``mixneg.torch.mns_loss_reference``,
+    which materializes the B×N logits; autograd gives its gradients)."""
+    return mns_loss_reference(
+        u,
+        v,
+        log_q,
+        temperature=temperature,
+        ids=ids,
+        row_weight=row_weight,
+        correct_positive=correct_positive,
+        positive_offset=offset,
+        reduction=reduction,
+    )
 
 
 @dataclasses.dataclass

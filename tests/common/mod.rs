@@ -313,7 +313,7 @@ pub fn load_vectors() -> Vec<(Case, Expected)> {
 //   1e-30·w_max/(B·τ)·max(|u_i|, |v_j|), far above that flush and far below
 //   anything a trainer could see.
 //
-// A deliberately degraded kernel fails this (`scripts/mutation_check.sh`):
+// A deliberately degraded kernel fails this (`lab/mutation_check.sh`):
 // one exp term per row and part rounded to bf16, 1/τ rounded to bf16, and
 // the CUDA gradient kernels forming exp(s − lse) with lse in f32 (10×). The
 // absolute bar (1e-5 on the realistic vector) is asserted on its own in

@@ -406,7 +406,7 @@ fn gpu_bench(b: usize, bp: usize, k: usize, reps: usize) -> Result<(), Error> {
     let u = s.clone_htod(&data.u)?;
     let v = s.clone_htod(&data.v)?;
     let lq = s.clone_htod(&data.log_q)?;
-    // The no-ids problem, the one the fused peers (benches/gpu_peers.py)
+    // The no-ids problem, the one the fused peers (lab/gpu_peers.py)
     // can express, on the same synthetic data.
     let x = DeviceInput {
         u: &u,

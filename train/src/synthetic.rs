@@ -1,6 +1,6 @@
 //! Reproducible synthetic problems for demos and benchmarks, defined so that
 //! other languages can regenerate them bit for bit (see
-//! `benches/peers/peers.py`, used by `benches/gpu_peers.py`): every value is a pure function of its index.
+//! `lab/peers.py`, used by `lab/gpu_peers.py`): every value is a pure function of its index.
 //!
 //! With h(x) = SplitMix64's finalizer of x and r(x) = (h(x) >> 40) / 2²⁴ − ½
 //! (uniform in [−½, ½), exactly representable in f32):
@@ -75,7 +75,7 @@ impl Synthetic {
 mod tests {
     use super::*;
 
-    /// Pins the definition: `benches/peers/peers.py` regenerates these values
+    /// Pins the definition: `lab/peers.py` regenerates these values
     /// (printed by its `synthetic(3, 2, 4)`), so a change here must change both.
     #[test]
     fn values_are_pinned() {

@@ -42,8 +42,9 @@ import torch
 from torch import Tensor
 
 from .. import _common, _native
+from .reference import mns_loss_reference
 
-__all__ = ["mns_loss", "MnsLoss", "cuda_unavailable"]
+__all__ = ["mns_loss", "MnsLoss", "cuda_unavailable", "mns_loss_reference"]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

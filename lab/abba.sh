@@ -4,8 +4,8 @@
 # medians and of B's, and their ratio B/A; at the end, the median and the
 # range of the per-round ratios. Both binaries are `cargo bench --no-run`
 # executables (e.g. of two commits); the machine's drift hits both alike.
-#   benches/abba.sh OLD_BENCH NEW_BENCH FILTER [ROUNDS]
-#   e.g. benches/abba.sh /tmp/bench_old target/release/deps/mns-* 'avx512/mns/4096x8192' 6
+#   lab/abba.sh OLD_BENCH NEW_BENCH FILTER [ROUNDS]
+#   e.g. lab/abba.sh /tmp/bench_old target/release/deps/mns-* 'avx512/mns/4096x8192' 6
 set -euo pipefail
 a=$1 b=$2 filter=$3 rounds=${4:-6}
 run() { "$1" --bench --noplot "$filter" 2>/dev/null | awk '

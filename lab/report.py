@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Tables and the plot of BENCHMARKS.md from the committed benchmarks' outputs:
 criterion's estimates (target/criterion/*/*/new/estimates.json, written by
-`cargo bench --bench mns`) and benches/peers/results.csv (written by
-benches/peers/run.sh). Run with the peers' virtual environment (matplotlib):
+`cargo bench --bench mns`) and lab/peers_results.csv (written by
+lab/peers.sh). Run with the peers' virtual environment (matplotlib):
 
-    benches/peers/.venv/bin/python benches/report.py
+    lab/.venv/bin/python lab/report.py
 """
 
 import csv
@@ -51,10 +51,10 @@ def main():
             cells.append(f"{crit[('gemm', s)] / crit[(b, s)]:.0%}" if ok else "—")
         print(f"| {s[0]}, {s[1]}, {s[2]} | " + " | ".join(cells) + " |")
 
-    # benches/peers/results.csv has one row per round; plot the median over
+    # lab/peers_results.csv has one row per round; plot the median over
     # rounds of each (shape, implementation) and the largest peak RSS.
     peers = []
-    path = os.path.join(ROOT, "benches", "peers", "results.csv")
+    path = os.path.join(ROOT, "lab", "peers_results.csv")
     if os.path.exists(path):
         from statistics import median
 
@@ -78,7 +78,7 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        sys.exit("matplotlib missing: run with benches/peers/.venv/bin/python")
+        sys.exit("matplotlib missing: run with lab/.venv/bin/python")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 6))
     labels = [f"{s[0]}×{s[1]}×{s[2]}" for s in shapes]
     xs = range(len(shapes))

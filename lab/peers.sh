@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # mixneg against NumPy, JAX (jit of value_and_grad) and, opt-in, PyTorch
 # (eager and torch.compile), in one run, same shapes, same data, 2 threads.
-# Installs its Python dependencies into benches/peers/.venv (NumPy, JAX CPU,
+# Installs its Python dependencies into lab/.venv (NumPy, JAX CPU,
 # matplotlib: < 1 minute). PyTorch's PyPI wheel pulls ~6 GB of CUDA wheels,
 # so it is only installed and run with PEERS_TORCH=1.
 #
-#   benches/peers/run.sh            # results in benches/peers/results.csv and a table on stdout
-#   PEERS_SHAPES="4096,4096,64" PEERS_ROUNDS=5 benches/peers/run.sh
+#   lab/peers.sh            # results in lab/peers_results.csv and a table on stdout
+#   PEERS_SHAPES="4096,4096,64" PEERS_ROUNDS=5 lab/peers.sh
 #
 # Beside the peers, each round also times numpy.products and jax.products:
 # that library's BLAS doing only the loss's three products (U·Vᵀ, S·V, Sᵀ·U,
@@ -19,8 +19,8 @@
 # rounds and the median of the per-round ratios (each ratio taken between
 # runs seconds apart), with their ranges.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-HERE=benches/peers
+cd "$(dirname "$0")/.."
+HERE=lab
 VENV=$HERE/.venv
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 "$VENV/bin/pip" install -q --disable-pip-version-check numpy "jax[cpu]" matplotlib
@@ -59,7 +59,7 @@ done
 SHAPES=${PEERS_SHAPES:-"1024,1024,64 4096,4096,64 4096,4096,128 16384,16384,64"}
 ROUNDS=${PEERS_ROUNDS:-3}
 echo "== kernel: $(./target/release/mixneg demo --batch 16 --b-prime 16 --dim 8 --reps 1 --no-check | grep -o 'cpu/[a-z0-9_]*' | head -n 1)"
-CSV=$HERE/results.csv
+CSV=$HERE/peers_results.csv
 echo "b,b_prime,k,round,impl,median_ms,gflops,peak_rss_mib" > "$CSV"
 for shape in $SHAPES; do
     IFS=, read -r b bp k <<<"$shape"

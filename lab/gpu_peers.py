@@ -5,7 +5,7 @@ data, forward + backward to both embeddings, on one CUDA device.
 The problem is the one every peer can express: no accidental-hit removal,
 logits s_ij = ⟨u_i, v_j⟩/τ − log Q_j, the positive of query i is candidate i,
 τ = 0.05, mean over the rows; the data is mixneg-train's `synthetic::Synthetic`
-regenerated bit for bit (benches/peers/peers.py), so `mixneg gpu-bench`
+regenerated bit for bit (lab/peers.py), so `mixneg gpu-bench`
 times the same call. Rows:
 
 * mixneg (mixneg.torch on CUDA tensors) at each precision tier, with
@@ -45,17 +45,16 @@ import traceback
 
 import torch
 import torch.nn.functional as F
+from peers import synthetic  # mixneg's synthetic data, bit for bit (lab/peers.py, beside this script)
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
-from peers import synthetic  # noqa: E402  (mixneg's synthetic data, bit for bit)
+from mixneg.torch import mns_loss_reference
 
 TAU = 0.05
 TOL = {"f32": 1e-4, "tf32": 2e-3, "bf16": 3e-2}
 
 
 def loss_f64(u, v, log_q):
-    s = u.double() @ v.double().T / TAU - log_q.double()
-    return float(F.cross_entropy(s, torch.arange(u.shape[0], device=u.device)))
+    return float(mns_loss_reference(u.double(), v.double(), log_q.double(), temperature=TAU))
 
 
 def rows(u, v, log_q, b):

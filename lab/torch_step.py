@@ -1,7 +1,7 @@
 """The user's benchmark: mixneg against PyTorch's own loss, called from PyTorch.
 
-    python/.venv/bin/python benches/torch_step.py                      # 3 shapes, 3 rounds
-    python/.venv/bin/python benches/torch_step.py --shapes 4096,4096,64 --rounds 5
+    python/.venv/bin/python lab/torch_step.py                      # 3 shapes, 3 rounds
+    python/.venv/bin/python lab/torch_step.py --shapes 4096,4096,64 --rounds 5
 
 (scripts/test makes python/.venv with torch and mixneg installed.) In one run,
 in interleaved rounds (the order of the configurations rotates each round),
@@ -66,15 +66,12 @@ def _data(b, bp, k, seed=0):
 
 
 def torch_loss(q, c, log_q, ids, tau: float, b: int):
-    import torch
-    import torch.nn.functional as F
+    """Eager PyTorch as a user writes it: the B×N logits materialized (the
+    package's plain reference loss)."""
+    from mixneg.torch import mns_loss_reference
 
-    s = q @ c.T / tau - log_q
-    n = c.shape[0]
-    pos = torch.arange(b)
-    hit = (ids[None, :] == ids[:b, None]) & (torch.arange(n)[None, :] != pos[:, None])
-    s = s.masked_fill(hit, float("-inf"))
-    return F.cross_entropy(s, pos)
+    assert q.shape[0] == b
+    return mns_loss_reference(q, c, log_q, temperature=tau, ids=ids)
 
 
 def _rss_mib() -> float:

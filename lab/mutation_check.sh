@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Proves the tolerance policy of tests/common/mod.rs bites: each patch in
-# scripts/mutants/ degrades one kernel on purpose; the accuracy tests must
+# lab/mutants/ degrades one kernel on purpose; the accuracy tests must
 # fail with it applied. Prints one line per mutant and exits non-zero if a
 # mutant that must be caught survives. Restores the tree after each.
-#   scripts/mutation_check.sh            # all mutants (~5 min on 2 cores)
+#   lab/mutation_check.sh            # all mutants (~5 min on 2 cores)
 # Needs g++ for the CUDA-emulator mutant (else that one is reported skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ if ! git diff --quiet -- src kernels tests/cuda_emu; then
     exit 2
 fi
 status=0
-for patch in scripts/mutants/*.patch; do
+for patch in lab/mutants/*.patch; do
     name=$(basename "$patch" .patch)
     case "$name" in
         cuda_*) tests=(--test cuda_emulated) ;;
