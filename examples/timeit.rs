@@ -1,6 +1,8 @@
-//! Times the fused CPU loss at one shape, and the forward-only call
-//! alternating with it: `cargo run --release --example timeit -- B BP K [reps]`.
-use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput};
+//! Times the fused CPU loss at one shape: the full call at each precision
+//! tier this CPU computes (F32, and Bf16 with AVX512_BF16), in interleaved
+//! rounds, and the forward-only F32 call beside them:
+//! `cargo run --release --example timeit -- B BP K [reps]`.
+use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput, Precision};
 use std::time::Instant;
 fn main() {
     let a: Vec<usize> = std::env::args()
@@ -22,31 +24,47 @@ fn main() {
         .map(|j| -((j % 1000) as f32 + 1.0).ln() - 5.0)
         .collect();
     let be = CpuBackend::from_env().unwrap();
+    let tiers: Vec<Precision> = [Precision::F32, Precision::Bf16]
+        .into_iter()
+        .filter(|&t| be.supports(t))
+        .collect();
     let input = MnsInput::new(&u, &v, &lq, k).temperature(0.05);
     let mut out = MnsOutput::filled(b, n, k, 0.0);
-    let (mut ts, mut fs) = (vec![], vec![]);
+    let mut times = vec![vec![]; tiers.len()];
+    let mut losses = vec![0.0; tiers.len()];
+    let mut fs = vec![];
     for _ in 0..reps {
-        let t = Instant::now();
-        be.mns_loss_into(&input, &mut out).unwrap();
-        ts.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
+        for (t, &tier) in tiers.iter().enumerate() {
+            let x = input.precision(tier);
+            let start = Instant::now();
+            be.mns_loss_into(&x, &mut out).unwrap();
+            times[t].push(start.elapsed().as_secs_f64());
+            losses[t] = out.loss;
+        }
+        let start = Instant::now();
         be.mns_forward(&input).unwrap();
-        fs.push(t.elapsed().as_secs_f64());
+        fs.push(start.elapsed().as_secs_f64());
     }
-    ts.sort_by(f64::total_cmp);
-    fs.sort_by(f64::total_cmp);
-    let med = ts[ts.len() / 2];
-    let fwd = fs[fs.len() / 2];
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let f32_med = median(&mut times[0]);
+    for (t, tier) in tiers.iter().enumerate() {
+        let med = median(&mut times[t]);
+        println!(
+            "{} {b}x{n}x{k} {tier:?}: median {:.2} ms, {:.1} GFLOP/s, loss {} ({:.2}x the F32 call's speed)",
+            be.name(),
+            med * 1e3,
+            6.0 * (b * n * k) as f64 / med / 1e9,
+            losses[t],
+            f32_med / med
+        );
+    }
+    let fwd = median(&mut fs);
     println!(
-        "{} {b}x{n}x{k}: median {:.2} ms, {:.1} GFLOP/s, loss {}",
-        be.name(),
-        med * 1e3,
-        6.0 * (b * n * k) as f64 / med / 1e9,
-        out.loss
-    );
-    println!(
-        "  forward only: median {:.2} ms ({:.2}x the full call)",
+        "  forward only (F32): median {:.2} ms ({:.2}x the full call)",
         fwd * 1e3,
-        fwd / med
+        fwd / f32_med
     );
 }

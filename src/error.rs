@@ -138,15 +138,15 @@ pub enum MnsError {
     /// A CPU kernel was forced that this CPU cannot run, or an unknown name.
     #[error("CPU kernel {0} is not available on this machine")]
     KernelUnavailable(String),
-    /// A precision tier the backend does not implement.
-    #[error(
-        "the {backend} backend computes the products in f32 only; Precision::{precision:?} needs the CUDA backend's tensor-core path"
-    )]
+    /// A precision tier the backend (or this machine) does not implement.
+    #[error("the {backend} backend cannot compute Precision::{precision:?}: {reason}")]
     Precision {
         /// The backend's name.
         backend: &'static str,
         /// The tier asked for.
         precision: crate::Precision,
+        /// What would compute it.
+        reason: &'static str,
     },
     /// A private thread pool could not be built.
     #[error("thread pool of {threads} workers: {reason}")]

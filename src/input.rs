@@ -60,9 +60,11 @@ pub struct MnsInput<'a> {
 /// The arithmetic of the three products (the logits U·Vᵀ, G·V and Gᵀ·U).
 /// Every tier accumulates in f32 and computes exp, the row merge and the
 /// loss as the f32 path does; the tiers differ only in how the products'
-/// factors are rounded. Only the CUDA tensor-core path implements the
-/// lower tiers; the CPU backend refuses them ([`MnsError::Precision`]) and
-/// the reference computes everything in f64 whatever is asked.
+/// factors are rounded. The CUDA tensor-core path implements every tier; the
+/// CPU backend implements `F32` everywhere and `Bf16` with its `avx512`
+/// kernel on a CPU with AVX512_BF16 (`vdpbf16ps`), and refuses the others
+/// ([`MnsError::Precision`]); the reference computes everything in f64
+/// whatever is asked.
 ///
 /// Error bounds, per product term a·b with unit roundoff u of the tier
 /// (derivation in docs/design.md §9):
@@ -437,15 +439,6 @@ pub struct Problem<'a> {
 }
 
 impl Problem<'_> {
-    /// Err([`MnsError::Precision`]) unless the problem asks for
-    /// [`Precision::F32`]: for backends that compute in f32 only.
-    pub fn f32_only(&self, backend: &'static str) -> Result<(), MnsError> {
-        match self.precision {
-            Precision::F32 => Ok(()),
-            precision => Err(MnsError::Precision { backend, precision }),
-        }
-    }
-
     /// Weight of row i (1 when no weights were given).
     #[inline]
     pub fn weight(&self, i: usize) -> f32 {

@@ -449,3 +449,99 @@ fn kept_scratch_gives_the_bits_of_a_fresh_backend() {
         assert!(got == want[4], "{} after release_scratch", be.name());
     }
 }
+
+/// The CPU backends that compute the bf16 tier here (the avx512 kernel on a
+/// CPU with AVX512_BF16), on 1, 2 and 3 threads; empty, with a note, where
+/// this CPU lacks it.
+fn bf16_paths() -> Vec<CpuBackend> {
+    let paths: Vec<CpuBackend> = cpu_paths()
+        .into_iter()
+        .filter(|b| b.supports(mixneg::Precision::Bf16))
+        .collect();
+    if paths.is_empty() {
+        skip("no CPU kernel here computes the bf16 tier (needs AVX512_BF16)");
+    }
+    paths
+}
+
+/// The CPU's bf16 tier against the f64 reference, under the policy of the
+/// CUDA tiers: the f32 policy measured against a plain f32 implementation
+/// that rounds the same factors to bf16 (`naive_f32` at the case's tier). On
+/// the awkward shapes (B = 1, K = 1, odd K, N not a multiple of any tile, an
+/// odd row count in a block, B′ = 0), offsets at both ends, without ids and
+/// with the uncorrected positive, and with weights.
+#[test]
+fn bf16_tier_matches_the_reference_on_awkward_shapes() {
+    let paths = bf16_paths();
+    let mut cases = vec![];
+    for (b, bp, k) in [
+        (1, 0, 1),
+        (1, 7, 3),
+        (3, 0, 7),
+        (17, 203, 9),
+        (64, 64, 64),
+        (65, 130, 65),
+        (113, 1000, 31),
+        (70, 30, 130),
+        (37, 600, 16),
+        (200, 900, 48),
+    ] {
+        cases.push(random_case(31, b, bp, k));
+    }
+    let mut c = random_case(32, 40, 60, 20);
+    c.positive_offset = 60;
+    cases.push(c.clone());
+    c.positive_offset = 0;
+    c.ids = None;
+    c.correct_positive = false;
+    cases.push(c.clone());
+    c.row_weight = Some((0..40).map(|i| (i % 5) as f32 * 0.5).collect());
+    cases.push(c);
+    for case in cases {
+        let case = case.at(mixneg::Precision::Bf16);
+        let want = reference::mns_loss_f64(&case.input()).unwrap();
+        for be in &paths {
+            let mut out = MnsOutput::filled(case.b(), case.n(), case.k, f32::NAN);
+            be.mns_loss_into(&case.input(), &mut out).unwrap();
+            let ctx = Case {
+                name: format!("{} [{} x{}]", case.name, be.name(), be.threads()),
+                ..case.clone()
+            };
+            assert_output(&ctx, &out, want.loss, &want.d_u, &want.d_v, &want.lse);
+            assert_tensor("row_loss", &ctx, &out.row_loss, &want.row_loss, 1);
+            assert_loss_consistent(&ctx, out.loss, &out.row_loss);
+            let fwd = be.mns_forward(&case.input()).unwrap();
+            assert_eq!(fwd.lse, out.lse, "{}", ctx.name);
+        }
+    }
+}
+
+/// The bf16 tier is what it says, and the policy sees it: its gradients fail
+/// the f32 policy on an ordinary case (so passing its own is not the policy
+/// being blind to bf16 rounding), and the F32 tier of the same backend is
+/// unchanged by the tier's existence (bit-identical to a fresh backend's).
+#[test]
+fn bf16_tier_fails_the_f32_policy() {
+    let c = random_case(26, 40, 100, 64);
+    let want = reference::mns_loss_f64(&c.input()).unwrap();
+    for be in bf16_paths() {
+        let out = be.mns_loss(&c.at(mixneg::Precision::Bf16).input()).unwrap();
+        for (what, got, exp) in [("d_u", &out.d_u, &want.d_u), ("d_v", &out.d_v, &want.d_v)] {
+            let (bound, _, _) = tensor_bound(what, &c, exp);
+            let err = l2_err(got, exp);
+            assert!(
+                err > bound,
+                "bf16 {what} error {err:.3e} within the f32 bound {bound:.3e}"
+            );
+        }
+        let f32_after = be.mns_loss(&c.input()).unwrap();
+        let fresh = CpuBackend::with_kernel(be.kernel())
+            .unwrap()
+            .with_threads(be.threads())
+            .unwrap();
+        assert_eq!(
+            output_bits(&f32_after),
+            output_bits(&fresh.mns_loss(&c.input()).unwrap())
+        );
+    }
+}

@@ -398,10 +398,11 @@ fn first_non_finite_index_in_long_inputs() {
     }
 }
 
-/// A lower precision tier is refused by every CPU kernel (they compute the
-/// products in f32 only), with an error that names the backend and the
-/// tier, and the caller's output is untouched; the f64 reference computes
-/// it exactly (more accurate than asked), and F32 is accepted by all.
+/// TF32 is refused by every CPU kernel (a tensor-core format), and bf16 by
+/// those that cannot compute it here, with an error that names the backend,
+/// the tier and why, and the caller's output is untouched; the f64
+/// reference computes every tier exactly (more accurate than asked), and
+/// F32 is accepted by all.
 #[test]
 fn cpu_backends_refuse_lower_precision_tiers() {
     let g = good();
@@ -416,6 +417,7 @@ fn cpu_backends_refuse_lower_precision_tiers() {
         let want = MnsError::Precision {
             backend: be.name(),
             precision: mixneg::Precision::Tf32,
+            reason: "TF32 is a tensor-core format: the CPU kernels compute F32, and Bf16 on a CPU with AVX512_BF16",
         };
         assert_eq!(be.mns_loss(&x).unwrap_err(), want);
         assert_eq!(be.mns_forward(&x).unwrap_err(), want);
@@ -424,6 +426,14 @@ fn cpu_backends_refuse_lower_precision_tiers() {
         assert!(out.d_u.iter().chain(&out.d_v).all(|&v| v == 7.0));
         assert!(want.to_string().contains("Tf32"), "{want}");
         assert!(be.mns_loss(&MnsInput::new(&g.u, &g.v, &g.lq, 2)).is_ok());
+        let bf16 = MnsInput::new(&g.u, &g.v, &g.lq, 2).precision(mixneg::Precision::Bf16);
+        match be.mns_loss(&bf16) {
+            Ok(_) => assert!(be.name() == "cpu/avx512", "{}", be.name()),
+            Err(e) => assert!(
+                e.to_string().contains("Bf16") && e.to_string().to_lowercase().contains("avx512"),
+                "{e}"
+            ),
+        }
     }
 }
 

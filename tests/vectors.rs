@@ -104,3 +104,21 @@ fn realistic_vector_meets_the_bar() {
         }
     }
 }
+
+/// Every test vector on the CPU's bf16 tier, where this CPU has it, within
+/// the tier's derived tolerance (the policy against a plain implementation
+/// that rounds the same factors to bf16).
+#[test]
+fn every_vector_on_the_bf16_tier() {
+    let Ok(be) = CpuBackend::with_kernel(Kernel::Avx512) else {
+        return skip("no avx512 kernel on this CPU");
+    };
+    if !be.supports(mixneg::Precision::Bf16) {
+        return skip("this CPU lacks AVX512_BF16: the bf16 tier is not run");
+    }
+    for (case, exp) in load_vectors() {
+        let case = case.at(mixneg::Precision::Bf16);
+        let out = be.mns_loss(&case.input()).unwrap();
+        assert_output(&case, &out, exp.loss, &exp.d_u, &exp.d_v, &exp.lse);
+    }
+}

@@ -151,9 +151,11 @@ def mns_loss(
     ``row_weight`` (B, ≥ 0). C-contiguous float32 arrays are read in place;
     other float dtypes are converted. The GIL is released during the call and
     no input is modified. ``threads``: worker threads (default: all of
-    rayon's, i.e. ``RAYON_NUM_THREADS`` or every core). ``precision``: "f32",
-    the CPU kernels' only tier ("tf32" and "bf16" are CUDA tiers, reached
-    through ``mixneg.torch`` with CUDA tensors, and raise ValueError here).
+    rayon's, i.e. ``RAYON_NUM_THREADS`` or every core). ``precision``: "f32"
+    (default), or "bf16" (the products' factors rounded to bf16, f32 sums)
+    on a CPU with AVX512_BF16; "tf32" is a CUDA tier, reached through
+    ``mixneg.torch`` with CUDA tensors. A tier the CPU cannot compute raises
+    ValueError.
     Bad input raises ValueError or TypeError with the numbers.
     """
     return _call(

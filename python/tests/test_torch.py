@@ -196,15 +196,25 @@ def test_module():
     assert "reduction='mean'" in repr(m)
 
 
-def test_cpu_refuses_the_lower_tiers():
-    """precision= reaches the crate: the CPU kernels have the f32 tier only
-    and refuse the others with the crate's message; an unknown tier is a
-    ValueError before any call."""
+def test_cpu_tiers():
+    """precision= reaches the crate: the CPU kernels refuse TF32 (a
+    tensor-core format) with the crate's message, and bf16 where this CPU
+    lacks AVX512_BF16; where it has it, bf16 is the f32 result within bf16's
+    error; an unknown tier is a ValueError before any call."""
     c = CASES[12]
     u, v, log_q, ids, w = c.arrays()
-    for tier in ("tf32", "bf16"):
-        with pytest.raises(ValueError, match=f"f32 only; Precision::{tier.capitalize()} needs the CUDA backend"):
-            mt.mns_loss(u, v, log_q, temperature=c.temperature, precision=tier)
+    u, v, log_q = u.float(), v.float(), log_q.float()
+    with pytest.raises(ValueError, match="cannot compute Precision::Tf32: TF32 is a tensor-core format"):
+        mt.mns_loss(u, v, log_q, temperature=c.temperature, precision="tf32")
+    try:
+        bf16 = mt.mns_loss(u, v, log_q, temperature=c.temperature, precision="bf16")
+    except ValueError as e:
+        assert "cannot compute Precision::Bf16" in str(e)
+    else:
+        exact = float(reference(u.double(), v.double(), log_q.double(), c.temperature))
+        # Each logit errs by up to 2·2⁻⁸·Σ|u v|/τ; the loss by about that much.
+        bound = 2 * 2**-8 * float((u.abs() @ v.abs().T).max()) / c.temperature
+        assert abs(float(bf16) - exact) <= bound
     with pytest.raises(ValueError, match="precision must be one of"):
         mt.mns_loss(u, v, log_q, precision="fp8")
     f32 = mt.mns_loss(u, v, log_q, temperature=c.temperature, precision="f32")

@@ -58,6 +58,8 @@ pub(crate) struct Part<'a> {
     pub diag: Vec<Option<f32>>,
     /// Per row: c_p,i, set by the caller between the phases.
     pub coef: Vec<f32>,
+    /// The bf16 tier's rounded strips and c·U (`bf16.rs`); empty on F32.
+    pub bf: Aligned,
     /// Rows j0..j1 of the dV accumulator (stride kp), owned by this part.
     pub dv: &'a mut [f32],
 }
@@ -66,12 +68,14 @@ impl<'a> Part<'a> {
     /// The parts of `plan`, each with its rows of the dV accumulator `dv`
     /// (N × kp, split at the part boundaries; or empty, for a forward-only
     /// call) and scratch recycled from
-    /// `old` (one `[strip, du, us]` per part of an earlier call).
+    /// `old` (one `[strip, du, us, bf]` per part of an earlier call);
+    /// `bf_len(w)`: the length of the bf16 buffer of a part of width w.
     pub fn for_plan(
         plan: &Plan,
         n: usize,
         dv: &'a mut [f32],
-        old: Vec<[Aligned; 3]>,
+        old: Vec<[Aligned; 4]>,
+        bf_len: impl Fn(usize) -> usize,
     ) -> Vec<Part<'a>> {
         let (kp, mb) = (plan.kp, plan.mb);
         let mut old = old.into_iter();
@@ -85,7 +89,7 @@ impl<'a> Part<'a> {
             let rows = if rest.is_empty() { 0 } else { (j1 - j0) * kp };
             let (mine, tail) = rest.split_at_mut(rows);
             rest = tail;
-            let [strip, du, us] = old.next().unwrap_or_default();
+            let [strip, du, us, bf] = old.next().unwrap_or_default();
             parts.push(Part {
                 j0,
                 j1,
@@ -94,6 +98,7 @@ impl<'a> Part<'a> {
                 strip: strip.recycle(mb * ld),
                 du: du.recycle(mb * kp),
                 us: us.recycle(mb * kp),
+                bf: bf.recycle(bf_len(wd)),
                 max: vec![0.0; mb],
                 sum: vec![0.0; mb],
                 diag: vec![None; mb],
@@ -105,8 +110,8 @@ impl<'a> Part<'a> {
     }
 
     /// The part's large buffers, to be kept for the next call.
-    pub fn into_scratch(self) -> [Aligned; 3] {
-        [self.strip, self.du, self.us]
+    pub fn into_scratch(self) -> [Aligned; 4] {
+        [self.strip, self.du, self.us, self.bf]
     }
 }
 

@@ -18,6 +18,8 @@
 //! strips of one row block, `mb × N` floats (48 to 96 rows, sized to one
 //! core's L2). Nothing is proportional to B·N.
 
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 mod kernel;
 mod pack;
 mod phase_a;
@@ -30,7 +32,7 @@ mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use crate::{Backend, MnsError, MnsForward, MnsInput, MnsOutput, Problem};
+use crate::{Backend, MnsError, MnsForward, MnsInput, MnsOutput, Precision, Problem};
 use kernel::Part;
 use pack::Packed;
 use plan::Plan;
@@ -201,6 +203,36 @@ impl CpuBackend {
             .map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
     }
 
+    /// Whether this backend computes the products at `precision`: F32
+    /// always; Bf16 with the `avx512` kernel on a CPU with AVX512_BF16
+    /// (`vdpbf16ps`); Tf32 never (a tensor-core format).
+    pub fn supports(&self, precision: Precision) -> bool {
+        self.tier(precision).is_ok()
+    }
+
+    /// Err([`MnsError::Precision`]) with the reason unless this backend
+    /// computes `precision` (see [`CpuBackend::supports`]).
+    fn tier(&self, precision: Precision) -> Result<(), MnsError> {
+        let reason = match precision {
+            Precision::F32 => return Ok(()),
+            Precision::Bf16 if self.kernel == Kernel::Avx512 && bf16_available() => return Ok(()),
+            Precision::Bf16 if bf16_available() => {
+                "the bf16 tier runs on the avx512 kernel only (this backend runs another)"
+            }
+            Precision::Bf16 => {
+                "this CPU lacks AVX512_BF16 (vdpbf16ps); the CUDA backend has every tier"
+            }
+            _ => {
+                "TF32 is a tensor-core format: the CPU kernels compute F32, and Bf16 on a CPU with AVX512_BF16"
+            }
+        };
+        Err(MnsError::Precision {
+            backend: self.name(),
+            precision,
+            reason,
+        })
+    }
+
     /// Frees the scratch kept from earlier calls (see [`CpuBackend`]); the
     /// next call allocates it again. Also for this backend's clones.
     pub fn release_scratch(&self) {
@@ -228,9 +260,19 @@ impl CpuBackend {
         let (kp, mb) = (plan.kp, plan.mb);
 
         let mut scratch = self.scratch.take();
-        let packed = Packed::new(p, &plan, S::ROWS, &mut scratch);
+        // The bf16 tier (reached only with S = Avx512 on a CPU with
+        // AVX512_BF16: `tier` checked it) packs bf16 copies instead.
+        let bf16 = p.precision == Precision::Bf16;
+        let packed = Packed::new(p, &plan, S::ROWS, &mut scratch, bf16);
+        #[cfg(target_arch = "x86_64")]
+        let bp = bf16.then(|| bf16::Bf16Packed::new(p, kp, plan.np));
         let hits = p.hit_groups();
-        let sh = packed.shared(p, &plan, &hits);
+        let mut round: fn(f32) -> f32 = |x| x;
+        #[cfg(target_arch = "x86_64")]
+        if bf16 {
+            round = bf16::round;
+        }
+        let sh = packed.shared(p, &plan, &hits, round);
         // The dV accumulator (none for a forward-only call, which leaves the
         // kept one in the scratch).
         let mut dv = if forward_only {
@@ -238,7 +280,16 @@ impl CpuBackend {
         } else {
             std::mem::take(&mut scratch.dv).recycle(n * kp)
         };
-        let mut parts = Part::for_plan(&plan, n, &mut dv, std::mem::take(&mut scratch.parts));
+        let bf_len = |w: usize| {
+            #[cfg(target_arch = "x86_64")]
+            if bf16 {
+                return bf16::part_len(mb, w, kp);
+            }
+            let _ = w;
+            0
+        };
+        let old = std::mem::take(&mut scratch.parts);
+        let mut parts = Part::for_plan(&plan, n, &mut dv, old, bf_len);
 
         let mut rows = Rows::new(p, mb);
         for i0 in (0..b).step_by(mb) {
@@ -246,8 +297,15 @@ impl CpuBackend {
             parts
                 .par_iter_mut()
                 .with_max_len(1)
-                // SAFETY: the CPU supports S (this function's contract).
-                .for_each(|q| unsafe { S::phase_a(&sh, q, i0, r) });
+                // SAFETY: the CPU supports S (this function's contract), and
+                // AVX512_BF16 when bf16 (checked by `tier`).
+                .for_each(|q| unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some(bp) = &bp {
+                        return bf16::phase_a(&sh, bp, q, i0, r);
+                    }
+                    S::phase_a(&sh, q, i0, r)
+                });
             rows.merge(p, &mut parts, i0, r, out);
             if forward_only {
                 continue;
@@ -256,7 +314,13 @@ impl CpuBackend {
                 .par_iter_mut()
                 .with_max_len(1)
                 // SAFETY: as above.
-                .for_each(|q| unsafe { S::phase_b(&sh, q, i0, r) });
+                .for_each(|q| unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some(bp) = &bp {
+                        return bf16::phase_b(&sh, bp, q, i0, r);
+                    }
+                    S::phase_b(&sh, q, i0, r)
+                });
             rows.combine(p, &mut parts, i0, r, kp, out);
         }
         scratch.parts = parts.into_iter().map(Part::into_scratch).collect();
@@ -322,7 +386,7 @@ impl Backend for CpuBackend {
         // backend's pool.
         self.in_pool(|| {
             let p = input.validate()?;
-            p.f32_only(self.name())?;
+            self.tier(p.precision)?;
             out.check_shape(p.b, p.n, p.k)?;
             self.dispatch(&p, out, false);
             Ok(())
@@ -332,7 +396,7 @@ impl Backend for CpuBackend {
     fn mns_forward(&self, input: &MnsInput<'_>) -> Result<MnsForward, MnsError> {
         self.in_pool(|| {
             let p = input.validate()?;
-            p.f32_only(self.name())?;
+            self.tier(p.precision)?;
             // Per-row buffers only: no gradient is formed.
             let mut out = MnsOutput::filled(p.b, 0, 0, 0.0);
             self.dispatch(&p, &mut out, true);
@@ -351,4 +415,12 @@ fn d_temperature(p: &Problem<'_>, d_u: &[f32]) -> f32 {
             .map(|(u, g)| u.iter().zip(g).map(|(&a, &b)| a as f64 * b as f64).sum())
             .collect();
     (-rows.iter().sum::<f64>() / p.temperature as f64) as f32
+}
+
+/// Whether this CPU can run the bf16 tier's kernels (AVX-512F and AVX512_BF16).
+fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return bf16::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }

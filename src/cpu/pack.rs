@@ -38,6 +38,8 @@ pub(crate) struct Shared<'a> {
     pub vt: &'a [f32],
     /// −log Q padded (see [`Packed::nlq`]).
     pub nlq: &'a [f32],
+    /// How the tier rounds a product's factor (the identity for F32).
+    pub round: fn(f32) -> f32,
     /// Subtract log_q on the diagonal too.
     pub correct_positive: bool,
     /// o: row i's positive is column i + o.
@@ -75,11 +77,29 @@ pub(crate) struct Packed {
 
 impl Packed {
     /// Packs `p` for a kernel of micro-kernel height `rows`, in buffers
-    /// recycled from `scratch` (taken out of it).
-    pub fn new(p: &Problem<'_>, plan: &Plan, rows: usize, scratch: &mut Scratch) -> Packed {
+    /// recycled from `scratch` (taken out of it). With `only_up` (the bf16
+    /// tier, which packs its own copies) only `up` and `nlq` are built.
+    pub fn new(
+        p: &Problem<'_>,
+        plan: &Plan,
+        rows: usize,
+        scratch: &mut Scratch,
+        only_up: bool,
+    ) -> Packed {
         let (b, n, k, kp, np) = (p.b, p.n, p.k, plan.kp, plan.np);
         let mut up = std::mem::take(&mut scratch.up).recycle(b * kp);
         pad_rows(p.u, k, &mut up, kp);
+        let mut nlq = vec![f32::NEG_INFINITY; np];
+        nlq.iter_mut().zip(p.log_q).for_each(|(d, &q)| *d = -q);
+        if only_up {
+            return Packed {
+                up,
+                ug: std::mem::take(&mut scratch.ug),
+                vp: std::mem::take(&mut scratch.vp),
+                vt: std::mem::take(&mut scratch.vt),
+                nlq,
+            };
+        }
 
         let mut ug = std::mem::take(&mut scratch.ug).recycle(b.next_multiple_of(rows) * kp);
         ug.par_chunks_mut(kp * rows)
@@ -127,8 +147,6 @@ impl Packed {
                 }
             });
 
-        let mut nlq = vec![f32::NEG_INFINITY; np];
-        nlq.iter_mut().zip(p.log_q).for_each(|(d, &q)| *d = -q);
         Packed {
             up,
             ug,
@@ -144,6 +162,7 @@ impl Packed {
         p: &Problem<'a>,
         plan: &Plan,
         hits: &'a Option<(Vec<usize>, Vec<Vec<usize>>)>,
+        round: fn(f32) -> f32,
     ) -> Shared<'a> {
         Shared {
             b: p.b,
@@ -158,6 +177,7 @@ impl Packed {
             v: p.v,
             vt: &self.vt,
             nlq: &self.nlq,
+            round,
             correct_positive: p.correct_positive,
             offset: p.positive_offset,
             hits: hits.as_ref().map(|(r, g)| (r.as_slice(), g.as_slice())),

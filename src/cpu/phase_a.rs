@@ -45,35 +45,65 @@ pub(crate) unsafe fn phase_a<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
     // row groups i0/ROWS .. (i0 + r)/ROWS within ug, panels j0/16 ..
     // (j0+w)/16 ≤ np/16, strip rows < r of stride ld ≥ w.
     unsafe { strip_block::<S>(sh, i0, r, part) };
+    // SAFETY: S is supported (our contract).
+    unsafe { finish_rows::<S>(sh, part, i0, r) };
+}
+
+/// Step 2 of phase A on a part's finished logit strip, rows i0..i0+r:
+/// per row [`fix_row`], then the max, the exponentials in place and their
+/// sum (see the module docs).
+///
+/// # Safety
+///
+/// The CPU supports `S`'s instruction set.
+#[inline(always)]
+unsafe fn finish_rows<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: usize) {
+    let (w, ld) = (part.w, part.ld);
+    assert!(w.is_multiple_of(NR) && ld >= w && part.strip.len() >= r * ld && i0 + r <= sh.b);
+    assert!(part.max.len() >= r && part.sum.len() >= r && part.diag.len() >= r);
     for rr in 0..r {
-        let i = i0 + rr;
+        fix_row(sh, part, i0, rr);
         let row = &mut part.strip[rr * ld..rr * ld + w];
-        part.diag[rr] = None;
-        // Row i's positive, column i + o.
-        let pos = i + sh.offset;
-        if (part.j0..part.j1).contains(&pos) {
-            let local = pos - part.j0;
-            if !sh.correct_positive {
-                // Uncorrected positive: ⟨u_i, v_{i+o}⟩/τ without − log_q[i + o].
-                let (u, v) = (&sh.up[i * kp..][..sh.k], &sh.v[pos * sh.k..][..sh.k]);
-                row[local] =
-                    u.iter().zip(v).fold(0.0f32, |s, (&x, &y)| x.mul_add(y, s)) * sh.inv_tau;
-            }
-            part.diag[rr] = Some(row[local]);
-            row[local] = f32::NEG_INFINITY;
-        }
-        if let Some((group_of_row, groups)) = sh.hits
-            && let Some(cols) = groups.get(group_of_row[i])
-        {
-            for &j in cols.iter().filter(|&&j| (part.j0..part.j1).contains(&j)) {
-                row[j - part.j0] = f32::NEG_INFINITY;
-            }
-        }
         // SAFETY: S is supported; row has w elements, a multiple of 16 and
         // so of S::LANES (asserted above).
         let (m, s) = unsafe { max_exp_sum::<S>(row) };
         part.max[rr] = m;
         part.sum[rr] = s;
+    }
+}
+
+/// Strip row rr (query i0 + rr) of a part before its exponentials: the
+/// positive's logit recorded in `diag` and taken out of the row, the
+/// accidental hits set to −∞. Shared by every tier.
+pub(crate) fn fix_row(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, rr: usize) {
+    let (kp, w, ld) = (sh.kp, part.w, part.ld);
+    let i = i0 + rr;
+    let row = &mut part.strip[rr * ld..rr * ld + w];
+    part.diag[rr] = None;
+    // Row i's positive, column i + o.
+    let pos = i + sh.offset;
+    if (part.j0..part.j1).contains(&pos) {
+        let local = pos - part.j0;
+        if !sh.correct_positive {
+            // Uncorrected positive: ⟨u_i, v_{i+o}⟩/τ without − log_q[i + o],
+            // from the factors the tier's products use.
+            let (u, v) = (&sh.up[i * kp..][..sh.k], &sh.v[pos * sh.k..][..sh.k]);
+            let f = sh.round;
+            row[local] = u
+                .iter()
+                .zip(v)
+                .fold(0.0f32, |s, (&x, &y)| f(x).mul_add(f(y), s))
+                * sh.inv_tau;
+        }
+        part.diag[rr] = Some(row[local]);
+        row[local] = f32::NEG_INFINITY;
+    }
+    if let Some((group_of_row, groups)) = sh.hits
+        && let Some(cols) = groups.get(group_of_row[i])
+    {
+        for &j in cols.iter().filter(|&&j| (part.j0..part.j1).contains(&j)) {
+            row[j - part.j0] = f32::NEG_INFINITY;
+        }
     }
 }
 
@@ -184,23 +214,13 @@ unsafe fn strip_tile<S: Simd, const R: usize, const V: usize>(
 #[inline(always)]
 unsafe fn max_exp_sum<S: Simd>(row: &mut [f32]) -> (f32, f32) {
     debug_assert!(row.len().is_multiple_of(NR) && NR.is_multiple_of(S::LANES));
+    // SAFETY: S supported (our contract), row.len() a multiple of 16.
+    let m = unsafe { row_max::<S>(row) };
     let p = row.as_mut_ptr();
     let (len, l) = (row.len(), S::LANES);
-    // Two independent accumulators per pass; `pairs` is the part covered by
-    // whole pairs of vectors, and at most one vector is left (len % 16 = 0).
-    let pairs = len / (2 * l) * (2 * l);
     // SAFETY: S supported; p is valid for len elements, len a multiple of L,
     // and every access is at offset j..j+L with j + L ≤ len.
     unsafe {
-        let (mut m0, mut m1) = (S::splat(f32::NEG_INFINITY), S::splat(f32::NEG_INFINITY));
-        for j in (0..pairs).step_by(2 * l) {
-            m0 = m0.max(S::load(p.add(j)));
-            m1 = m1.max(S::load(p.add(j + l)));
-        }
-        if pairs < len {
-            m0 = m0.max(S::load(p.add(pairs)));
-        }
-        let m = m0.max(m1).reduce_max();
         let mv = S::splat(if m == f32::NEG_INFINITY { 0.0 } else { -m });
         // Blocked sum (JC columns from zero, then into the total): rounding
         // grows with len/JC + JC, not with len.
@@ -219,6 +239,31 @@ unsafe fn max_exp_sum<S: Simd>(row: &mut [f32]) -> (f32, f32) {
             total = total.add(s0.add(s1));
         }
         (m, total.reduce_sum())
+    }
+}
+
+/// max_j row\[j\] (−∞ for a row of −∞).
+///
+/// # Safety
+///
+/// S supported; `row.len()` is a multiple of 16 (so of S::LANES).
+#[inline(always)]
+pub(crate) unsafe fn row_max<S: Simd>(row: &[f32]) -> f32 {
+    let (p, len, l) = (row.as_ptr(), row.len(), S::LANES);
+    // Two independent accumulators; `pairs` is the part covered by whole
+    // pairs of vectors, and at most one vector is left (len % 16 = 0).
+    let pairs = len / (2 * l) * (2 * l);
+    // SAFETY: S supported; every access is at j..j+L with j + L ≤ len.
+    unsafe {
+        let (mut m0, mut m1) = (S::splat(f32::NEG_INFINITY), S::splat(f32::NEG_INFINITY));
+        for j in (0..pairs).step_by(2 * l) {
+            m0 = m0.max(S::load(p.add(j)));
+            m1 = m1.max(S::load(p.add(j + l)));
+        }
+        if pairs < len {
+            m0 = m0.max(S::load(p.add(pairs)));
+        }
+        m0.max(m1).reduce_max()
     }
 }
 

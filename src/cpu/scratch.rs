@@ -78,7 +78,7 @@ pub(crate) struct Scratch {
     pub vp: Aligned,
     pub vt: Aligned,
     pub dv: Aligned,
-    pub parts: Vec<[Aligned; 3]>,
+    pub parts: Vec<[Aligned; 4]>,
 }
 
 /// Idle [`Scratch`]es: a call takes one (or starts empty) and puts it back,

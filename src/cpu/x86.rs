@@ -163,7 +163,7 @@ unsafe fn phase_b_avx2_fma(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, r: u
 
 /// Sixteen f32 lanes in a zmm register.
 #[derive(Clone, Copy)]
-pub(crate) struct Avx512(__m512);
+pub(crate) struct Avx512(pub(crate) __m512);
 
 // SAFETY (for every block in this impl): the trait's contract is that the
 // running CPU supports AVX-512F — the methods are only reached inside the

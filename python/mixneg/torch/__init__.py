@@ -13,9 +13,9 @@ backend on torch's current stream of the tensors' device, reading the
 inputs and writing freshly allocated output tensors in place (no host round
 trip, no copy); the inputs' values are checked on the device first (one
 synchronization; ``validate=False`` skips it), with the CPU path's errors.
-``precision`` selects the products' arithmetic on CUDA ("f32": 3xTF32 on
-tensor cores, f32-accurate; "tf32"; "bf16"); the CPU kernels have "f32" only
-and refuse the others.
+``precision`` selects the products' arithmetic ("f32": f32-accurate, 3xTF32
+on tensor cores; "tf32": CUDA only; "bf16": on CUDA, and on a CPU with
+AVX512_BF16); a tier the device cannot compute raises ValueError.
 
 Reductions and what backward costs:
 
@@ -426,9 +426,9 @@ def mns_loss(
 
     The tensors may be on the CPU or on one CUDA device (all on the same
     one): on CUDA the call runs on torch's current stream. ``precision``:
-    "f32" (default; f32-accurate, 3xTF32 on tensor cores), "tf32" or "bf16"
-    (CUDA only: the products' factors rounded to TF32 or bf16, f32
-    accumulation). ``validate=False`` skips the CUDA path's device-side
+    "f32" (default; f32-accurate, 3xTF32 on tensor cores), "tf32" (CUDA
+    only) or "bf16" (CUDA, or a CPU with AVX512_BF16): the products'
+    factors rounded to TF32 or bf16, f32 accumulation. ``validate=False`` skips the CUDA path's device-side
     check of the values (and its synchronization); non-finite inputs then
     give undefined results.
     """
