@@ -24,7 +24,7 @@
 use super::kernel::{JC, NR, Part, with_rows};
 use super::pack::Shared;
 use super::phase_a::{fix_row, row_max};
-use super::simd::{Simd, exp};
+use super::simd::{Simd, exp, prefetch};
 use super::x86::Avx512;
 use crate::Problem;
 use rayon::prelude::*;
@@ -215,6 +215,10 @@ unsafe fn strip_tile<const R: usize, const V: usize>(
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         for c2 in 0..kp2 {
+            // U streams from L2, as in the f32 kernel: 8 steps ahead (past
+            // the group's end only into other lines of ug, or past it, which
+            // a prefetch may do).
+            prefetch(a.wrapping_add((c2 + 8) * ROWS));
             let mut bv = [bh(_mm512_setzero_si512()); V];
             for (x, &p) in bv.iter_mut().zip(&b) {
                 *x = bh(_mm512_loadu_si512(p.add(c2 * NR).cast()));
@@ -517,6 +521,13 @@ unsafe fn dv_tile<const C: usize, const V: usize>(
 ) {
     // SAFETY: every offset is inside the ranges of the contract.
     unsafe {
+        // The dV rows are usually out of L2: ask for their lines now, as the
+        // f32 kernel does.
+        for c in 0..C {
+            for q in 0..V {
+                prefetch(out.add(c * lda + q * 16));
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); V]; C];
         for ii in 0..rp {
             let mut b = [bh(_mm512_setzero_si512()); V];

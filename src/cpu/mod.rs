@@ -256,13 +256,16 @@ impl CpuBackend {
     /// L, lse, ℓ and top-1 (its gradient buffers may be empty).
     unsafe fn compute<S: Simd>(&self, p: &Problem<'_>, out: &mut MnsOutput, forward_only: bool) {
         let (b, n, k) = (p.b, p.n, p.k);
-        let plan = Plan::new((b, n, k), S::LANES, self.threads(), plan::l2_budget_bytes());
+        let bf16 = p.precision == Precision::Bf16;
+        let mut plan = Plan::new((b, n, k), S::LANES, self.threads(), plan::l2_budget_bytes());
+        if bf16 {
+            plan = plan.for_bf16(b);
+        }
         let (kp, mb) = (plan.kp, plan.mb);
 
         let mut scratch = self.scratch.take();
         // The bf16 tier (reached only with S = Avx512 on a CPU with
         // AVX512_BF16: `tier` checked it) packs bf16 copies instead.
-        let bf16 = p.precision == Precision::Bf16;
         let packed = Packed::new(p, &plan, S::ROWS, &mut scratch, bf16);
         #[cfg(target_arch = "x86_64")]
         let bp = bf16.then(|| bf16::Bf16Packed::new(p, kp, plan.np));
