@@ -1,6 +1,7 @@
 //! Times the fused CPU loss at one shape: the full call at each precision
 //! tier this CPU computes (F32, and Bf16 with AVX512_BF16), in interleaved
-//! rounds, and the forward-only F32 call beside them:
+//! rounds, and the forward-only F32 call beside them, with a hash of each
+//! tier's output bits:
 //! `cargo run --release --example timeit -- B BP K [reps]`.
 use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput, Precision};
 use std::time::Instant;
@@ -32,6 +33,7 @@ fn main() {
     let mut out = MnsOutput::filled(b, n, k, 0.0);
     let mut times = vec![vec![]; tiers.len()];
     let mut losses = vec![0.0; tiers.len()];
+    let mut hashes = vec![0u64; tiers.len()];
     let mut fs = vec![];
     for _ in 0..reps {
         for (t, &tier) in tiers.iter().enumerate() {
@@ -40,6 +42,7 @@ fn main() {
             be.mns_loss_into(&x, &mut out).unwrap();
             times[t].push(start.elapsed().as_secs_f64());
             losses[t] = out.loss;
+            hashes[t] = bits_hash(&out);
         }
         let start = Instant::now();
         be.mns_forward(&input).unwrap();
@@ -53,12 +56,13 @@ fn main() {
     for (t, tier) in tiers.iter().enumerate() {
         let med = median(&mut times[t]);
         println!(
-            "{} {b}x{n}x{k} {tier:?}: median {:.2} ms, {:.1} GFLOP/s, loss {} ({:.2}x the F32 call's speed)",
+            "{} {b}x{n}x{k} {tier:?}: median {:.2} ms, {:.1} GFLOP/s, loss {} ({:.2}x the F32 call's speed), output bits {:016x}",
             be.name(),
             med * 1e3,
             6.0 * (b * n * k) as f64 / med / 1e9,
             losses[t],
-            f32_med / med
+            f32_med / med,
+            hashes[t]
         );
     }
     let fwd = median(&mut fs);
@@ -67,4 +71,14 @@ fn main() {
         fwd * 1e3,
         fwd / f32_med
     );
+}
+
+/// FNV-1a of every output's bits: equal hashes, equal results.
+fn bits_hash(o: &MnsOutput) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let words = o.d_u.iter().chain(&o.d_v).chain(&o.lse).chain(&o.row_loss);
+    for x in words.chain([&o.loss, &o.d_temperature]) {
+        h = (h ^ x.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }

@@ -13,22 +13,31 @@ with 2 threads everywhere (torch.set_num_threads, RAYON_NUM_THREADS), at each
     * ``mixneg``        mixneg.torch.mns_loss(...).backward()
     * ``torch``         F.cross_entropy(U·Vᵀ/τ − log Q with hits masked to −inf), eager
     * ``torch.compile`` the same function under torch.compile (compile time excluded)
-    and, without ids, the binding against the Rust call:
+    and, without ids (the problem PyTorch's fused loss can express: log Q as
+    the bias, no hit removal), PyTorch's chunked loss, the bf16 tier, and the
+    binding against the Rust call:
     * ``mixneg/no-ids`` mixneg.torch.mns_loss(...).backward() with ids=None
+    * ``mixneg-bf16/no-ids`` the same with precision="bf16" (f32 tensors; a CPU
+                        with AVX512_BF16)
+    * ``lce/no-ids``    F.linear_cross_entropy(U/τ, V, target, linear_bias=−log Q,
+                        options=LinearCrossEntropyOptions()): chunked, no B×N logits
+    * ``lce-ref/no-ids`` the same with options=None (its reference path)
     * ``native/no-ids`` mixneg.mns_loss on the NumPy views (the extension module alone)
     * ``rust/no-ids``   the Rust call itself (`cargo run --release --example timeit`,
                         caller-owned buffers, no ids): the binding's overhead is
                         mixneg/no-ids ÷ rust/no-ids
 (b) one whole training step of a small two-tower model (EmbeddingBag(50 000, 64)
     + MLP 64→128→K per tower, B user bags of 8 ids, N item bags of 4 ids, Adam)
-    with each loss: ``mixneg``, ``torch``, ``torch.compile`` (the loss compiled).
+    with each loss: ``mixneg``, ``torch``, ``torch.compile`` (the loss compiled),
+    and without hit removal ``mixneg/no-ids``, ``mixneg-bf16/no-ids``, ``lce/no-ids``.
 
 Every configuration runs in its own process (so that its peak RSS is its
 own); each reports the median of --reps timed calls after two warm-ups and its
 peak RSS (ru_maxrss, which includes torch's import: the "base" column is the
 RSS just before the first call). The table gives the median over rounds and
-the median of the per-round ratios to mixneg. Before timing, every loss's
-value is checked against mixneg's (1e-4 relative).
+the median of the per-round ratios to mixneg (the ``/no-ids`` rows: to
+mixneg/no-ids). Every loss's value is checked against mixneg's of its group
+(1e-4 relative; the bf16 tier 3e-2).
 """
 
 from __future__ import annotations
@@ -86,17 +95,38 @@ def worker(impl: str, mode: str, b: int, bp: int, k: int, reps: int) -> dict:
     import mixneg.torch as mt
 
     q0, c0, log_q, ids = _data(b, bp, k)
+    loss_ids = ids
     if impl.endswith("/no-ids"):
         # The binding's overhead is measured against the Rust call, which
-        # the timeit example makes without ids.
-        impl, ids = impl[: -len("/no-ids")], None
+        # the timeit example makes without ids; PyTorch's fused loss cannot
+        # remove hits.
+        impl, loss_ids = impl[: -len("/no-ids")], None
+    if mode == "loss":
+        ids = loss_ids
+    precision = "bf16" if impl == "mixneg-bf16" else "f32"
+    target = torch.arange(b)
+    lce_opts = torch.nn.LinearCrossEntropyOptions() if impl == "lce" else None
+
+    def lce(qq, cc):
+        import torch.nn.functional as F
+
+        return F.linear_cross_entropy(qq / TAU, cc, target, linear_bias=-log_q, options=lce_opts)
+
     if mode == "loss":
         q, c = q0.clone().requires_grad_(), c0.clone().requires_grad_()
-        if impl == "mixneg":
+        if impl in ("mixneg", "mixneg-bf16"):
 
             def call():
                 q.grad = c.grad = None
-                loss = mt.mns_loss(q, c, log_q, temperature=TAU, ids=ids)
+                loss = mt.mns_loss(q, c, log_q, temperature=TAU, ids=ids, precision=precision)
+                loss.backward()
+                return loss.item()
+
+        elif impl in ("lce", "lce-ref"):
+
+            def call():
+                q.grad = c.grad = None
+                loss = lce(q, c)
                 loss.backward()
                 return loss.item()
 
@@ -143,8 +173,10 @@ def worker(impl: str, mode: str, b: int, bp: int, k: int, reps: int) -> dict:
         def call():
             qq = user["mlp"](user["bag"](ufeat)) / 8
             cc = item["mlp"](item["bag"](ifeat)) / 8
-            if impl == "mixneg":
-                loss = mt.mns_loss(qq, cc, log_q, temperature=TAU, ids=ids)
+            if impl in ("mixneg", "mixneg-bf16"):
+                loss = mt.mns_loss(qq, cc, log_q, temperature=TAU, ids=loss_ids, precision=precision)
+            elif impl in ("lce", "lce-ref"):
+                loss = lce(qq, cc)
             else:
                 loss = (torch_loss if impl == "torch" else compiled)(qq, cc, log_q, ids, TAU, b)
             opt.zero_grad(set_to_none=True)
@@ -197,12 +229,44 @@ CONFIGS = [
     ("loss", "torch"),
     ("loss", "torch.compile"),
     ("loss", "mixneg/no-ids"),
+    ("loss", "mixneg-bf16/no-ids"),
+    ("loss", "lce/no-ids"),
+    ("loss", "lce-ref/no-ids"),
     ("loss", "native/no-ids"),
     ("loss", "rust/no-ids"),
     ("step", "mixneg"),
     ("step", "torch"),
     ("step", "torch.compile"),
+    ("step", "mixneg/no-ids"),
+    ("step", "mixneg-bf16/no-ids"),
+    ("step", "lce/no-ids"),
 ]
+
+
+def group_of(impl: str) -> str:
+    """The mixneg configuration a row is compared with: the same problem."""
+    return "mixneg/no-ids" if impl.endswith("/no-ids") else "mixneg"
+
+
+def usable(impl: str) -> bool:
+    """Whether this machine runs the configuration (the bf16 tier needs
+    AVX512_BF16; PyTorch's chunked loss needs torch 2.13 or newer)."""
+    if impl.startswith("mixneg-bf16"):
+        import numpy as np
+
+        import mixneg
+
+        try:
+            mixneg.mns_loss(
+                np.ones((1, 1), np.float32), np.ones((1, 1), np.float32), np.zeros(1, np.float32), precision="bf16"
+            )
+        except ValueError:
+            return False
+    if impl.startswith("lce"):
+        import torch
+
+        return hasattr(torch.nn, "LinearCrossEntropyOptions")
+    return True
 
 
 def main() -> None:
@@ -227,22 +291,22 @@ def main() -> None:
     for rnd in range(args.rounds):
         for shape in shapes:
             reps = 3 if shape[0] >= 16384 else args.reps
-            order = CONFIGS[rnd % len(CONFIGS) :] + CONFIGS[: rnd % len(CONFIGS)]
+            configs = [c for c in CONFIGS if usable(c[1])]
+            order = configs[rnd % len(configs) :] + configs[: rnd % len(configs)]
             results = {}
             for mode, impl in order:
                 r = run_one(impl, mode, shape, reps)
                 results[(mode, impl)] = r
                 rows.append(dict(round=rnd, B=shape[0], Bp=shape[1], K=shape[2], mode=mode, impl=impl, **r))
                 print(
-                    f"round {rnd} {shape} {mode:4s} {impl:13s} {r['median_ms']:10.1f} ms  peak {r['peak_rss_mib']} MiB",
+                    f"round {rnd} {shape} {mode:4s} {impl:18s} {r['median_ms']:10.1f} ms  peak {r['peak_rss_mib']} MiB",
                     flush=True,
                 )
-            for mode in ("loss", "step"):
-                ref = results[(mode, "mixneg")]["first_loss"]
-                for (m, impl), r in results.items():
-                    if m == mode and r["first_loss"] is not None and impl != "mixneg" and "no-ids" not in impl:
-                        if abs(r["first_loss"] - ref) > 1e-4 * abs(ref):
-                            raise SystemExit(f"DISAGREEMENT {mode} {impl}: {r['first_loss']} vs mixneg {ref}")
+            for (mode, impl), r in results.items():
+                ref = results[(mode, group_of(impl))]["first_loss"]
+                tol = 3e-2 if "bf16" in impl else 1e-4
+                if r["first_loss"] is not None and abs(r["first_loss"] - ref) > tol * abs(ref):
+                    raise SystemExit(f"DISAGREEMENT {mode} {impl}: {r['first_loss']} vs {group_of(impl)} {ref}")
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "times_ms"], extrasaction="ignore")
         w.writeheader()
@@ -251,19 +315,19 @@ def main() -> None:
     for shape in shapes:
         for mode in ("loss", "step"):
             sel = [r for r in rows if (r["B"], r["Bp"], r["K"]) == shape and r["mode"] == mode]
-            for impl in [i for m, i in CONFIGS if m == mode]:
+            for impl in [i for m, i in CONFIGS if m == mode and usable(i)]:
                 mine = [r for r in sel if r["impl"] == impl]
                 ratios = []
                 for rnd in range(args.rounds):
                     a = [r["median_ms"] for r in mine if r["round"] == rnd]
-                    m_ = [r["median_ms"] for r in sel if r["impl"] == "mixneg" and r["round"] == rnd]
+                    m_ = [r["median_ms"] for r in sel if r["impl"] == group_of(impl) and r["round"] == rnd]
                     ratios.append(a[0] / m_[0])
                 med = statistics.median(r["median_ms"] for r in mine)
                 rss = [r["peak_rss_mib"] for r in mine if r["peak_rss_mib"] is not None]
                 base = [r["base_rss_mib"] for r in mine if r["base_rss_mib"] is not None]
                 rss_s = f"peak {statistics.median(rss):7.0f} MiB (base {statistics.median(base):.0f})" if rss else ""
                 print(
-                    f"{str(shape):22s} {mode:4s} {impl:13s} {med:10.1f} ms  x{statistics.median(ratios):6.3f} "
+                    f"{str(shape):22s} {mode:4s} {impl:18s} {med:10.1f} ms  x{statistics.median(ratios):6.3f} "
                     f"[{min(ratios):.3f}, {max(ratios):.3f}]  {rss_s}"
                 )
 

@@ -295,36 +295,64 @@ impl CpuBackend {
         let mut parts = Part::for_plan(&plan, n, &mut dv, old, bf_len);
 
         let mut rows = Rows::new(p, mb);
-        for i0 in (0..b).step_by(mb) {
+        // One phase of one part: A (strip, exp) or B (dU share, dV rows) of
+        // the block at i0, on this call's tier.
+        let phase = |q: &mut Part<'_>, b_phase: bool, i0: usize| {
             let r = mb.min(b - i0);
-            parts
-                .par_iter_mut()
-                .with_max_len(1)
-                // SAFETY: the CPU supports S (this function's contract), and
-                // AVX512_BF16 when bf16 (checked by `tier`).
-                .for_each(|q| unsafe {
-                    #[cfg(target_arch = "x86_64")]
-                    if let Some(bp) = &bp {
-                        return bf16::phase_a(&sh, bp, q, i0, r);
-                    }
+            // SAFETY: the CPU supports S (this function's contract), and
+            // AVX512_BF16 when bf16 (checked by `tier`).
+            unsafe {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(bp) = &bp {
+                    return if b_phase {
+                        bf16::phase_b(&sh, bp, q, i0, r)
+                    } else {
+                        bf16::phase_a(&sh, bp, q, i0, r)
+                    };
+                }
+                if b_phase {
+                    S::phase_b(&sh, q, i0, r)
+                } else {
                     S::phase_a(&sh, q, i0, r)
-                });
-            rows.merge(p, &mut parts, i0, r, out);
+                }
+            }
+        };
+        // Phase B of one block and phase A of the next share one fork-join
+        // (each part runs its B, then its A: the strip is free once B has
+        // read it), so a call pays one barrier per block, not two; between
+        // barriers the combine of the finished block runs before the merge
+        // of the next (the merge overwrites the coefficients the combine
+        // reads). The same operations in the same order as two separate
+        // phases: the results are the same bits.
+        let starts: Vec<usize> = (0..b).step_by(mb).collect();
+        parts
+            .par_iter_mut()
+            .with_max_len(1)
+            .for_each(|q| phase(q, false, 0));
+        rows.merge(p, &mut parts, 0, mb.min(b), out);
+        for (t, &i0) in starts.iter().enumerate() {
+            let next = starts.get(t + 1).copied();
+            let r = mb.min(b - i0);
             if forward_only {
+                if let Some(i1) = next {
+                    parts
+                        .par_iter_mut()
+                        .with_max_len(1)
+                        .for_each(|q| phase(q, false, i1));
+                    rows.merge(p, &mut parts, i1, mb.min(b - i1), out);
+                }
                 continue;
             }
-            parts
-                .par_iter_mut()
-                .with_max_len(1)
-                // SAFETY: as above.
-                .for_each(|q| unsafe {
-                    #[cfg(target_arch = "x86_64")]
-                    if let Some(bp) = &bp {
-                        return bf16::phase_b(&sh, bp, q, i0, r);
-                    }
-                    S::phase_b(&sh, q, i0, r)
-                });
+            parts.par_iter_mut().with_max_len(1).for_each(|q| {
+                phase(q, true, i0);
+                if let Some(i1) = next {
+                    phase(q, false, i1);
+                }
+            });
             rows.combine(p, &mut parts, i0, r, kp, out);
+            if let Some(i1) = next {
+                rows.merge(p, &mut parts, i1, mb.min(b - i1), out);
+            }
         }
         scratch.parts = parts.into_iter().map(Part::into_scratch).collect();
         out.loss = rows.loss();
