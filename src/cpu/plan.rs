@@ -123,7 +123,7 @@ impl Plan {
     /// sums over pairs of rows, so a block of mb rows makes mb/2 steps per
     /// read-modify-write of the dV rows; twice the rows restore the f32
     /// kernel's ratio. Measured (AMD EPYC Zen 5, 1 MiB L2, 2 threads,
-    /// `examples/timeit`, the f32 rule giving 48 rows): 96-row blocks were
+    /// `examples/timeit.rs`, the f32 rule giving 48 rows): 96-row blocks were
     /// 2–9% faster than 48 at (4096, 4096, 64), (4096, 4096, 128) and
     /// (16384, 16384, 64); 144 no better than 96.
     pub fn for_bf16(mut self, b: usize) -> Plan {
@@ -195,6 +195,9 @@ mod tests {
     fn plan_of_the_benchmark_shape_is_the_hand_worked_one() {
         let p = Plan::new((4096, 8192, 128), 16, 2, 2 << 20);
         assert_eq!((p.kp, p.np, p.mb), (128, 8192, 72));
+        // The bf16 tier's blocks: twice as tall, never past B (rounded to 12).
+        assert_eq!(p.clone().for_bf16(4096).mb, 144);
+        assert_eq!(Plan::new((30, 500, 8), 16, 2, 2 << 20).for_bf16(30).mb, 36);
         assert_eq!(p.bounds, (0..=8192).step_by(512).collect::<Vec<_>>());
         // With a 512 KiB L2 (Zen 3) the packed part rows alone exceed the
         // budget: the floor.
