@@ -109,18 +109,24 @@ def recall_at(model: TwoTower, world: dict, k: int) -> tuple[float, float, float
     return recall(model_scores), recall(pop), recall(world["logits"])
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str, batch: int, per: str = "") -> argparse.ArgumentParser:
+    """The examples' flags; ``batch`` is the default of --batch and
+    --b-prime, ``per`` what they count per (e.g. " per rank")."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=20000)
     ap.add_argument("--items", type=int, default=20000)
-    ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--b-prime", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=batch, help=f"queries{per}")
+    ap.add_argument("--b-prime", type=int, default=batch, help=f"uniform negatives{per}")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--recall-k", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = arguments(__doc__, 1024).parse_args(argv)
 
     torch.manual_seed(args.seed)
     world = make_world(args.users, args.items, seed=args.seed)

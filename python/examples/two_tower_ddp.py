@@ -13,14 +13,13 @@ Recall@K against the full corpus beside the popularity baseline.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from two_tower import TwoTower, batches, make_world, recall_at
+from two_tower import TwoTower, arguments, batches, make_world, recall_at
 
 import mixneg.torch.distributed as mdist
 
@@ -37,17 +36,7 @@ class Towers(torch.nn.Module):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", type=int, default=20000)
-    ap.add_argument("--items", type=int, default=20000)
-    ap.add_argument("--batch", type=int, default=512, help="queries per rank")
-    ap.add_argument("--b-prime", type=int, default=512, help="negatives per rank")
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--temperature", type=float, default=0.05)
-    ap.add_argument("--recall-k", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = arguments(__doc__, 512, " per rank").parse_args(argv)
 
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
