@@ -112,6 +112,30 @@ pub fn configurations(b: usize) -> Vec<Configuration> {
             all,
         ));
     }
+    // Two controls of MNS B'/B = 1: as many item-tower rows per step
+    // without uniform draws (batch softmax at B + B' = 2B), and as many
+    // candidates per row with the extra B' negatives drawn from the
+    // training stream instead of the corpus (unigram, with its log Q).
+    v.push(c(
+        format!("control: batch softmax, logQ, B = {}", 2 * b),
+        "control-rows",
+        1.0,
+        2 * b,
+        0,
+        mx,
+        QMode::Unigram,
+        all,
+    ));
+    v.push(c(
+        "control: stream negatives B'/B = 1".into(),
+        "control-stream",
+        1.0,
+        b,
+        b,
+        Negatives::Stream,
+        QMode::Unigram,
+        all,
+    ));
     let un = Negatives::UniformOnly;
     v.push(c(
         "uniform negatives only".into(),
@@ -174,6 +198,8 @@ pub fn run(
     // results[config][seed], baselines[name][seed].
     let mut results: Vec<Vec<[f64; 14]>> = vec![vec![]; configs.len()];
     let mut baselines: Vec<(String, Vec<[f64; 14]>)> = vec![];
+    // Test interactions per seed: all, and in the head, tail and fresh slices.
+    let mut counts: Vec<[usize; 4]> = vec![];
     for seed in 1..=seeds {
         let synth;
         let data: &Dataset = match &logs {
@@ -194,7 +220,10 @@ pub fn run(
                 println!("seed {seed} {name:<34} {}", m.summary());
             }
         };
-        add("popularity list", Some(crate::popularity_metrics(data)));
+        let popularity = crate::popularity_metrics(data);
+        let c = popularity.count_by_class;
+        counts.push([data.test.len(), c[0], c[1], c[2]]);
+        add("popularity list", Some(popularity));
         add("attainable ceiling", crate::ceiling_metrics(data));
         add("planted model (all known)", crate::oracle_metrics(data));
         for (k, c) in configs.iter().enumerate() {
@@ -241,7 +270,7 @@ pub fn run(
         let p = out.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
     }
-    let md = table(&configs, &results, &baselines);
+    let md = table(&configs, &results, &baselines, &counts);
     let p = out.join("table.md");
     std::fs::write(&p, &md).map_err(|e| Error::io(&p, e))?;
     println!("\n{md}");
@@ -296,10 +325,23 @@ fn table(
     configs: &[Configuration],
     results: &[Vec<[f64; 14]>],
     baselines: &[(String, Vec<[f64; 14]>)],
+    counts: &[[usize; 4]],
 ) -> String {
     let n = results.first().map_or(0, |r| r.len());
+    let per_seed = |i: usize| {
+        counts
+            .iter()
+            .map(|c| c[i].to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut md = format!(
-        "Means over {n} seeds ± the half-width of their 95% interval.\n\n| configuration |"
+        "Means over {n} seeds ± the half-width of their 95% interval. Test interactions per \
+         seed: {} (head {}; tail {}; fresh {}).\n\n| configuration |",
+        per_seed(0),
+        per_seed(1),
+        per_seed(2),
+        per_seed(3)
     );
     let cols: Vec<&str> = SHOWN.iter().map(|s| s.1).collect();
     md += &format!(
@@ -358,8 +400,99 @@ fn table(
             }
             md += "\n";
         }
+        md += &headline(configs, results, r);
     }
     md
+}
+
+/// The metrics of the headline claims: (index in [`eval::COLUMNS`], title).
+const HEADLINE: [(usize, &str); 3] = [
+    (11, "low-q intrusion@100"),
+    (2, "Recall@100"),
+    (9, "fresh R@100"),
+];
+
+/// The headline claims as one family of tests: for every MNS run at fixed
+/// B, every control, and MNS at fixed B pooled over its ratios (per seed,
+/// the mean of its paired differences), the paired difference against the
+/// reference on each [`HEADLINE`] metric, with its two-sided paired t-test
+/// p-value and Holm's adjustment over the whole family (α = 0.05).
+fn headline(configs: &[Configuration], results: &[Vec<[f64; 14]>], r: usize) -> String {
+    let mut claims: Vec<(String, &str, Vec<f64>)> = vec![];
+    for &(col, title) in &HEADLINE {
+        let delta = |k: usize| -> Vec<f64> {
+            results[k]
+                .iter()
+                .zip(&results[r])
+                .map(|(a, b)| a[col] - b[col])
+                .collect()
+        };
+        let fixed: Vec<usize> = (0..configs.len())
+            .filter(|&k| configs[k].family == "mns-fixed-b")
+            .collect();
+        for (k, c) in configs.iter().enumerate() {
+            if c.family == "mns-fixed-b" || c.family.starts_with("control") {
+                claims.push((c.name.clone(), title, delta(k)));
+            }
+        }
+        if fixed.len() > 1 {
+            let seeds = results[r].len();
+            let pooled = (0..seeds)
+                .map(|s| fixed.iter().map(|&k| delta(k)[s]).sum::<f64>() / fixed.len() as f64)
+                .collect();
+            claims.push(("MNS at fixed B, pooled over B'/B".into(), title, pooled));
+        }
+    }
+    if claims.is_empty() || results[r].len() < 2 {
+        return String::new();
+    }
+    let p: Vec<f64> = claims.iter().map(|c| paired_t_p(&c.2)).collect();
+    let adj = holm(&p);
+    let mut md = format!(
+        "\nHeadline claims as one family of {} tests: paired difference against *{REFERENCE}*, \
+         two-sided paired t-test, p adjusted by Holm's method; **bold** where the adjusted p < 0.05.\n\n\
+         | claim | metric | Δ mean ± 95% | p | Holm p |\n|---|---|---|---|---|\n",
+        claims.len()
+    );
+    for ((name, title, d), (p, a)) in claims.iter().zip(p.iter().zip(&adj)) {
+        let (m, h) = mean_ci(d);
+        let (o, c) = if *a < 0.05 { ("**", "**") } else { ("", "") };
+        md += &format!("| {name} | {title} | {o}{m:+.4} ± {h:.4}{c} | {p:.2e} | {o}{a:.2e}{c} |\n");
+    }
+    md
+}
+
+/// Two-sided p-value of the paired t-test of mean(d) = 0 (1 where every
+/// difference is 0; NaN with fewer than two).
+pub fn paired_t_p(d: &[f64]) -> f64 {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    let n = d.len();
+    if n < 2 {
+        return f64::NAN;
+    }
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    if var == 0.0 {
+        return if mean == 0.0 { 1.0 } else { 0.0 };
+    }
+    let t = mean / (var / n as f64).sqrt();
+    let dist = StudentsT::new(0.0, 1.0, (n - 1) as f64).expect("n ≥ 2");
+    2.0 * (1.0 - dist.cdf(t.abs()))
+}
+
+/// Holm's step-down adjustment of p-values (same order as given):
+/// sorted ascending, p_(i)·(m − i) made monotone, capped at 1.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut adj = vec![0.0; m];
+    let mut running = 0.0f64;
+    for (i, &k) in order.iter().enumerate() {
+        running = running.max((p[k] * (m - i) as f64).min(1.0));
+        adj[k] = running;
+    }
+    adj
 }
 
 fn slug(s: &str) -> String {
@@ -372,4 +505,25 @@ fn slug(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holm on a textbook case, and the paired t-test's p against known
+    /// values of Student's t.
+    #[test]
+    fn holm_and_paired_t() {
+        let a = holm(&[0.01, 0.04, 0.03, 0.005]);
+        let want = [0.03, 0.06, 0.06, 0.02];
+        for (x, w) in a.iter().zip(want) {
+            assert!((x - w).abs() < 1e-12, "{a:?}");
+        }
+        // d with mean 1, sd 1, n = 5: t = √5 = 2.236, df 4: p = 0.0890.
+        let d = [0.0, 0.0, 1.0, 2.0, 2.0];
+        let p = paired_t_p(&d);
+        assert!((p - 0.0890).abs() < 5e-4, "{p}");
+        assert_eq!(paired_t_p(&[0.0, 0.0]), 1.0);
+    }
 }

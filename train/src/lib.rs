@@ -12,6 +12,7 @@
 //! live batch.
 
 pub mod checkpoint;
+pub mod comparison;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -43,6 +44,11 @@ pub enum Negatives {
     /// Only the B′ uniform items: other rows' positives are removed (their
     /// log Q is set to +10⁴ and the diagonal left uncorrected).
     UniformOnly,
+    /// In-batch positives plus the items of B′ interactions drawn from the
+    /// training stream: every candidate drawn by item frequency, so log Q is
+    /// the unigram estimate for every column (whatever `--q-mode` says).
+    /// The control of MNS with as many candidates and no uniform draws.
+    Stream,
 }
 
 /// How the positive's own logit is corrected (with mixed negatives).
@@ -138,7 +144,7 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
     /// Passes over the training stream.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub epochs: usize,
     /// Seed of data, initialization and sampling.
     #[arg(long, default_value_t = 1)]

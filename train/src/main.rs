@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use mixneg_train::Error;
+use mixneg_train::comparison;
 
 #[derive(Parser)]
 #[command(
@@ -83,14 +84,23 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
     },
-    /// Train a two-tower model with mixed negative sampling (synthetic data
-    /// by default) and print what it learned, epoch by epoch.
+    /// Train a two-tower model with mixed negative sampling (on the paper
+    /// world by default) and print what it learned, epoch by epoch; then,
+    /// unless --alone, corrected batch softmax on the same world and seed,
+    /// the two side by side with the popularity list and the planted model,
+    /// a plain reading of the difference and a plot.
     Train {
         #[command(flatten)]
         cfg: Box<mixneg_train::TrainConfig>,
         /// Which implementation computes the fused loss.
         #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
         backend: BackendArg,
+        /// Train the configured model only (no batch-softmax comparison).
+        #[arg(long)]
+        alone: bool,
+        /// Where the comparison's plot (SVG) is written.
+        #[arg(long, default_value = "target/mixneg-train.svg")]
+        plot: std::path::PathBuf,
     },
     /// The MNS experiment: batch softmax with and without logQ, MNS at
     /// B′/B ∈ {0.5, 1, 2, 4} and uniform-only negatives, over several seeds at
@@ -241,7 +251,12 @@ fn main() -> ExitCode {
             dim,
             reps,
         } => gpu_bench(batch, b_prime, dim, reps),
-        Cmd::Train { cfg, backend } => train(&cpu, &cfg, backend),
+        Cmd::Train {
+            cfg,
+            backend,
+            alone,
+            plot,
+        } => train(&cpu, &cfg, backend, alone, &plot),
         Cmd::Experiment {
             cfg,
             seeds,
@@ -517,7 +532,13 @@ fn print_report(r: &mixneg_train::EpochReport) {
     println!("{epoch:<9}  loss {loss}  {}{speed}", m.summary());
 }
 
-fn train(cpu: &CpuChoice, cfg: &mixneg_train::TrainConfig, which: BackendArg) -> Result<(), Error> {
+fn train(
+    cpu: &CpuChoice,
+    cfg: &mixneg_train::TrainConfig,
+    which: BackendArg,
+    alone: bool,
+    plot: &std::path::Path,
+) -> Result<(), Error> {
     let be = backend(cpu, which)?;
     let t = Instant::now();
     println!(
@@ -525,6 +546,7 @@ fn train(cpu: &CpuChoice, cfg: &mixneg_train::TrainConfig, which: BackendArg) ->
         match cfg.negatives {
             mixneg_train::Negatives::Mixed => "mixed",
             mixneg_train::Negatives::UniformOnly => "uniform-only",
+            mixneg_train::Negatives::Stream => "stream",
         },
         cfg.batch,
         cfg.b_prime,
@@ -543,16 +565,45 @@ fn train(cpu: &CpuChoice, cfg: &mixneg_train::TrainConfig, which: BackendArg) ->
     for r in &reports {
         print_report(r);
     }
-    println!(
-        "{:<25}{}",
-        "popularity list",
-        mixneg_train::popularity_metrics(&data).summary()
-    );
+    // The comparison: corrected batch softmax (B' = 0, unigram log Q) on the
+    // same data, seed and epochs.
+    let mixed = cfg.negatives == mixneg_train::Negatives::Mixed && cfg.b_prime > 0;
+    let baseline = if alone || !mixed {
+        None
+    } else {
+        let mut bc = cfg.clone();
+        bc.b_prime = 0;
+        bc.q_mode = mixneg_train::freq::QMode::Unigram;
+        bc.checkpoint = None;
+        bc.metrics = None;
+        println!(
+            "\nbatch softmax on the same world and seed (B = {}, B' = 0, logQ)",
+            bc.batch
+        );
+        let r = mixneg_train::train_on(&bc, be.as_ref(), &data)?;
+        for x in &r {
+            print_report(x);
+        }
+        Some(r)
+    };
+    let popularity = mixneg_train::popularity_metrics(&data);
+    println!("{:<25}{}", "popularity list", popularity.summary());
     if let Some(c) = mixneg_train::ceiling_metrics(&data) {
         println!("{:<25}{}", "attainable ceiling", c.summary());
     }
-    if let Some(o) = mixneg_train::oracle_metrics(&data) {
+    let planted = mixneg_train::oracle_metrics(&data);
+    if let Some(o) = &planted {
         println!("{:<25}{}", "planted model (all known)", o.summary());
+    }
+    if let (Some(base), Some(mns)) = (&baseline, reports.last()) {
+        let base = &base.last().expect("epoch reports").metrics;
+        let rows = comparison::rows(cfg, base, &mns.metrics, &popularity, planted.as_ref());
+        comparison::print(&rows, &data);
+        println!("\n{}", comparison::reading(cfg, &data, base, &mns.metrics));
+        match comparison::plot(&rows, plot) {
+            Ok(()) => println!("plot: {}", plot.display()),
+            Err(e) => eprintln!("mixneg: plot not written: {e}"),
+        }
     }
     let steps = cfg.epochs * (data.train.len() / cfg.batch.max(1));
     let check = if cfg.verify_every == 0 || steps < cfg.verify_every {

@@ -256,7 +256,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// One batch of the stream (`idx`: positions in the training stream):
-    /// B positives and B′ uniform corpus items, the fused loss, the
+    /// B positives and B′ uniform corpus items (or, with stream negatives,
+    /// the items of B′ random training interactions), the fused loss, the
     /// periodic check against the reference, and both towers' updates.
     /// Returns the batch's loss.
     fn step(&mut self, idx: &[usize], ep: &mut EpochState) -> Result<f32, Error> {
@@ -266,8 +267,23 @@ impl<'a> Trainer<'a> {
         let b = cfg.batch;
         let users: Vec<u32> = idx.iter().map(|&k| data.train[k].0).collect();
         let mut cands: Vec<u32> = idx.iter().map(|&k| data.train[k].1).collect();
-        cands.extend((0..cfg.b_prime).map(|_| self.rng.below(data.n_items) as u32));
+        if cfg.negatives == Negatives::Stream {
+            let n = data.train.len();
+            cands.extend((0..cfg.b_prime).map(|_| data.train[self.rng.below(n)].1));
+        } else {
+            cands.extend((0..cfg.b_prime).map(|_| self.rng.below(data.n_items) as u32));
+        }
         let (log_q, correct_positive) = match cfg.negatives {
+            Negatives::Stream => (
+                freq::log_q(
+                    freq::QMode::Unigram,
+                    self.est.as_ref(),
+                    &cands,
+                    b,
+                    data.n_items,
+                ),
+                cfg.positive_correction == PositiveCorrection::Yi,
+            ),
             Negatives::Mixed => (
                 freq::log_q(cfg.q_mode, self.est.as_ref(), &cands, b, data.n_items),
                 cfg.positive_correction == PositiveCorrection::Yi,

@@ -378,7 +378,7 @@ fn experiment_with_a_checkpoint_runs_every_configuration() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(st.status.success(), "{err}");
     let runs = std::fs::read_dir(&ck).unwrap().count();
-    assert_eq!(runs, 15, "one checkpoint directory per configuration");
+    assert_eq!(runs, 17, "one checkpoint directory per configuration");
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     let st = run();
     assert!(
@@ -391,4 +391,64 @@ fn experiment_with_a_checkpoint_runs_every_configuration() {
         table
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `mixneg train` (the README's first command) on a small paper world:
+/// batch softmax and MNS side by side with the popularity list and the
+/// planted model, the fresh slice's count, the plain reading and the plot;
+/// `--alone` trains the configured model only.
+#[test]
+fn train_compares_mns_with_batch_softmax() {
+    let plot = tmp("train_plot.svg");
+    let small = [
+        "train",
+        "--users",
+        "300",
+        "--items",
+        "1500",
+        "--train-per-user",
+        "12",
+        "--epochs",
+        "1",
+        "--batch",
+        "64",
+        "--buckets",
+        "4096",
+        "--quiet",
+    ];
+    let st = mixneg()
+        .args(small)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    for want in [
+        "batch softmax on the same world and seed",
+        "side by side",
+        "batch softmax (B = 64)",
+        "MNS (B = 64, B' = 256)",
+        "popularity list",
+        "planted model (knows all)",
+        "of them with fresh items",
+        "low quality",
+        "One world and one seed",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("Recall@100"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
+    let st = mixneg().args(small).arg("--alone").output().unwrap();
+    let out = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success());
+    assert!(!out.contains("side by side"), "{out}");
 }

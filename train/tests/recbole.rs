@@ -289,10 +289,18 @@ fn paper_world_experiment_smoke() {
             "300",
         ])
         .args(["--items", "1500", "--train-per-user", "12", "--epochs", "1"])
-        .args(["--batch", "64", "--buckets", "4096"])
+        .args([
+            "--batch",
+            "64",
+            "--buckets",
+            "4096",
+            "--quality-signal",
+            "0.5",
+        ])
         .args([
             "--only",
-            "batch softmax, logQ;MNS B'/B = 2, B+B' = 128;uniform negatives only",
+            "batch softmax, logQ;MNS B'/B = 1;MNS B'/B = 2, B+B' = 128;uniform negatives only;\
+             control: batch softmax, logQ, B = 128;control: stream negatives B'/B = 1",
         ])
         .arg("--out")
         .arg(&d)
@@ -308,6 +316,24 @@ fn paper_world_experiment_smoke() {
     assert!(
         results.contains("\"MNS B'/B = 2, B+B' = 128\",mns-fixed-total,2,43,85,1,"),
         "{results}"
+    );
+    // The controls: batch softmax at B + B' = 2B, and B' stream negatives.
+    assert!(
+        results.contains("\"control: batch softmax, logQ, B = 128\",control-rows,1,128,0,1,")
+            && results.contains("\"control: stream negatives B'/B = 1\",control-stream,1,64,64,1,"),
+        "{results}"
+    );
+    // The table: counts per slice, and the headline claims with Holm's
+    // adjustment (MNS B'/B = 1 and both controls, three metrics each).
+    let table = std::fs::read_to_string(d.join("table.md")).unwrap();
+    assert!(table.contains("Test interactions per seed: "), "{table}");
+    assert!(
+        table.contains("Headline claims as one family of 9 tests"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| control: stream negatives B'/B = 1 | fresh R@100 |"),
+        "{table}"
     );
     let base = std::fs::read_to_string(d.join("baselines.csv")).unwrap();
     assert!(

@@ -93,13 +93,13 @@ pub enum World {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SynthConfig {
     /// Which synthetic world.
-    #[arg(long, value_enum, default_value_t = World::Zipf)]
+    #[arg(long, value_enum, default_value_t = World::Paper)]
     pub world: World,
     /// Users.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 5_000)]
     pub users: usize,
     /// Items in the corpus (fresh ones included).
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 25_000)]
     pub items: usize,
     /// Dimension of the planted factors.
     #[arg(long, default_value_t = 16)]
@@ -120,7 +120,7 @@ pub struct SynthConfig {
     #[arg(long)]
     pub fresh_share: Option<f64>,
     /// Training interactions per user.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 25)]
     pub train_per_user: usize,
     /// Test interactions per user.
     #[arg(long, default_value_t = 2)]
@@ -150,6 +150,13 @@ pub struct SynthConfig {
     /// Paper world: exposure factor of fresh items in the test law.
     #[arg(long, default_value_t = 0.25)]
     pub fresh_exposure: f64,
+    /// Paper world: how visible quality is in the item features, q ∈ [0, 1].
+    /// Above 0 every item gets a feature (field 202) that shows its quality
+    /// (good or low) with probability q and is a fair coin otherwise, drawn
+    /// from a generator of its own; 0 (default): no such feature, the
+    /// world of earlier runs bit for bit.
+    #[arg(long, default_value_t = 0.0)]
+    pub quality_signal: f64,
 }
 
 impl SynthConfig {
@@ -188,6 +195,7 @@ impl SynthConfig {
         }
         unit("bad-share", self.bad_share, false)?;
         unit("category-weight", self.category_weight, false)?;
+        unit("quality-signal", self.quality_signal, false)?;
         for (flag, v) in [
             ("zipf", self.zipf),
             ("pop-bias", self.pop_bias),
@@ -214,15 +222,15 @@ impl SynthConfig {
 impl Default for SynthConfig {
     fn default() -> Self {
         Self {
-            world: World::Zipf,
-            users: 20_000,
-            items: 50_000,
+            world: World::Paper,
+            users: 5_000,
+            items: 25_000,
             latent_dim: 16,
             zipf: 1.0,
             pop_bias: 0.8,
             affinity_temperature: None,
             fresh_share: None,
-            train_per_user: 20,
+            train_per_user: 25,
             test_per_user: 2,
             projections: 8,
             feature_buckets: 8,
@@ -232,6 +240,7 @@ impl Default for SynthConfig {
             categories: 20,
             category_weight: 0.5,
             fresh_exposure: 0.25,
+            quality_signal: 0.0,
         }
     }
 }
@@ -559,7 +568,7 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
             test.extend(b);
         }
     }
-    finish(
+    let mut data = finish(
         &mut rng,
         cfg,
         oracle,
@@ -568,5 +577,17 @@ fn paper_world(cfg: &SynthConfig, seed: u64) -> Dataset {
         test,
         fresh,
         bad,
-    )
+    );
+    if cfg.quality_signal > 0.0 {
+        let mut r = Rng::new(seed ^ 0x0A11_7E57_5167_0A1F);
+        for (f, &low) in data.item_feats.iter_mut().zip(&data.low_quality) {
+            let shown = if r.unif() < cfg.quality_signal {
+                low
+            } else {
+                r.unif() < 0.5
+            };
+            f.push(feature(202, shown as u64));
+        }
+    }
+    data
 }
