@@ -405,9 +405,11 @@ pub(crate) unsafe fn phase_b(
                 // `rows` du rows of stride kp at c..c + V·16 ≤ kp.
                 unsafe {
                     if wide {
-                        with_rows!(rows, R => du_tile::<R, 2>(e, wp, c0, c1, [tile(c), tile(c + 16)], out, kp));
+                        let v = [tile(c), tile(c + 16)];
+                        with_rows!(rows, R => pair_tile::<R, 2>(e, (wp, 1), (c0, c1), v, 16, out, kp, false));
                     } else {
-                        with_rows!(rows, R => du_tile::<R, 1>(e, wp, c0, c1, [tile(c)], out, kp));
+                        let v = [tile(c)];
+                        with_rows!(rows, R => pair_tile::<R, 1>(e, (wp, 1), (c0, c1), v, 16, out, kp, false));
                     }
                 }
                 g += rows;
@@ -451,10 +453,11 @@ pub(crate) unsafe fn phase_b(
             // c..c + V·16 ≤ kp; out covers jn dV rows of stride kp there.
             unsafe {
                 if kp - c >= 32 {
-                    with_rows!(jn, C => dv_tile::<C, 2>(e, w, rp, a, kp, out));
+                    let v = [a, a.wrapping_add(16)];
+                    with_rows!(jn, C => pair_tile::<C, 2>(e, (1, w), (0, rp), v, kp, out, kp, true));
                     c += 32;
                 } else {
-                    with_rows!(jn, C => dv_tile::<C, 1>(e, w, rp, a, kp, out));
+                    with_rows!(jn, C => pair_tile::<C, 1>(e, (1, w), (0, rp), [a], kp, out, kp, true));
                     c += 16;
                 }
             }
@@ -463,33 +466,50 @@ pub(crate) unsafe fn phase_b(
     }
 }
 
-/// out\[r\]\[q·16..\]\[..16\] += Σ_{t0≤t<t1} e\[r\]\[t\]·v_q\[t·16..\]\[..16\] over
-/// pairs t (blocked: the sum starts from zero, then goes into `out`).
+/// The second products' micro-kernel, R × V·16 accumulators:
+/// out\[r·ldo + q·16..\]\[..16\] += Σ_{t0≤t<t1} e\[r·rs + t·ts\]·v_q\[t·vs..\]\[..16\],
+/// each e a bf16 pair broadcast, each v row 16 pairs. The dU share runs it
+/// over the strip's j-pairs (rs = the eb row stride, ts = 1, v_q: V's
+/// row-paired tiles); dV over row pairs (rs = 1, ts = the et row stride,
+/// v_q: c·U's row pairs, prefetching the dV rows first).
 ///
 /// # Safety
 ///
-/// AVX512_BF16; `e` readable at r·lde + t (r < R, t0 ≤ t < t1), each `v[q]`
-/// at t·16 + 0..16, `out` readable and writable at r·ldo + 0..V·16.
+/// AVX512_BF16; `e` readable at r·rs + t·ts (r < R, t0 ≤ t < t1), each
+/// `v[q]` at t·vs + 0..16, `out` readable and writable at r·ldo + 0..V·16.
 #[inline(always)]
-unsafe fn du_tile<const R: usize, const V: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn pair_tile<const R: usize, const V: usize>(
     e: *const f32,
-    lde: usize,
-    t0: usize,
-    t1: usize,
+    (rs, ts): (usize, usize),
+    (t0, t1): (usize, usize),
     v: [*const f32; V],
+    vs: usize,
     out: *mut f32,
     ldo: usize,
+    prefetch_out: bool,
 ) {
     // SAFETY: every offset is inside the ranges of the contract.
     unsafe {
+        if prefetch_out {
+            // The dV rows are usually out of L2: ask for their lines now, as
+            // the f32 kernel does.
+            for r in 0..R {
+                for q in 0..V {
+                    prefetch(out.add(r * ldo + q * 16));
+                }
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         for t in t0..t1 {
             let mut b = [bh(_mm512_setzero_si512()); V];
             for (bq, &p) in b.iter_mut().zip(&v) {
-                *bq = bh(_mm512_loadu_si512(p.add(t * 16).cast()));
+                *bq = bh(_mm512_loadu_si512(p.add(t * vs).cast()));
             }
             for (r, accr) in acc.iter_mut().enumerate() {
-                let x = bh(_mm512_set1_epi32(e.add(r * lde + t).cast::<i32>().read()));
+                let x = bh(_mm512_set1_epi32(
+                    e.add(r * rs + t * ts).cast::<i32>().read(),
+                ));
                 for (a, &bq) in accr.iter_mut().zip(&b) {
                     *a = _mm512_dpbf16_ps(*a, x, bq);
                 }
@@ -499,52 +519,6 @@ unsafe fn du_tile<const R: usize, const V: usize>(
             for (q, a) in accr.iter().enumerate() {
                 let p = out.add(r * ldo + q * 16);
                 _mm512_storeu_ps(p, _mm512_add_ps(*a, _mm512_loadu_ps(p)));
-            }
-        }
-    }
-}
-
-/// out\[c\]\[0..V·16\] += Σ_{ii<rp} e\[ii\]\[c\]·a\[ii\]\[0..V·16\] over row pairs.
-///
-/// # Safety
-///
-/// AVX512_BF16; `e` readable at ii·lde + c (ii < rp, c < C); `a` at
-/// ii·lda + 0..V·16; `out` readable and writable at c·lda + 0..V·16.
-#[inline(always)]
-unsafe fn dv_tile<const C: usize, const V: usize>(
-    e: *const f32,
-    lde: usize,
-    rp: usize,
-    a: *const f32,
-    lda: usize,
-    out: *mut f32,
-) {
-    // SAFETY: every offset is inside the ranges of the contract.
-    unsafe {
-        // The dV rows are usually out of L2: ask for their lines now, as the
-        // f32 kernel does.
-        for c in 0..C {
-            for q in 0..V {
-                prefetch(out.add(c * lda + q * 16));
-            }
-        }
-        let mut acc = [[_mm512_setzero_ps(); V]; C];
-        for ii in 0..rp {
-            let mut b = [bh(_mm512_setzero_si512()); V];
-            for (q, bq) in b.iter_mut().enumerate() {
-                *bq = bh(_mm512_loadu_si512(a.add(ii * lda + q * 16).cast()));
-            }
-            for (c, accc) in acc.iter_mut().enumerate() {
-                let x = bh(_mm512_set1_epi32(e.add(ii * lde + c).cast::<i32>().read()));
-                for (s, &bq) in accc.iter_mut().zip(&b) {
-                    *s = _mm512_dpbf16_ps(*s, x, bq);
-                }
-            }
-        }
-        for (c, accc) in acc.iter().enumerate() {
-            for (q, s) in accc.iter().enumerate() {
-                let p = out.add(c * lda + q * 16);
-                _mm512_storeu_ps(p, _mm512_add_ps(*s, _mm512_loadu_ps(p)));
             }
         }
     }
