@@ -323,10 +323,17 @@ pub const FACTOR: f64 = 2.0;
 pub const FLOOR: f64 = 5.0;
 
 /// The error a logit computed in f32 can have, ~8ε·S (four roundings of
-/// relative size ε, two without FMA, and a difference of two logits) — for
-/// deciding whether a top-1 disagreement is a near-tie.
+/// relative size ε, two without FMA, and a difference of two logits), plus,
+/// at a lower tier, its factors' rounding (2u per product term, u the
+/// tier's unit roundoff, for each of the two logits) — for deciding whether
+/// a top-1 disagreement is a near-tie.
 pub fn logit_tolerance(case: &Case) -> f64 {
-    (4e-6 + 8.0 * EPS * case.logit_scale()) * case.logit_scale().max(1.0)
+    let tier = match case.precision {
+        mixneg::Precision::Tf32 => 4.0 * 2f64.powi(-11),
+        mixneg::Precision::Bf16 => 4.0 * 2f64.powi(-8),
+        _ => 0.0,
+    };
+    (4e-6 + (8.0 * EPS + tier) * case.logit_scale()) * case.logit_scale().max(1.0)
 }
 
 /// The three plain f32 materializing implementations the policy measures
@@ -818,4 +825,23 @@ pub fn skip(why: &str) {
     // whenever stderr was a file opened without O_APPEND, as in `> log 2>&1`:
     // the harness's own writes then overwrote it.
     let _ = std::io::stderr().write_all(format!("skipping: {why}\n").as_bytes());
+}
+
+/// `Command::output` that asserts the command succeeded, with its stderr
+/// in the failure message.
+pub trait OutputOk {
+    fn output_ok(&mut self) -> std::process::Output;
+}
+
+impl OutputOk for std::process::Command {
+    fn output_ok(&mut self) -> std::process::Output {
+        let out = self.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            self,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
 }

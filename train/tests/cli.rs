@@ -70,14 +70,12 @@ fn flags_override_metadata() {
     // metadata records what was used.
     let input = vectors_dir().join("uncorrected_positive_5x16x3.safetensors");
     let out = tmp("override.safetensors");
-    let st = mixneg()
+    mixneg()
         .args(["loss", "--temperature", "0.5", "--input"])
         .arg(&input)
         .arg("--output")
         .arg(&out)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+        .output_ok();
     let bytes = std::fs::read(&out).unwrap();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().clone().unwrap();
@@ -230,12 +228,7 @@ fn lower_precision_on_the_cpu_fails_clearly() {
         .unwrap();
     assert!(!st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("Precision::Tf32"));
-    let st = mixneg()
-        .args(demo)
-        .args(["--precision", "f32"])
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+    mixneg().args(demo).args(["--precision", "f32"]).output_ok();
 }
 
 /// The same flag names across subcommands (`--batch`, `--b-prime`, `--dim`;
@@ -416,18 +409,8 @@ fn train_compares_mns_with_batch_softmax() {
         "4096",
         "--quiet",
     ];
-    let st = mixneg()
-        .args(small)
-        .arg("--plot")
-        .arg(&plot)
-        .output()
-        .unwrap();
+    let st = mixneg().args(small).arg("--plot").arg(&plot).output_ok();
     let out = String::from_utf8_lossy(&st.stdout);
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
     for want in [
         "batch softmax on the same world and seed",
         "side by side",

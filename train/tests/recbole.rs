@@ -3,6 +3,9 @@
 //! fresh items, the quality proxy, and clear errors; then `mixneg train` and
 //! a smoke run of `mixneg experiment` on them.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+use common::OutputOk;
 use mixneg_train::data::feature_field;
 use mixneg_train::recbole::{LogConfig, Split, read};
 use std::path::{Path, PathBuf};
@@ -200,14 +203,8 @@ fn train_and_experiment_run_on_recbole_files() {
         ])
         .args(["--buckets", "4096", "--min-rating", "2", "--logs"])
         .arg(&inter)
-        .output()
-        .unwrap();
+        .output_ok();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // 220 catalogue items, every metric and the popularity list printed.
     assert!(text.contains("300 users, 220 items"), "{text}");
     for m in [
@@ -220,7 +217,7 @@ fn train_and_experiment_run_on_recbole_files() {
         assert!(text.contains(m), "{m}: {text}");
     }
     let exp = d.join("exp");
-    let out = mixneg()
+    mixneg()
         .args([
             "experiment",
             "--seeds",
@@ -240,13 +237,7 @@ fn train_and_experiment_run_on_recbole_files() {
         .arg(&exp)
         .arg("--logs")
         .arg(&inter)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .output_ok();
     let results = std::fs::read_to_string(exp.join("results.csv")).unwrap();
     assert_eq!(results.lines().count(), 1 + 3 * 2);
     let table = std::fs::read_to_string(exp.join("table.md")).unwrap();
@@ -278,7 +269,7 @@ fn train_and_experiment_run_on_recbole_files() {
 #[test]
 fn paper_world_experiment_smoke() {
     let d = dir("paper");
-    let out = mixneg()
+    mixneg()
         .args([
             "experiment",
             "--seeds",
@@ -304,13 +295,7 @@ fn paper_world_experiment_smoke() {
         ])
         .arg("--out")
         .arg(&d)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .output_ok();
     let results = std::fs::read_to_string(d.join("results.csv")).unwrap();
     // Fixed B + B′ = 2B: B = 43, B′ = 85 at B′/B = 2.
     assert!(
