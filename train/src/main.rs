@@ -1,5 +1,10 @@
-//! The `mixneg` command line: run the fused MNS loss on tensors from a
-//! safetensors file (`loss`), or time it on a random problem (`demo`).
+//! The `mixneg` command line: `train` (the main job: an MNS model beside
+//! batch softmax), `experiment`, `loss` (the fused loss on tensors from a
+//! safetensors file), `demo` (timing on a random problem) and `gpu-bench`.
+//!
+//! One file: the subcommands' argument structs and their short handlers,
+//! which share the backend choice and the CPU flags; the work itself is in
+//! the library (the trainer, `comparison`, `experiment`).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mixneg::{Backend, CpuBackend, MnsInput, MnsOutput, ReferenceBackend};
