@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plots of `scripts/experiment.sh`: Recall@100 and low-quality intrusion@100
 against B'/B (MNS at fixed B and at fixed B + B'), one panel per world, with
-corrected batch softmax, the popularity list and the attainable ceiling as
+corrected batch softmax, the popularity list and the "true items, fitted users" yardstick as
 lines; means over seeds with their 95% intervals. Needs matplotlib.
 
 usage: plot_experiment.py EXPERIMENTS_DIR   (writes EXPERIMENTS_DIR/*.png)
@@ -60,8 +60,8 @@ def main():
                 for r in csv.DictReader(open(base)):
                     b[r["baseline"]].append(float(r[col]))
                 lines += [("popularity list", b["popularity list"], "tab:gray")]
-                if b.get("attainable ceiling"):
-                    lines += [("attainable ceiling", b["attainable ceiling"], "tab:green")]
+                if b.get("true items, fitted users"):
+                    lines += [("true items, fitted users", b["true items, fitted users"], "tab:green")]
             for name, xs, c in lines:
                 if xs:
                     m, _ = mean_ci(xs)

@@ -12,7 +12,8 @@
 //! synthetic data) and its own initialization and sampling; every
 //! configuration of a seed sees the same world, so differences between
 //! configurations are paired by seed. Beside the models: the popularity
-//! list, the attainable ceiling and the planted model of each seed's world.
+//! list, the "true items, fitted users" yardstick and the planted model of
+//! each seed's world.
 
 use crate::data::Dataset;
 use crate::freq::QMode;
@@ -224,7 +225,7 @@ pub fn run(
         let c = popularity.count_by_class;
         counts.push([data.test.len(), c[0], c[1], c[2]]);
         add("popularity list", Some(popularity));
-        add("attainable ceiling", crate::ceiling_metrics(data));
+        add(crate::YARDSTICK, crate::ceiling_metrics(data));
         add("planted model (all known)", crate::oracle_metrics(data));
         for (k, c) in configs.iter().enumerate() {
             let mut cfg = base.clone();

@@ -307,7 +307,11 @@ pub fn popularity_metrics(data: &Dataset) -> eval::Metrics {
     })
 }
 
-/// The attainable ceiling (synthetic data): the planted model with what a
+/// The name of [`ceiling_metrics`] in every output: what it knows.
+pub const YARDSTICK: &str = "true items, fitted users";
+
+/// The yardstick [`YARDSTICK`] (synthetic data) — not a ceiling: no learner
+/// knows the true item terms it uses. The planted model with what a
 /// learner can know — the item factors and the item term of every
 /// non-fresh item ([`data::Oracle::known_bias`]: no fresh item's exposure
 /// or quality), and each user's factor estimated from their training items

@@ -594,7 +594,7 @@ fn train(
     let popularity = mixneg_train::popularity_metrics(&data);
     println!("{:<25}{}", "popularity list", popularity.summary());
     if let Some(c) = mixneg_train::ceiling_metrics(&data) {
-        println!("{:<25}{}", "attainable ceiling", c.summary());
+        println!("{:<25}{}", mixneg_train::YARDSTICK, c.summary());
     }
     let planted = mixneg_train::oracle_metrics(&data);
     if let Some(o) = &planted {

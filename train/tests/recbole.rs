@@ -322,7 +322,7 @@ fn paper_world_experiment_smoke() {
     );
     let base = std::fs::read_to_string(d.join("baselines.csv")).unwrap();
     assert!(
-        base.contains("\"attainable ceiling\",2,") && base.contains("planted model"),
+        base.contains("\"true items, fitted users\",2,") && base.contains("planted model"),
         "{base}"
     );
     // Passing a flag the experiment sets itself is refused.
