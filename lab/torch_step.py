@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import resource
@@ -248,6 +249,7 @@ def group_of(impl: str) -> str:
     return "mixneg/no-ids" if impl.endswith("/no-ids") else "mixneg"
 
 
+@functools.cache
 def usable(impl: str) -> bool:
     """Whether this machine runs the configuration (the bf16 tier needs
     AVX512_BF16; PyTorch's chunked loss needs torch 2.13 or newer)."""

@@ -186,7 +186,6 @@ pub(crate) unsafe fn phase_a(
         }
         col += if wide { 2 * l } else { l };
     }
-    assert!(part.max.len() >= r && part.sum.len() >= r && part.diag.len() >= r);
     for rr in 0..r {
         fix_row(sh, part, i0, rr);
     }
@@ -259,22 +258,14 @@ unsafe fn rne(x: __m512) -> __m512i {
     }
 }
 
-/// 16 f32 rounded to bf16 (nearest even), each in the low half of a u32.
-#[inline(always)]
-unsafe fn low16(x: __m512) -> __m512i {
-    // SAFETY: AVX512_BF16 and AVX-512F (the caller's contract).
-    unsafe {
-        _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-            _mm512_cvtneps_pbh(x),
-        ))
-    }
-}
-
-/// Pairs of rows (a, b) of 16 components: lane l = (a\[l\], b\[l\]) in bf16.
+/// Pairs of rows (a, b) of 16 finite components: lane l = (a\[l\], b\[l\])
+/// rounded to bf16, the layout of `et` and `usb` — in the integer unit
+/// ([`rne`] and a 16-bit blend), no cross-lane shuffle.
 #[inline(always)]
 unsafe fn row_pair(a: __m512, b: __m512) -> __m512i {
-    // SAFETY: the caller's contract (AVX512_BF16).
-    unsafe { _mm512_or_si512(low16(a), _mm512_slli_epi32::<16>(low16(b))) }
+    // SAFETY: AVX-512F and AVX-512BW (implied by AVX512_BF16; the caller's
+    // contract).
+    unsafe { _mm512_mask_blend_epi16(0xAAAA_AAAA, _mm512_srli_epi32::<16>(rne(a)), rne(b)) }
 }
 
 /// Per pair of strip rows (a, b): the rows' maxima m, their exponentials
@@ -328,15 +319,9 @@ unsafe fn exp_round(part: &mut Part<'_>, r: usize, mb: usize) {
                     };
                     sa = sa.add(ea);
                     sb = sb.add(eb);
-                    // et: (a_j, b_j) per lane, rounded in the integer
-                    // unit (no cross-lane shuffle); eb: the two rows' halves
-                    // of one conversion.
-                    let pairs = _mm512_mask_blend_epi16(
-                        0xAAAA_AAAA,
-                        _mm512_srli_epi32::<16>(rne(ea.0)),
-                        rne(eb.0),
-                    );
-                    _mm512_storeu_si512(et_out.add(j).cast(), pairs);
+                    // et: (a_j, b_j) per lane; eb: the two rows' halves of
+                    // one conversion.
+                    _mm512_storeu_si512(et_out.add(j).cast(), row_pair(ea.0, eb.0));
                     let both = _mm512_cvtne2ps_pbh(eb.0, ea.0);
                     let lo = std::mem::transmute::<__m512bh, [__m256i; 2]>(both);
                     _mm256_storeu_si256(ea_out.add(j / 2).cast(), lo[0]);
@@ -558,7 +543,8 @@ mod tests {
             // SAFETY: the enclosing test returned early without AVX512_BF16;
             // both arrays hold 16 elements.
             unsafe {
-                let v = low16(_mm512_loadu_ps(x.as_ptr()));
+                let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr()));
+                let v = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h));
                 _mm512_storeu_si512(o.as_mut_ptr().cast(), v);
             }
             o

@@ -123,9 +123,10 @@ impl Plan {
     /// sums over pairs of rows, so a block of mb rows makes mb/2 steps per
     /// read-modify-write of the dV rows; twice the rows restore the f32
     /// kernel's ratio. Measured (AMD EPYC Zen 5, 1 MiB L2, 2 threads,
-    /// `examples/timeit.rs`, the f32 rule giving 48 rows): 96-row blocks were
-    /// 2–9% faster than 48 at (4096, 4096, 64), (4096, 4096, 128) and
-    /// (16384, 16384, 64); 144 no better than 96.
+    /// `examples/timeit.rs`, the f32 rule giving 48 rows, two rounds):
+    /// bf16 with 96-row blocks took 0–8% less time than with 48 at
+    /// (4096, 4096, 64), (4096, 4096, 128) and (16384, 16384, 64); 144 was no
+    /// better than 96.
     pub fn for_bf16(mut self, b: usize) -> Plan {
         self.mb = (2 * self.mb).min(b.next_multiple_of(MR));
         self

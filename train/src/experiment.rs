@@ -428,18 +428,19 @@ fn headline(configs: &[Configuration], results: &[Vec<[f64; 14]>], r: usize) -> 
                 .map(|(a, b)| a[col] - b[col])
                 .collect()
         };
-        let fixed: Vec<usize> = (0..configs.len())
-            .filter(|&k| configs[k].family == "mns-fixed-b")
-            .collect();
+        let mut fixed: Vec<Vec<f64>> = vec![];
         for (k, c) in configs.iter().enumerate() {
             if c.family == "mns-fixed-b" || c.family.starts_with("control") {
-                claims.push((c.name.clone(), title, delta(k)));
+                let d = delta(k);
+                if c.family == "mns-fixed-b" {
+                    fixed.push(d.clone());
+                }
+                claims.push((c.name.clone(), title, d));
             }
         }
         if fixed.len() > 1 {
-            let seeds = results[r].len();
-            let pooled = (0..seeds)
-                .map(|s| fixed.iter().map(|&k| delta(k)[s]).sum::<f64>() / fixed.len() as f64)
+            let pooled = (0..results[r].len())
+                .map(|s| fixed.iter().map(|d| d[s]).sum::<f64>() / fixed.len() as f64)
                 .collect();
             claims.push(("MNS at fixed B, pooled over B'/B".into(), title, pooled));
         }
