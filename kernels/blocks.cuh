@@ -23,6 +23,16 @@
 
 typedef long long i64;
 
+// a = 0, for a thread's R x C register accumulator.
+template <int R, int C>
+__device__ __forceinline__ void mns_zero(float (&a)[R][C])
+{
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int j = 0; j < C; ++j) a[i][j] = 0.0f;
+}
+
 // Called after each __shared__ declaration: nothing on the GPU; on the CPU
 // emulator (tests/cuda_emu/emu.hpp) it poisons the object with NaN at every
 // block start, so that reading shared memory this block never wrote shows.
@@ -155,5 +165,28 @@ __device__ __forceinline__ void mns_mma_3xtf32(
     mns_mma_tf32(d, a_small, b_big);
     mns_mma_tf32(d, a_big, b_small);
     mns_mma_tf32(d, a_big, b_big);
+}
+
+// A TF32 operand fragment of N floats at the tier MODE: split into big and
+// small parts for 3xTF32 (MNS_TIER_F32), else rounded once (small unset).
+template <int MODE, int N>
+__device__ __forceinline__ void mns_tf32_frag(const float (&x)[N], unsigned (&big)[N], unsigned (&small)[N])
+{
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+        if (MODE == MNS_TIER_F32) mns_split_tf32(x[r], big[r], small[r]);
+        else big[r] = mns_to_tf32(x[r]);
+    }
+}
+
+// d += A.B at the tier MODE from fragments of mns_tf32_frag: three TF32
+// products for 3xTF32, else one.
+template <int MODE>
+__device__ __forceinline__ void mns_mma_tier(
+    float d[4], const unsigned a_big[4], const unsigned a_small[4],
+    const unsigned b_big[2], const unsigned b_small[2])
+{
+    if (MODE == MNS_TIER_F32) mns_mma_3xtf32(d, a_big, a_small, b_big, b_small);
+    else mns_mma_tf32(d, a_big, b_big);
 }
 #endif

@@ -79,6 +79,14 @@ struct MnsGradParams {
     const float* gdiag;
     float* out;  // d_u (B x K) or d_v (N x K)
 };
+// The gradient kernels' locals from a MnsGradParams: the logits' and the
+// rows' outputs they read; OUT names the gradient they write.
+#define MNS_UNPACK_GRAD(P, OUT)                     \
+    MNS_UNPACK_LOGITS((P).x);                       \
+    const float* __restrict__ mrow = (P).mrow;      \
+    const float* __restrict__ coef = (P).coef;      \
+    const float* __restrict__ gdiag = (P).gdiag;    \
+    float* __restrict__ OUT = (P).out
 
 struct MnsMergeParams {
     const float* v;       // N x K

@@ -28,13 +28,12 @@ struct MnsTileSmem {
 // acc[i][j] = <x_{r0+ty+16i}, y_{c0+tx+16j}> over all K (0 outside the
 // matrices). Every thread of the block must call it (it synchronizes).
 __device__ __forceinline__ void mns_dot_tile(
-    MnsTileSmem& sm, float acc[4][4],
+    MnsTileSmem& sm, float (&acc)[4][4],
     const float* __restrict__ x, i64 x_rows, i64 r0,
     const float* __restrict__ y, i64 y_rows, i64 c0,
     i64 k, int tid, int ty, int tx)
 {
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    mns_zero(acc);
     for (i64 k0 = 0; k0 < k; k0 += MNS_BK) {
         // 64 x 16 floats each, 4 per thread; consecutive threads read
         // consecutive components of a row (64-byte segments).
@@ -242,11 +241,7 @@ struct MnsBwdSmem {
 template <bool DV>
 __device__ __forceinline__ void mns_grad_simt(const MnsGradParams& p)
 {
-    MNS_UNPACK_LOGITS(p.x);
-    const float* __restrict__ mrow = p.mrow;
-    const float* __restrict__ coef = p.coef;
-    const float* __restrict__ gdiag = p.gdiag;
-    float* __restrict__ out = p.out;
+    MNS_UNPACK_GRAD(p, out);
     __shared__ MnsBwdSmem sm;
     mns_smem_poison(&sm, sizeof sm);
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
@@ -256,8 +251,7 @@ __device__ __forceinline__ void mns_grad_simt(const MnsGradParams& p)
     // The side streamed against the G tile: V for dU, U for dV.
     const float* __restrict__ w_src = DV ? u : v;
     float acc[4][4];  // [owned row ty+16i][component tx+16j]
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    mns_zero(acc);
 
     for (i64 t0 = 0; t0 < other_rows; t0 += MNS_BN) {
         const i64 r0 = DV ? t0 : own0, c0 = DV ? own0 : t0;

@@ -88,12 +88,10 @@ __device__ __forceinline__ void mns_tc_stage(
 #define MNS_KSTEP(MODE) ((MODE) == MNS_TIER_BF16 ? 16 : 8)
 template <int MODE>
 __device__ __forceinline__ void mns_tc_dots(
-    float acc[8][4], const float* xs, const float* ys, int kp, int ld, int lane)
+    float (&acc)[8][4], const float* xs, const float* ys, int kp, int ld, int lane)
 {
     const int g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-        for (int r = 0; r < 4; ++r) acc[j][r] = 0.0f;
+    mns_zero(acc);
     for (int kk = 0; kk < kp; kk += MNS_KSTEP(MODE)) {
         if constexpr (MODE == MNS_TIER_BF16) {
             // The k-step's 16 components enter the fragments' k slots
@@ -118,22 +116,14 @@ __device__ __forceinline__ void mns_tc_dots(
             const float* xa = xs + g * ld + kk + t;
             const float av[4] = {mns_lds(xa), mns_lds(xa + 8 * ld), mns_lds(xa + 4), mns_lds(xa + 8 * ld + 4)};
             unsigned ab[4], as[4];
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                if (MODE == MNS_TIER_F32) mns_split_tf32(av[r], ab[r], as[r]);
-                else ab[r] = mns_to_tf32(av[r]);
-            }
+            mns_tf32_frag<MODE>(av, ab, as);
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const float* yb = ys + (8 * j + g) * ld + kk + t;
                 const float bv[2] = {mns_lds(yb), mns_lds(yb + 4)};
                 unsigned bb[2], bs[2];
-                for (int r = 0; r < 2; ++r) {
-                    if (MODE == MNS_TIER_F32) mns_split_tf32(bv[r], bb[r], bs[r]);
-                    else bb[r] = mns_to_tf32(bv[r]);
-                }
-                if (MODE == MNS_TIER_F32) mns_mma_3xtf32(acc[j], ab, as, bb, bs);
-                else mns_mma_tf32(acc[j], ab, bb);
+                mns_tf32_frag<MODE>(bv, bb, bs);
+                mns_mma_tier<MODE>(acc[j], ab, as, bb, bs);
             }
         }
     }
@@ -176,23 +166,15 @@ __device__ __forceinline__ void mns_tc_accumulate(
         for (int j = 0; j < 8; ++j) {
             const float av[4] = {f[j][0], f[j][2], f[j][1], f[j][3]};
             unsigned ab[4], as[4];
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                if (MODE == MNS_TIER_F32) mns_split_tf32(av[r], ab[r], as[r]);
-                else ab[r] = mns_to_tf32(av[r]);
-            }
+            mns_tf32_frag<MODE>(av, ab, as);
 #pragma unroll
             for (int c = 0; c < KT; ++c) {
                 if (c >= kc) break;  // warp-uniform
                 const float* yb = ys + (8 * j + 2 * t) * ld + 8 * c + g;
                 const float bv[2] = {mns_lds(yb), mns_lds(yb + ld)};
                 unsigned bb[2], bs[2];
-                for (int r = 0; r < 2; ++r) {
-                    if (MODE == MNS_TIER_F32) mns_split_tf32(bv[r], bb[r], bs[r]);
-                    else bb[r] = mns_to_tf32(bv[r]);
-                }
-                if (MODE == MNS_TIER_F32) mns_mma_3xtf32(o[c], ab, as, bb, bs);
-                else mns_mma_tf32(o[c], ab, bb);
+                mns_tf32_frag<MODE>(bv, bb, bs);
+                mns_mma_tier<MODE>(o[c], ab, as, bb, bs);
             }
         }
     }
@@ -256,9 +238,7 @@ __device__ __forceinline__ void mns_fwd_tc(const MnsFwdParams& p)
 
     float m[2] = {MNS_NEG_INF, MNS_NEG_INF}, l[2] = {0.0f, 0.0f};
     float o[KT][4];
-#pragma unroll
-    for (int c = 0; c < KT; ++c)
-        for (int r = 0; r < 4; ++r) o[c][r] = 0.0f;
+    mns_zero(o);
 
     for (i64 tt = 0; tt < tiles; ++tt) {
         const int cur = (int)(tt % 2);
@@ -335,11 +315,7 @@ __device__ __forceinline__ void mns_fwd_tc(const MnsFwdParams& p)
 template <int KT, int MODE>
 __device__ __forceinline__ void mns_dv_tc(const MnsGradParams& p)
 {
-    MNS_UNPACK_LOGITS(p.x);
-    const float* __restrict__ mrow = p.mrow;
-    const float* __restrict__ coef = p.coef;
-    const float* __restrict__ gdiag = p.gdiag;
-    float* __restrict__ d_v = p.out;
+    MNS_UNPACK_GRAD(p, d_v);
     const int kp = (int)((k + 15) / 16 * 16), ld = kp + 4, kc = (int)((k + 7) / 8);
     const MnsTcSmem sm = mns_tc_smem(ld);
     const int tid = threadIdx.x, w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -372,9 +348,7 @@ __device__ __forceinline__ void mns_dv_tc(const MnsGradParams& p)
     mns_cp_async_commit();
 
     float o[KT][4];
-#pragma unroll
-    for (int c = 0; c < KT; ++c)
-        for (int r = 0; r < 4; ++r) o[c][r] = 0.0f;
+    mns_zero(o);
 
     for (i64 tt = 0; tt < tiles; ++tt) {
         const int cur = (int)(tt % 2);

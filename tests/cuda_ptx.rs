@@ -8,6 +8,7 @@
 
 mod common;
 use mixneg::cuda;
+use std::sync::OnceLock;
 
 /// Whether NVRTC can be used; otherwise prints `skipping: …` (or fails
 /// under `REQUIRE_NVRTC=1`).
@@ -24,6 +25,19 @@ fn nvrtc() -> bool {
     false
 }
 
+/// The kernels compiled for sm_80 and sm_90 (with ptxas's report), once for
+/// every test; None without NVRTC (see [`nvrtc`]).
+fn compiled() -> Option<&'static [cuda::Compiled; 2]> {
+    static ALL: OnceLock<[cuda::Compiled; 2]> = OnceLock::new();
+    if !nvrtc() {
+        return None;
+    }
+    Some(ALL.get_or_init(|| {
+        ["sm_80", "sm_90"]
+            .map(|arch| cuda::compile(arch, true).unwrap_or_else(|e| panic!("{arch}: {e}")))
+    }))
+}
+
 /// A ptxas "N bytes stack frame, S bytes spill stores, L bytes spill loads"
 /// line with N = S = L = 0.
 fn no_stack_or_spill(line: &str) -> bool {
@@ -37,11 +51,9 @@ fn no_stack_or_spill(line: &str) -> bool {
 
 #[test]
 fn kernels_compile_without_spills() {
-    if !nvrtc() {
-        return;
-    }
-    for arch in ["sm_80", "sm_90"] {
-        let c = cuda::compile(arch, true).unwrap_or_else(|e| panic!("{arch}: {e}"));
+    let Some(all) = compiled() else { return };
+    for c in all {
+        let arch = &c.arch;
         assert!(!c.cubin.is_empty(), "{arch}: empty CUBIN");
         let info: Vec<&str> = c
             .log
@@ -106,9 +118,7 @@ fn a_compile_error_keeps_its_source_and_log() {
 /// explicit padding must be read by some load.
 #[test]
 fn parameter_structs_have_the_host_layout() {
-    if !nvrtc() {
-        return;
-    }
+    let Some(all) = compiled() else { return };
     let layout = cuda::abi::layout();
     let structs = [
         ("mns_fwd_f32", "MnsFwdParams"),
@@ -123,8 +133,8 @@ fn parameter_structs_have_the_host_layout() {
         ("mns_fwd_tc_k128_tf32", "MnsFwdParams"),
         ("mns_dv_tc_k128_tf32", "MnsGradParams"),
     ];
-    for arch in ["sm_80", "sm_90"] {
-        let ptx = cuda::compile(arch, false).unwrap().ptx;
+    for c in all {
+        let (arch, ptx) = (&c.arch, &c.ptx);
         assert!(!ptx.is_empty(), "{arch}: NVRTC gave no PTX");
         for (kernel, name) in structs {
             let (_, size, fields) = layout.iter().find(|l| l.0 == name).unwrap();
@@ -253,11 +263,9 @@ fn tensor_core_building_blocks_compile_to_mma_sync() {
 /// and at least one block of 4 warps an SM.
 #[test]
 fn tensor_core_kernels_use_mma_and_cp_async() {
-    if !nvrtc() {
-        return;
-    }
-    for arch in ["sm_80", "sm_90"] {
-        let c = cuda::compile(arch, true).unwrap_or_else(|e| panic!("{arch}: {e}"));
+    let Some(all) = compiled() else { return };
+    for c in all {
+        let arch = &c.arch;
         let body = |kernel: &str| -> String {
             let start = c
                 .ptx

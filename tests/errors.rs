@@ -134,65 +134,23 @@ fn temperature() {
 #[test]
 fn non_finite_values() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let mut g = good();
-        g.u[3] = bad;
-        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
-        assert!(
-            matches!(
-                e,
-                MnsError::NonFinite {
-                    name: "u",
-                    index: 3,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let mut g = good();
-        g.v[4] = bad;
-        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
-        assert!(
-            matches!(
-                e,
-                MnsError::NonFinite {
-                    name: "v",
-                    index: 4,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let mut g = good();
-        g.lq[1] = bad;
-        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2).validate().unwrap_err();
-        assert!(
-            matches!(
-                e,
-                MnsError::NonFinite {
-                    name: "log_q",
-                    index: 1,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let mut g = good();
-        g.w[1] = bad;
-        let e = MnsInput::new(&g.u, &g.v, &g.lq, 2)
-            .row_weight(&g.w)
-            .validate()
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                MnsError::NonFinite {
-                    name: "row_weight",
-                    index: 1,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        for (name, index) in [("u", 3), ("v", 4), ("log_q", 1), ("row_weight", 1)] {
+            let mut g = good();
+            match name {
+                "u" => g.u[index] = bad,
+                "v" => g.v[index] = bad,
+                "log_q" => g.lq[index] = bad,
+                _ => g.w[index] = bad,
+            }
+            let e = MnsInput::new(&g.u, &g.v, &g.lq, 2)
+                .row_weight(&g.w)
+                .validate()
+                .unwrap_err();
+            assert!(
+                matches!(e, MnsError::NonFinite { name: n, index: i, .. } if n == name && i == index),
+                "{name}[{index}] = {bad}: {e}"
+            );
+        }
     }
     // Every backend, and the untouched-output check (∞: NaN ≠ NaN under ==).
     let mut g = good();

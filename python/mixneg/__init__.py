@@ -22,6 +22,7 @@ SIMD kernels; docs/design.md in the repository).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -106,7 +107,7 @@ def _temperature(t) -> float:
 
 
 def _call(
-    query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad, precision
+    grad, query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, precision
 ):
     _common.precision(precision)
     u = _float_array("query", query, 2)
@@ -158,46 +159,15 @@ def mns_loss(
     ValueError.
     Bad input raises ValueError or TypeError with the numbers.
     """
-    return _call(
-        query,
-        candidates,
-        log_q,
-        temperature,
-        ids,
-        row_weight,
-        correct_positive,
-        positive_offset,
-        threads,
-        True,
-        precision,
-    )
+    return _call(True, **locals())  # every argument, by name
 
 
-def mns_forward(
-    query,
-    candidates,
-    log_q,
-    *,
-    temperature: float = 1.0,
-    ids=None,
-    row_weight=None,
-    correct_positive: bool = True,
-    positive_offset: int = 0,
-    threads: Optional[int] = None,
-    precision: str = "f32",
-) -> MnsResult:
+def mns_forward(query, candidates, log_q, **options) -> MnsResult:
     """The forward only (loss, lse, row_loss, top1; a third of the flops), for
     evaluation: the same arguments as ``mns_loss``; the gradients are None."""
-    return _call(
-        query,
-        candidates,
-        log_q,
-        temperature,
-        ids,
-        row_weight,
-        correct_positive,
-        positive_offset,
-        threads,
-        False,
-        precision,
-    )
+    call = inspect.signature(mns_loss).bind(query, candidates, log_q, **options)
+    call.apply_defaults()
+    return _call(False, **call.arguments)
+
+
+mns_forward.__signature__ = inspect.signature(mns_loss)

@@ -5,6 +5,18 @@ use mixneg::{MnsInput, MnsOutput};
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
+/// Awkward (B, B′, K) every fast path is checked on: B = 1, B′ = 0, K = 1,
+/// odd K, and tails in every tile dimension of the CPU and CUDA kernels;
+/// each test adds the shapes its own kernels need.
+pub const AWKWARD: [(usize, usize, usize); 6] = [
+    (1, 0, 1),
+    (1, 7, 3),
+    (3, 0, 7),
+    (17, 203, 9),
+    (64, 64, 64),
+    (65, 130, 65),
+];
+
 /// One problem, owning its data.
 #[derive(Debug, Clone)]
 pub struct Case {
@@ -181,19 +193,23 @@ pub fn vectors_dir() -> PathBuf {
     }
 }
 
-fn f32s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
-    assert_eq!(t.dtype(), Dtype::F32);
+/// A little-endian tensor of `dtype` decoded with `from` (W bytes a value).
+fn values<T, const W: usize>(
+    t: &safetensors::tensor::TensorView<'_>,
+    dtype: Dtype,
+    from: fn([u8; W]) -> T,
+) -> Vec<T> {
+    assert_eq!(t.dtype(), dtype);
     t.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .chunks_exact(W)
+        .map(|c| from(c.try_into().unwrap()))
         .collect()
 }
+fn f32s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
+    values(t, Dtype::F32, f32::from_le_bytes)
+}
 fn f64s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f64> {
-    assert_eq!(t.dtype(), Dtype::F64);
-    t.data()
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    values(t, Dtype::F64, f64::from_le_bytes)
 }
 
 /// Every test vector: (case, expected). Panics if the directory is empty, so
@@ -814,6 +830,33 @@ pub fn assert_output(
     assert_tensor("lse", case, &out.lse, lse, 1);
 }
 
+/// Asserts that `out`'s gradients lie *outside* the policy's bounds for
+/// `judge` (the case at a stricter tier than `out` was computed at): the
+/// policy sees the lower tier's rounding instead of being blind to it.
+pub fn assert_fails_policy(label: &str, judge: &Case, out: &MnsOutput, want: &MnsOutput<f64>) {
+    for (what, got, exp) in [("d_u", &out.d_u, &want.d_u), ("d_v", &out.d_v, &want.d_v)] {
+        let (bound, _, _) = tensor_bound(what, judge, exp);
+        let err = l2_err(got, exp);
+        assert!(
+            err > bound,
+            "{label} {what} error {err:.3e} within the {:?} bound {bound:.3e}",
+            judge.precision
+        );
+    }
+}
+
+/// Asserts that the top-1 flags agree with `want`'s on all rows but at most
+/// one (a near-tie may flip one).
+pub fn assert_top1_agrees(ctx: &Case, got: &[bool], want: &[bool], with: &str) {
+    let agree = got.iter().zip(want).filter(|(a, b)| a == b).count();
+    assert!(
+        agree + 1 >= ctx.b(),
+        "{}: top1 agrees with {with} on {agree}/{}",
+        ctx.name,
+        ctx.b()
+    );
+}
+
 /// Report a skipped test where it cannot be missed: libtest captures a
 /// test's `eprintln!` (and shows it only on failure), so the line is written
 /// to the process's stderr handle directly, which capture does not see.
@@ -830,7 +873,15 @@ pub fn skip(why: &str) {
 /// `Command::output` that asserts the command succeeded, with its stderr
 /// in the failure message.
 pub trait OutputOk {
+    /// Runs the command and asserts that it succeeded.
     fn output_ok(&mut self) -> std::process::Output;
+    /// Runs the command, asserts that it succeeded, returns its stdout.
+    fn stdout_ok(&mut self) -> String {
+        String::from_utf8_lossy(&self.output_ok().stdout).into_owned()
+    }
+    /// Runs the command, asserts that it failed with a message, returns its
+    /// stderr.
+    fn stderr_failed(&mut self) -> String;
 }
 
 impl OutputOk for std::process::Command {
@@ -843,5 +894,13 @@ impl OutputOk for std::process::Command {
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    fn stderr_failed(&mut self) -> String {
+        let out = self.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{self:?} succeeded: {err}");
+        assert!(!err.is_empty(), "{self:?} failed without a message");
+        err
     }
 }

@@ -41,19 +41,12 @@ fn loss_on_every_vector_with_both_backends() {
         for backend in ["reference", "cpu"] {
             let out = tmp(&format!("{backend}-{}", case.name));
             let input = vectors_dir().join(&case.name);
-            let st = mixneg()
+            mixneg()
                 .args(["loss", "--backend", backend, "--input"])
                 .arg(&input)
                 .arg("--output")
                 .arg(&out)
-                .output()
-                .unwrap();
-            assert!(
-                st.status.success(),
-                "{}: {}",
-                case.name,
-                String::from_utf8_lossy(&st.stderr)
-            );
+                .output_ok();
             let got = read(&out);
             assert_loss(&case, got["loss"][0], exp.loss);
             assert_tensor("d_u", &case, &got["d_u"], &exp.d_u, case.k);
@@ -86,26 +79,24 @@ fn flags_override_metadata() {
 #[test]
 fn bad_files_fail_cleanly() {
     let out = tmp("never.safetensors");
+    let loss_fails = |input: &std::path::Path, flags: &[&str]| {
+        mixneg()
+            .arg("loss")
+            .args(flags)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(&out)
+            .stderr_failed()
+    };
     // Missing file.
-    let st = mixneg()
-        .args(["loss", "--input", "/nonexistent/x.safetensors", "--output"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(!st.status.success());
-    assert!(String::from_utf8_lossy(&st.stderr).contains("/nonexistent/x.safetensors"));
+    let err = loss_fails("/nonexistent/x.safetensors".as_ref(), &[]);
+    assert!(err.contains("/nonexistent/x.safetensors"));
     // Not a safetensors file.
     let junk = tmp("junk.safetensors");
     std::fs::write(&junk, b"not a safetensors file at all").unwrap();
-    let st = mixneg()
-        .args(["loss", "--input"])
-        .arg(&junk)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(!st.status.success());
-    assert!(String::from_utf8_lossy(&st.stderr).starts_with("mixneg: error:"));
+    let err = loss_fails(&junk, &[]);
+    assert!(err.starts_with("mixneg: error:"));
     // Wrong dtype: u as f64.
     let bad = tmp("f64.safetensors");
     let u = [0.0f64; 4];
@@ -129,40 +120,20 @@ fn bad_files_fail_cleanly() {
         ),
     ];
     safetensors::serialize_to_file(views, None, &bad).unwrap();
-    let st = mixneg()
-        .args(["loss", "--input"])
-        .arg(&bad)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(!st.status.success());
-    assert!(
-        String::from_utf8_lossy(&st.stderr).contains("dtype"),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let err = loss_fails(&bad, &[]);
+    assert!(err.contains("dtype"), "{err}");
     // A valid file with a bad temperature: the MnsError message reaches stderr.
     let input = vectors_dir().join("basic_4x7x5.safetensors");
-    let st = mixneg()
-        .args(["loss", "--temperature=-1", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(!st.status.success());
+    let err = loss_fails(&input, &["--temperature=-1"]);
     assert!(
-        String::from_utf8_lossy(&st.stderr).contains(
-            "temperature must be finite and > 0, with a finite reciprocal in f32, got -1"
-        )
+        err.contains("temperature must be finite and > 0, with a finite reciprocal in f32, got -1")
     );
     assert!(!out.exists(), "no output may be written on error");
 }
 
 #[test]
 fn demo_runs_and_checks() {
-    let st = mixneg()
+    let text = mixneg()
         .args([
             "demo",
             "--b",
@@ -174,10 +145,7 @@ fn demo_runs_and_checks() {
             "--reps",
             "2",
         ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&st.stdout);
-    assert!(st.status.success(), "{text}");
+        .stdout_ok();
     assert!(text.contains("vs f64 reference"), "{text}");
 }
 
@@ -218,16 +186,14 @@ fn lower_precision_on_the_cpu_fails_clearly() {
     }
     let vector = vectors_dir().join("basic_4x7x5.safetensors");
     let out = tmp("precision_out.safetensors");
-    let st = mixneg()
+    let err = mixneg()
         .args(["loss", "--input"])
         .arg(&vector)
         .arg("--output")
         .arg(&out)
         .args(["--precision", "tf32"])
-        .output()
-        .unwrap();
-    assert!(!st.status.success());
-    assert!(String::from_utf8_lossy(&st.stderr).contains("Precision::Tf32"));
+        .stderr_failed();
+    assert!(err.contains("Precision::Tf32"));
     mixneg().args(demo).args(["--precision", "f32"]).output_ok();
 }
 
@@ -236,7 +202,7 @@ fn lower_precision_on_the_cpu_fails_clearly() {
 /// as flags.
 #[test]
 fn demo_takes_the_train_flag_names_and_cpu_flags() {
-    let st = mixneg()
+    let text = mixneg()
         .args([
             "demo",
             "--batch",
@@ -252,10 +218,7 @@ fn demo_takes_the_train_flag_names_and_cpu_flags() {
             "--threads",
             "1",
         ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&st.stdout);
-    assert!(st.status.success(), "{text}");
+        .stdout_ok();
     assert!(text.contains("cpu/portable on 1 threads"), "{text}");
     for bad in [vec!["--cpu-kernel", "sse9"], vec!["--threads", "0"]] {
         let st = mixneg()
@@ -374,11 +337,7 @@ fn experiment_with_a_checkpoint_runs_every_configuration() {
     assert_eq!(runs, 17, "one checkpoint directory per configuration");
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     let st = run();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert!(st.status.success(), "{}", err);
     assert_eq!(
         std::fs::read_to_string(out.join("table.md")).unwrap(),
         table

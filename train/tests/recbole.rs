@@ -247,7 +247,7 @@ fn train_and_experiment_run_on_recbole_files() {
     );
     assert!(table.contains("| MNS B'/B = 1 |"), "{table}");
     // A configuration name that does not exist is an error, not an empty run.
-    let out = mixneg()
+    let err = mixneg()
         .args([
             "experiment",
             "--seeds",
@@ -259,10 +259,8 @@ fn train_and_experiment_run_on_recbole_files() {
         .arg(&inter)
         .arg("--out")
         .arg(&exp)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("matches no configuration"));
+        .stderr_failed();
+    assert!(err.contains("matches no configuration"), "{err}");
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -326,11 +324,9 @@ fn paper_world_experiment_smoke() {
         "{base}"
     );
     // Passing a flag the experiment sets itself is refused.
-    let out = mixneg()
+    mixneg()
         .args(["experiment", "--estimator", "exact"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+        .stderr_failed();
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -377,12 +373,8 @@ fn a_world_that_cannot_be_drawn_is_a_clear_error() {
                 c.arg("--out")
                     .arg(std::env::temp_dir().join("mixneg-never"));
             }
-            let out = c.output().unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                !out.status.success() && err.contains(want),
-                "{cmd} {flag} {value}: {err}"
-            );
+            let err = c.stderr_failed();
+            assert!(err.contains(want), "{cmd} {flag} {value}: {err}");
             assert!(!err.contains("panicked"), "{err}");
         }
     }
