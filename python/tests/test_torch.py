@@ -244,6 +244,48 @@ def test_float32_tensors_reach_the_kernels_without_a_copy(monkeypatch):
         assert np.shares_memory(seen[name], t.detach().numpy()), name
 
 
+def test_loss_backward_hands_on_the_gradients_without_a_copy(monkeypatch):
+    """``loss.backward()`` leaves in ``.grad`` the very arrays the kernels
+    wrote; a kept graph, accumulation, two losses on one tensor and a scaled
+    loss still give exact multiples of the one gradient (nothing saved is
+    modified in place)."""
+    import numpy as np
+
+    import mixneg.torch as mtorch
+
+    made = []
+    real = mtorch._native.mns_loss
+
+    def spy(u, v, log_q, **kw):
+        made.append(real(u, v, log_q, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(mtorch._native, "mns_loss", spy)
+    u, v, log_q, ids, w = CASES[14].arrays()
+    q, c = u.float().requires_grad_(), v.float().requires_grad_()
+    log_q = log_q.float()
+
+    def loss():
+        return mt.mns_loss(q, c, log_q, temperature=0.1, ids=ids)
+
+    loss().backward()
+    assert np.shares_memory(q.grad.numpy(), made[-1]["d_u"])
+    assert np.shares_memory(c.grad.numpy(), made[-1]["d_v"])
+    gq, gc = q.grad.clone(), c.grad.clone()
+    q.grad = c.grad = None
+    x = loss()
+    x.backward(retain_graph=True)
+    x.backward(retain_graph=True)
+    x.backward()
+    assert torch.equal(q.grad, 3 * gq) and torch.equal(c.grad, 3 * gc)
+    q.grad = c.grad = None
+    (loss() + loss()).backward()
+    assert torch.equal(q.grad, 2 * gq) and torch.equal(c.grad, 2 * gc)
+    q.grad = c.grad = None
+    (loss() * 2).backward()
+    assert torch.equal(q.grad, 2 * gq) and torch.equal(c.grad, 2 * gc)
+
+
 def test_device_value_checks_give_the_cpu_paths_errors():
     """The CUDA path's value checks (device reductions judged by the crate)
     are device-agnostic: on CPU tensors they raise the CPU path's ValueError

@@ -276,13 +276,25 @@ impl CpuBackend {
             round = bf16::round;
         }
         let sh = packed.shared(p, &plan, &hits, round);
-        // The dV accumulator (none for a forward-only call, which leaves the
-        // kept one in the scratch).
-        let mut dv = if forward_only {
+        // The dV accumulator: none for a forward-only call (which leaves the
+        // kept one in the scratch); the caller's ∂L/∂V itself, zeroed, when
+        // its rows need no padding (kp = K: the same sums into the same
+        // floats, one N×K buffer and the final copy fewer); else a padded
+        // one from the scratch, copied out at the end.
+        let direct = !forward_only && kp == k;
+        let mut d_v = if direct {
+            let mut d = std::mem::take(&mut out.d_v);
+            d.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+            d
+        } else {
+            vec![]
+        };
+        let mut dv = if forward_only || direct {
             scratch::Aligned::default()
         } else {
             std::mem::take(&mut scratch.dv).recycle(n * kp)
         };
+        let acc: &mut [f32] = if direct { &mut d_v } else { &mut dv };
         let bf_len = |w: usize| {
             #[cfg(target_arch = "x86_64")]
             if bf16 {
@@ -292,7 +304,7 @@ impl CpuBackend {
             0
         };
         let old = std::mem::take(&mut scratch.parts);
-        let mut parts = Part::for_plan(&plan, n, &mut dv, old, bf_len);
+        let mut parts = Part::for_plan(&plan, n, acc, old, bf_len);
 
         let mut rows = Rows::new(p, mb);
         // One phase of one part: A (strip, exp) or B (dU share, dV rows) of
@@ -356,15 +368,17 @@ impl CpuBackend {
         }
         scratch.parts = parts.into_iter().map(Part::into_scratch).collect();
         out.loss = rows.loss();
-        if !forward_only {
+        if direct {
+            out.d_v = d_v;
+        } else if !forward_only {
             out.d_v
                 .par_chunks_mut(k)
                 .zip(dv.par_chunks(kp))
                 .for_each(|(d, s)| d.copy_from_slice(&s[..k]));
-            out.d_temperature = d_temperature(p, &out.d_u);
+            scratch.dv = dv;
         }
         if !forward_only {
-            scratch.dv = dv;
+            out.d_temperature = d_temperature(p, &out.d_u);
         }
         packed.recycle_into(&mut scratch);
         self.scratch.put(scratch);

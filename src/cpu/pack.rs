@@ -26,7 +26,7 @@ pub(crate) struct Shared<'a> {
     pub kp: usize,
     /// 1/τ.
     pub inv_tau: f32,
-    /// U, B × kp (see [`Packed::up`]).
+    /// U, B × kp (see [`Packed::up`]; U as given when kp = K).
     pub up: &'a [f32],
     /// U in interleaved row groups (see [`Packed::ug`]).
     pub ug: &'a [f32],
@@ -52,7 +52,8 @@ pub(crate) struct Shared<'a> {
 /// backend's [`Scratch`]).
 pub(crate) struct Packed {
     /// U row-major with rows padded to kp: u\[i\]\[c\] at up\[i·kp + c\], zero
-    /// for c ≥ K. Phase B scales its rows into c·U.
+    /// for c ≥ K; empty when kp = K ([`Shared::up`] is then U as given).
+    /// Phase B scales its rows into c·U.
     pub up: Aligned,
     /// U for the logit kernel, in groups of ROWS (the micro-kernel height)
     /// rows interleaved: row g·ROWS + rr, column c at
@@ -87,8 +88,12 @@ impl Packed {
         only_up: bool,
     ) -> Packed {
         let (b, n, k, kp, np) = (p.b, p.n, p.k, plan.kp, plan.np);
-        let mut up = std::mem::take(&mut scratch.up).recycle(b * kp);
-        pad_rows(p.u, k, &mut up, kp);
+        // U itself serves as `up` when its rows need no padding (kp = K).
+        let mut up = Aligned::default();
+        if kp != k {
+            up = std::mem::take(&mut scratch.up).recycle(b * kp);
+            pad_rows(p.u, k, &mut up, kp);
+        }
         let mut nlq = vec![f32::NEG_INFINITY; np];
         nlq.iter_mut().zip(p.log_q).for_each(|(d, &q)| *d = -q);
         if only_up {
@@ -171,7 +176,7 @@ impl Packed {
             k: p.k,
             kp: plan.kp,
             inv_tau: 1.0 / p.temperature,
-            up: &self.up,
+            up: if self.up.is_empty() { p.u } else { &self.up },
             ug: &self.ug,
             vp: &self.vp,
             v: p.v,

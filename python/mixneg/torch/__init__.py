@@ -337,6 +337,18 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(du, dv, dt, row_loss)
 
 
+def _is_one(scale: Tensor) -> bool:
+    """Whether ``scale`` is an eager CPU tensor holding exactly 1 (no device
+    synchronization, and never while tracing)."""
+    return (
+        type(scale) is Tensor
+        and scale.device.type == "cpu"
+        and scale.numel() == 1
+        and not torch.compiler.is_compiling()
+        and scale.item() == 1.0
+    )
+
+
 def _backward(ctx, g_loss, g_row_loss, g_du, g_dv, g_dt):
     cp, offset, reduction, need_grad, threads, precision, validate = ctx.options
     need_u, need_v, _, need_t, _, need_w = ctx.needs_input_grad[:6]
@@ -356,10 +368,15 @@ def _backward(ctx, g_loss, g_row_loss, g_du, g_dv, g_dt):
         if (need_u or need_v or need_t) and not need_grad:
             raise RuntimeError("mixneg::mns_loss was called with need_grad=False; no gradient was computed")
         scale = g_loss * ctx.b if reduction == "sum" else g_loss
-        if need_u:
-            gq = du * scale
-        if need_v:
-            gc = dv * scale
+        if _is_one(scale):
+            # loss.backward(): the saved gradients are the answer. Handed on
+            # without a copy (B×K + N×K floats less at the peak); autograd
+            # copies them only if the graph is kept (its saved references
+            # then remain), before anything could modify them in place.
+            gq, gc = du if need_u else None, dv if need_v else None
+        else:
+            gq = du * scale if need_u else None
+            gc = dv * scale if need_v else None
         if need_t:
             gt = dt * scale
         if need_w:
