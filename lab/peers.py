@@ -5,7 +5,9 @@ for bit, see train/src/synthetic.rs): τ = 0.05, logQ correction on every column
 accidental hits removed, forward + backward (dL/dU, dL/dV).
 
 usage: peers.py IMPL B BPRIME K [--reps R]
-IMPL: numpy | jax | torch | torch.compile, or a library's GEMM floor:
+IMPL: numpy | jax | torch | torch.compile | torch.lce | torch.lce-ref (PyTorch's
+F.linear_cross_entropy, chunked or its reference path: log Q as the bias, no
+accidental-hit removal, the problem of `mixneg demo --no-ids`), or a library's GEMM floor:
 numpy.products | jax.products — only the three products of the loss's
 shapes (S = U·Vᵀ, S·V, Sᵀ·U: the same 6·B·N·K flops, no softmax), i.e. the
 least time that library's BLAS needs for the flops any implementation of the
@@ -122,7 +124,7 @@ def run(impl, b, bp, k, reps):
             return out
 
         loss_of = lambda r: float(r[0])  # noqa: E731
-    elif impl in ("torch", "torch.compile"):
+    elif impl.startswith("torch"):
         import torch
         import torch.nn.functional as F
 
@@ -132,16 +134,28 @@ def run(impl, b, bp, k, reps):
         tq, th = torch.tensor(log_q), torch.tensor(hit)
         tgt = torch.arange(b)
 
-        def loss_fn(tu, tv, tq, th):
-            s = (tu @ tv.T) / float(TAU) - tq[None, :]
-            return F.cross_entropy(s.masked_fill(th, float("-inf")), tgt)
+        if impl in ("torch", "torch.compile"):
 
-        fn = torch.compile(loss_fn) if impl == "torch.compile" else loss_fn
+            def loss_fn(tu, tv):
+                s = (tu @ tv.T) / float(TAU) - tq[None, :]
+                return F.cross_entropy(s.masked_fill(th, float("-inf")), tgt)
+
+            fn = torch.compile(loss_fn) if impl == "torch.compile" else loss_fn
+        elif impl in ("torch.lce", "torch.lce-ref"):
+            # PyTorch's fused loss: chunked (no B×N logits) or its reference
+            # path; log Q as the bias; it cannot remove accidental hits.
+            opts = torch.nn.LinearCrossEntropyOptions() if impl == "torch.lce" else None
+
+            def fn(tu, tv):
+                return F.linear_cross_entropy(tu / float(TAU), tv, tgt, linear_bias=-tq, options=opts)
+
+        else:
+            sys.exit(f"unknown implementation {impl}")
 
         def step():
             tu.grad = None
             tv.grad = None
-            loss = fn(tu, tv, tq, th)
+            loss = fn(tu, tv)
             loss.backward()
             return loss
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # mixneg against NumPy, JAX (jit of value_and_grad) and, opt-in, PyTorch
-# (eager and torch.compile), in one run, same shapes, same data, 2 threads.
+# (eager, torch.compile and its fused F.linear_cross_entropy, chunked and the
+# reference path, on the problem it can express: no ids, against
+# `mixneg demo --no-ids`), in one run, same shapes, same data, 2 threads.
 # Installs its Python dependencies into lab/.venv (NumPy, JAX CPU,
 # matplotlib: < 1 minute). PyTorch's PyPI wheel pulls ~6 GB of CUDA wheels,
 # so it is only installed and run with PEERS_TORCH=1.
@@ -21,13 +23,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=lab
-VENV=$HERE/.venv
+VENV=${PEERS_VENV:-$HERE/.venv}  # PEERS_VENV: an existing venv to use instead
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 "$VENV/bin/pip" install -q --disable-pip-version-check numpy "jax[cpu]" matplotlib
 IMPLS="numpy jax"
+# mixneg's own rows: with ids (the peers above) and without (the problem
+# PyTorch's fused loss can express; its rows are compared with this one).
+MIXNEG_RUNS="mixneg"
 if [ "${PEERS_TORCH:-0}" = 1 ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check torch
-    IMPLS="$IMPLS torch torch.compile"
+    IMPLS="$IMPLS torch torch.compile torch.lce torch.lce-ref"
+    MIXNEG_RUNS="mixneg mixneg/no-ids"
 fi
 cargo build --release --locked --bin mixneg 2>&1 | tail -n 1
 
@@ -46,9 +52,11 @@ measure() {
 }
 
 echo "== agreement on a small case (B = 256, B' = 768, K = 32): every loss must match mixneg's to 1e-4"
-ref=$(./target/release/mixneg demo --batch 256 --b-prime 768 --dim 32 --reps 1 --no-check | awk '/loss/ {print $2}')
-echo "mixneg: loss $ref"
+ref_of() { ./target/release/mixneg demo --batch 256 --b-prime 768 --dim 32 --reps 1 --no-check "$@" | awk '/loss/ {print $2}'; }
+ids_ref=$(ref_of); no_ids_ref=$(ref_of --no-ids)
+echo "mixneg: loss $ids_ref (without ids: $no_ids_ref)"
 for impl in $IMPLS; do
+    case $impl in *lce*) ref=$no_ids_ref ;; *) ref=$ids_ref ;; esac
     line=$("$PY" $HERE/peers.py "$impl" 256 768 32 --reps 1)
     echo "$line"
     got=$(echo "$line" | sed -E 's/.*loss ([-0-9.e]+),.*/\1/')
@@ -66,9 +74,12 @@ for shape in $SHAPES; do
     n=$((b + bp)); flops=$((6 * b * n * k))
     reps=$(( b >= 16384 ? 3 : 10 ))
     for round in $(seq "$ROUNDS"); do
-        r=$(measure ./target/release/mixneg demo --batch "$b" --b-prime "$bp" --dim "$k" --reps "$reps" --no-check) || continue
-        ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
-        echo "$b,$bp,$k,$round,mixneg,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
+        for run in $MIXNEG_RUNS; do
+            flag=""; [ "$run" = mixneg ] || flag=--no-ids
+            r=$(measure ./target/release/mixneg demo --batch "$b" --b-prime "$bp" --dim "$k" --reps "$reps" --no-check $flag) || continue
+            ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
+            echo "$b,$bp,$k,$round,$run,$ms,$(python3 -c "print(round($flops/$ms/1e6,1))"),${r%%|*}" | tee -a "$CSV"
+        done
         for impl in $IMPLS numpy.products jax.products; do
             r=$(measure "$PY" $HERE/peers.py "$impl" "$b" "$bp" "$k" --reps $(( b >= 16384 ? 2 : 5 ))) || continue
             ms=$(echo "$r" | sed -E 's/.*median ([0-9.]+) ms.*/\1/')
@@ -88,14 +99,16 @@ rss = {}
 for r in rows:
     key = (shape(r), r["impl"])
     rss[key] = max(rss.get(key, 0), int(r["peak_rss_mib"]))
-print("| (B, B′, K) | implementation | median ms over rounds (range) | effective GFLOP/s | peak RSS MiB | time vs mixneg, median of rounds (range) | RSS vs mixneg |")
+print("| (B, B′, K) | implementation | median ms over rounds (range) | effective GFLOP/s | peak RSS MiB | time vs mixneg (lce rows: vs mixneg/no-ids), median of rounds (range) | RSS vs the same |")
 print("|---|---|---|---|---|---|---|")
 for s, impl in dict.fromkeys((shape(r), r["impl"]) for r in rows):
     rounds = sorted({r["round"] for r in rows if shape(r) == s and r["impl"] == impl})
     t = [ms[(s, q, impl)] for q in rounds]
-    ratios = [ms[(s, q, impl)] / ms[(s, q, "mixneg")] for q in rounds if (s, q, "mixneg") in ms]
+    # PyTorch's fused loss solves the problem without ids: compared with mixneg's.
+    base = "mixneg/no-ids" if "lce" in impl else "mixneg"
+    ratios = [ms[(s, q, impl)] / ms[(s, q, base)] for q in rounds if (s, q, base) in ms]
     gf = 6 * s[0] * (s[0] + s[1]) * s[2] / median(t) / 1e6
-    m = rss[(s, impl)] / rss[(s, "mixneg")]
+    m = rss[(s, impl)] / rss[(s, base)]
     print(f"| {s[0]}, {s[1]}, {s[2]} | {impl} | {median(t):.1f} ({min(t):.0f}–{max(t):.0f}) | {gf:.1f} | {rss[(s, impl)]} "
           f"| {median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) | {m:.1f}× |")
 PY

@@ -82,6 +82,10 @@ enum Cmd {
         /// Skip the check against the reference.
         #[arg(long)]
         no_check: bool,
+        /// Keep accidental hits (no item ids): the problem PyTorch's fused
+        /// `F.linear_cross_entropy` can express.
+        #[arg(long)]
+        no_ids: bool,
         /// Which implementation to time.
         #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
         backend: BackendArg,
@@ -239,13 +243,14 @@ fn main() -> ExitCode {
             dim,
             reps,
             no_check,
+            no_ids,
             backend,
             precision,
         } => demo(
             &cpu,
             (batch, b_prime, dim),
             reps,
-            !no_check,
+            (!no_check, !no_ids),
             backend,
             precision.into(),
         ),
@@ -349,13 +354,17 @@ fn demo(
     cpu_choice: &CpuChoice,
     (b, bp, k): (usize, usize, usize),
     reps: usize,
-    check: bool,
+    (check, ids): (bool, bool),
     which: BackendArg,
     precision: mixneg::Precision,
 ) -> Result<(), Error> {
     let n = b + bp;
     let data = Synthetic::new(b, bp, k, 1);
-    let input = data.input().precision(precision);
+    let ids = ids.then_some(data.ids.as_slice());
+    fn with_ids<'a>(x: MnsInput<'a>, ids: Option<&'a [i64]>) -> MnsInput<'a> {
+        if let Some(ids) = ids { x.ids(ids) } else { x }
+    }
+    let input = with_ids(data.input_without_ids(), ids).precision(precision);
 
     let cpu = backend(cpu_choice, which)?;
     let threads = match which {
@@ -396,10 +405,12 @@ fn demo(
     if check {
         // The f64 reference on the first 128 queries with all their candidates.
         let bs = b.min(128);
-        let sub = MnsInput::new(&data.u[..bs * k], &data.v, &data.log_q, k)
-            .precision(precision)
-            .temperature(0.05)
-            .ids(&data.ids);
+        let sub = with_ids(
+            MnsInput::new(&data.u[..bs * k], &data.v, &data.log_q, k),
+            ids,
+        )
+        .precision(precision)
+        .temperature(0.05);
         let want = mixneg::reference::mns_loss_f64(&sub)?;
         let got = cpu.mns_loss(&sub)?;
         let rel = mixneg::reference::rel_l2_error::<f64>;

@@ -65,9 +65,12 @@ impl Synthetic {
 
     /// The input at temperature 0.05 with accidental-hit removal.
     pub fn input(&self) -> mixneg::MnsInput<'_> {
-        mixneg::MnsInput::new(&self.u, &self.v, &self.log_q, self.k)
-            .temperature(0.05)
-            .ids(&self.ids)
+        self.input_without_ids().ids(&self.ids)
+    }
+
+    /// The input at temperature 0.05, accidental hits kept (no ids).
+    pub fn input_without_ids(&self) -> mixneg::MnsInput<'_> {
+        mixneg::MnsInput::new(&self.u, &self.v, &self.log_q, self.k).temperature(0.05)
     }
 }
 

@@ -147,6 +147,12 @@ fn demo_runs_and_checks() {
         ])
         .stdout_ok();
     assert!(text.contains("vs f64 reference"), "{text}");
+    // Without ids (accidental hits kept): checked against the reference too.
+    let text = mixneg()
+        .args(["demo", "--batch", "20", "--b-prime", "30", "--dim", "5"])
+        .args(["--reps", "1", "--no-ids"])
+        .stdout_ok();
+    assert!(text.contains("vs f64 reference"), "{text}");
 }
 
 /// A tier the CPU backend cannot compute is refused with the library's
