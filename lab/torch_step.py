@@ -2,6 +2,7 @@
 
     python/.venv/bin/python lab/torch_step.py                      # 3 shapes, 3 rounds
     python/.venv/bin/python lab/torch_step.py --shapes 4096,4096,64 --rounds 5
+    python/.venv/bin/python lab/torch_step.py --configs loss:mixneg/no-ids,loss:lce/no-ids
 
 (scripts/test makes python/.venv with torch and mixneg installed.) In one run,
 in interleaved rounds (the order of the configurations rotates each round),
@@ -281,7 +282,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5, help="timed calls per process (3 at B ≥ 16384)")
     ap.add_argument("--out", default=os.path.join(HERE, "torch_step_results.csv"))
+    ap.add_argument(
+        "--configs",
+        default="",
+        help="comma-separated MODE:IMPL to run (e.g. loss:mixneg/no-ids,loss:lce/no-ids); default: every one",
+    )
     args = ap.parse_args()
+    wanted = [tuple(c.split(":", 1)) for c in args.configs.split(",") if c]
+    unknown = [c for c in wanted if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configurations {unknown}; known: {[f'{m}:{i}' for m, i in CONFIGS]}")
+    missing = {f"{m}:{group_of(i)}" for m, i in wanted if (m, group_of(i)) not in wanted}
+    if missing:
+        raise SystemExit(f"--configs must include what the rows are compared with: {sorted(missing)}")
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split()]
     subprocess.run(["cargo", "build", "--release", "--locked", "--example", "timeit", "-q"], cwd=ROOT, check=True)
     import torch
@@ -293,7 +306,7 @@ def main() -> None:
     for rnd in range(args.rounds):
         for shape in shapes:
             reps = 3 if shape[0] >= 16384 else args.reps
-            configs = [c for c in CONFIGS if usable(c[1])]
+            configs = [c for c in CONFIGS if usable(c[1]) and (not wanted or c in wanted)]
             order = configs[rnd % len(configs) :] + configs[: rnd % len(configs)]
             results = {}
             for mode, impl in order:
@@ -317,7 +330,7 @@ def main() -> None:
     for shape in shapes:
         for mode in ("loss", "step"):
             sel = [r for r in rows if (r["B"], r["Bp"], r["K"]) == shape and r["mode"] == mode]
-            for impl in [i for m, i in CONFIGS if m == mode and usable(i)]:
+            for impl in [i for m, i in CONFIGS if m == mode and usable(i) and (not wanted or (m, i) in wanted)]:
                 mine = [r for r in sel if r["impl"] == impl]
                 ratios = []
                 for rnd in range(args.rounds):
