@@ -12,9 +12,73 @@ use rayon::prelude::*;
 /// infinity when the bound holds.
 pub const MAGNITUDE_LIMIT: f64 = 1e30;
 
+/// A row-major matrix of embeddings, as f32 or as bf16 — each bf16 given by
+/// its bit pattern, the upper 16 bits of the f32 of the same value (what
+/// `torch.bfloat16` and `ml_dtypes.bfloat16` store), so `x` stands for
+/// `f32::from_bits((x as u32) << 16)`, exactly.
+///
+/// The bf16 tier reads bf16 embeddings as they are (its products round their
+/// factors to bf16, which leaves bf16 values unchanged); the F32 tier and
+/// the CUDA backend convert them to f32 first (exact, one copy).
+#[derive(Debug, Clone, Copy)]
+pub enum Floats<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bf16 values as their bit patterns.
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Floats<'a> {
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Floats::F32(x) => x.len(),
+            Floats::Bf16(x) => x.len(),
+        }
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Value i as an f32 (exact).
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Floats::F32(x) => x[i],
+            Floats::Bf16(x) => bf16_to_f32(x[i]),
+        }
+    }
+
+    /// The f32 slice, when the values are f32.
+    pub fn as_f32(&self) -> Option<&'a [f32]> {
+        match self {
+            Floats::F32(x) => Some(x),
+            Floats::Bf16(_) => None,
+        }
+    }
+
+    /// The values as f32, converted in parallel when they are bf16.
+    pub fn to_f32(&self) -> std::borrow::Cow<'a, [f32]> {
+        match self {
+            Floats::F32(x) => std::borrow::Cow::Borrowed(x),
+            Floats::Bf16(x) => {
+                std::borrow::Cow::Owned(x.par_iter().map(|&b| bf16_to_f32(b)).collect())
+            }
+        }
+    }
+}
+
+/// The f32 of the bf16 with bit pattern `b` (exact).
+#[inline]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
 /// Borrowed input of one fused MNS loss call (docs/design.md §2).
 ///
-/// * `u`: B×K query embeddings, row-major.
+/// * `u`: B×K query embeddings, row-major (f32, or bf16: [`Floats`]).
 /// * `v`: N×K candidates, row-major, N = B + B′; row i + o is the positive of
 ///   query i (o = `positive_offset`, default 0: rows 0..B are the positives
 ///   and B..N the uniformly sampled negatives), so that a process's queries
@@ -35,9 +99,9 @@ pub const MAGNITUDE_LIMIT: f64 = 1e30;
 #[non_exhaustive]
 pub struct MnsInput<'a> {
     /// Query embeddings, B×K row-major.
-    pub u: &'a [f32],
+    pub u: Floats<'a>,
     /// Candidate embeddings, N×K row-major.
-    pub v: &'a [f32],
+    pub v: Floats<'a>,
     /// log Q*_j for each candidate, length N.
     pub log_q: &'a [f32],
     /// Embedding dimension K.
@@ -98,6 +162,12 @@ impl<'a> MnsInput<'a> {
     /// An input with τ = 1, `correct_positive` = true, no ids, unit weights.
     /// B = `u.len() / dim` and N = `v.len() / dim`.
     pub fn new(u: &'a [f32], v: &'a [f32], log_q: &'a [f32], dim: usize) -> Self {
+        Self::with_floats(Floats::F32(u), Floats::F32(v), log_q, dim)
+    }
+
+    /// [`MnsInput::new`] for embeddings in f32 or bf16 ([`Floats`]), each
+    /// matrix in its own.
+    pub fn with_floats(u: Floats<'a>, v: Floats<'a>, log_q: &'a [f32], dim: usize) -> Self {
         Self {
             u,
             v,
@@ -177,8 +247,8 @@ impl<'a> MnsInput<'a> {
         )?;
         let t = self.temperature;
         check_temperature(t)?;
-        check_finite("u", self.u)?;
-        check_finite("v", self.v)?;
+        check_finite_floats("u", self.u)?;
+        check_finite_floats("v", self.v)?;
         check_finite("log_q", self.log_q)?;
         let mut max_w = 1.0f64;
         if let Some(w) = self.row_weight {
@@ -192,8 +262,8 @@ impl<'a> MnsInput<'a> {
         // Cauchy–Schwarz bounds, in f64 so the check itself cannot overflow:
         // |s_ij| ≤ |u_i||v_j|/τ + |log_q_j|, and |dU|, |dV| ≤ 2·w_max·max(|u|,|v|)/τ
         // (each row of G has ℓ1 norm ≤ 2 w_i / B and the 1/B cancels the sum over rows).
-        let max_u = max_row_norm(self.u, k);
-        let max_v = max_row_norm(self.v, k);
+        let max_u = max_row_norm_floats(self.u, k);
+        let max_v = max_row_norm_floats(self.v, k);
         let max_lq = self
             .log_q
             .iter()
@@ -379,28 +449,58 @@ pub(crate) fn check_len(name: &'static str, got: usize, expected: usize) -> Resu
 const CHUNK: usize = 1 << 15;
 
 fn check_finite(name: &'static str, xs: &[f32]) -> Result<(), MnsError> {
+    check_finite_as(name, xs, |&x| x)
+}
+
+fn check_finite_floats(name: &'static str, xs: Floats<'_>) -> Result<(), MnsError> {
+    match xs {
+        Floats::F32(x) => check_finite(name, x),
+        Floats::Bf16(x) => check_finite_as(name, x, |&b| bf16_to_f32(b)),
+    }
+}
+
+/// The first element whose value `f` is not finite, as an error.
+fn check_finite_as<T: Sync>(
+    name: &'static str,
+    xs: &[T],
+    f: impl Fn(&T) -> f32 + Sync,
+) -> Result<(), MnsError> {
     // The first non-finite element (find_map_first: the same index whatever
     // the scheduling).
     match xs.par_chunks(CHUNK).enumerate().find_map_first(|(c, xs)| {
         xs.iter()
-            .position(|x| !x.is_finite())
+            .position(|x| !f(x).is_finite())
             .map(|i| c * CHUNK + i)
     }) {
         None => Ok(()),
         Some(index) => Err(MnsError::NonFinite {
             name,
             index,
-            value: xs[index],
+            value: f(&xs[index]),
         }),
     }
 }
 
-fn max_row_norm(x: &[f32], k: usize) -> f64 {
+fn max_row_norm_floats(x: Floats<'_>, k: usize) -> f64 {
+    match x {
+        Floats::F32(x) => max_row_norm(x, k, |&a| a),
+        Floats::Bf16(x) => max_row_norm(x, k, |&b| bf16_to_f32(b)),
+    }
+}
+
+fn max_row_norm<T: Sync>(x: &[T], k: usize, f: impl Fn(&T) -> f32 + Sync) -> f64 {
     // Max is exact in any order, so the parallel reduction is deterministic.
     x.par_chunks(k * CHUNK.div_ceil(k))
         .map(|c| {
             c.chunks_exact(k)
-                .map(|r| r.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>())
+                .map(|r| {
+                    r.iter()
+                        .map(|a| {
+                            let a = f(a) as f64;
+                            a * a
+                        })
+                        .sum::<f64>()
+                })
                 .fold(0.0f64, f64::max)
         })
         .reduce(|| 0.0, f64::max)
@@ -413,9 +513,9 @@ fn max_row_norm(x: &[f32], k: usize) -> f64 {
 #[derive(Debug, Clone, Copy)]
 pub struct Problem<'a> {
     /// B×K queries.
-    pub u: &'a [f32],
+    pub u: Floats<'a>,
     /// N×K candidates.
-    pub v: &'a [f32],
+    pub v: Floats<'a>,
     /// N sampling log-probabilities.
     pub log_q: &'a [f32],
     /// N item ids, if accidental hits are removed.

@@ -50,7 +50,10 @@ pub use cpu::{CpuBackend, Kernel};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use error::{ErrorSource, MnsError};
-pub use input::{MAGNITUDE_LIMIT, MnsInput, Precision, Problem, check_magnitudes, check_shapes};
+pub use input::{
+    Floats, MAGNITUDE_LIMIT, MnsInput, Precision, Problem, bf16_to_f32, check_magnitudes,
+    check_shapes,
+};
 pub use output::{MnsForward, MnsOutput};
 pub use reference::ReferenceBackend;
 

@@ -15,7 +15,7 @@
 //!
 //! Memory is O(B·N): use it on small problems.
 
-use crate::{Backend, MnsError, MnsInput, MnsOutput};
+use crate::{Backend, Floats, MnsError, MnsInput, MnsOutput};
 
 /// The materializing f64 reference. Implements [`Backend`] (results rounded
 /// to f32); [`mns_loss_f64`] returns the f64 values themselves.
@@ -72,8 +72,8 @@ pub fn mns_loss_f64(input: &MnsInput<'_>) -> Result<MnsOutput<f64>, MnsError> {
     let p = input.validate()?;
     let (b, n, k) = (p.b, p.n, p.k);
     let tau = p.temperature as f64;
-    let row = |x: &[f32], i: usize| -> Vec<f64> {
-        x[i * k..(i + 1) * k].iter().map(|&a| a as f64).collect()
+    let row = |x: Floats<'_>, i: usize| -> Vec<f64> {
+        (i * k..(i + 1) * k).map(|c| x.get(c) as f64).collect()
     };
     let u: Vec<Vec<f64>> = (0..b).map(|i| row(p.u, i)).collect();
     let v: Vec<Vec<f64>> = (0..n).map(|j| row(p.v, j)).collect();

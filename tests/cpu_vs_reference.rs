@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use mixneg::{Backend, CpuBackend, Kernel, MnsOutput, reference};
+use mixneg::{Backend, CpuBackend, Floats, Kernel, MnsInput, MnsOutput, reference};
 
 /// Every CPU kernel this machine can run, each on 1, 2 and 3 threads (the
 /// chunk split, and so the dV reduction, changes with the thread count).
@@ -527,6 +527,100 @@ fn bf16_tier_fails_the_f32_policy() {
         assert_eq!(
             output_bits(&f32_after),
             output_bits(&fresh.mns_loss(&c.input()).unwrap())
+        );
+    }
+}
+
+/// Embeddings given as bf16 (their bit patterns, [`Floats::Bf16`]) are the
+/// same problem as f32 embeddings holding the same values: bit-identical
+/// outputs at the bf16 tier, which reads them as they are, and at the F32
+/// tier, which converts them, for bf16 U and V and for each alone, with an
+/// offset, weights, duplicate ids and the uncorrected positive, K a
+/// multiple of 16 and not; the reference agrees exactly; a non-finite bf16
+/// is refused with its index.
+#[test]
+fn bf16_embeddings_are_their_values() {
+    let all = |o: &MnsOutput| {
+        let mut bits = output_bits(o);
+        bits.extend(o.row_loss.iter().map(|x| x.to_bits()));
+        bits.push(o.d_temperature.to_bits());
+        (bits, o.top1.clone())
+    };
+    for (b, bp, k, seed) in [
+        (1, 7, 3, 1),
+        (17, 203, 9, 2),
+        (64, 64, 64, 3),
+        (40, 60, 32, 4),
+    ] {
+        let mut c = random_case(40 + seed, b, bp, k);
+        // Values on the bf16 grid (truncated), and their bit patterns.
+        let to_bf16 = |x: &mut Vec<f32>| -> Vec<u16> {
+            let bits: Vec<u16> = x.iter().map(|a| (a.to_bits() >> 16) as u16).collect();
+            *x = bits.iter().map(|&h| mixneg::bf16_to_f32(h)).collect();
+            bits
+        };
+        let (ub, vb) = (to_bf16(&mut c.u), to_bf16(&mut c.v));
+        c.positive_offset = bp / 2;
+        c.correct_positive = seed % 2 == 0;
+        c.row_weight = Some((0..b).map(|i| (i % 3) as f32 * 0.5).collect());
+        c.ids = Some((0..b + bp).map(|j| (j % 7) as i64).collect());
+        fn with_bf16<'a>(
+            x: MnsInput<'a>,
+            u: Option<&'a [u16]>,
+            v: Option<&'a [u16]>,
+        ) -> MnsInput<'a> {
+            let mut y = x;
+            if let Some(u) = u {
+                y.u = Floats::Bf16(u);
+            }
+            if let Some(v) = v {
+                y.v = Floats::Bf16(v);
+            }
+            y
+        }
+        let (ub, vb) = (&ub[..], &vb[..]);
+        let want_f64 = reference::mns_loss_f64(&c.input()).unwrap();
+        for (u, v) in [(true, true), (true, false), (false, true)] {
+            let got =
+                reference::mns_loss_f64(&with_bf16(c.input(), u.then_some(ub), v.then_some(vb)))
+                    .unwrap();
+            assert_eq!(
+                got.loss.to_bits(),
+                want_f64.loss.to_bits(),
+                "reference ({u}, {v})"
+            );
+            assert_eq!((&got.d_u, &got.d_v), (&want_f64.d_u, &want_f64.d_v));
+        }
+        let tiers = [
+            (mixneg::Precision::F32, cpu_paths()),
+            (mixneg::Precision::Bf16, bf16_paths()),
+        ];
+        for (tier, paths) in tiers {
+            let x = c.at(tier);
+            for be in &paths {
+                let want = all(&be.mns_loss(&x.input()).unwrap());
+                for (u, v) in [(true, true), (true, false), (false, true)] {
+                    let got = be
+                        .mns_loss(&with_bf16(x.input(), u.then_some(ub), v.then_some(vb)))
+                        .unwrap();
+                    assert_eq!(
+                        all(&got),
+                        want,
+                        "{} {tier:?} bf16 (u, v) = ({u}, {v}), K = {k}",
+                        be.name()
+                    );
+                }
+            }
+        }
+        // A NaN among the bf16 values: refused, with its index.
+        let mut bad = ub.to_vec();
+        bad[b * k - 1] = 0x7FC0;
+        let mut x = c.input();
+        x.u = Floats::Bf16(&bad);
+        let err = x.validate().unwrap_err();
+        assert!(
+            matches!(err, mixneg::MnsError::NonFinite { name: "u", index, .. } if index == b * k - 1),
+            "{err}"
         );
     }
 }

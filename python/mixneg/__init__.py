@@ -60,15 +60,21 @@ def backend_info() -> tuple[str, int]:
     return _native.backend_info()
 
 
-def _float_array(name: str, x, ndim: int) -> np.ndarray:
+def _float_array(name: str, x, ndim: int, bf16: bool = False) -> np.ndarray:
     """``x`` as a C-contiguous float32 array of rank ``ndim``: no copy when it
     already is one; float16/float64 are converted (a copy), other dtypes are a
-    TypeError, another rank a ValueError."""
+    TypeError, another rank a ValueError. With ``bf16``, a bfloat16 array
+    (``ml_dtypes.bfloat16``, as JAX uses) is passed on as its uint16 bit
+    patterns, which the native module reads as bf16 (no copy either)."""
     if not isinstance(x, np.ndarray):
         if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
             x = np.asarray(x)
         else:
             raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
+    if bf16 and x.dtype.name == "bfloat16" and x.dtype.itemsize == 2:
+        if x.ndim != ndim:
+            raise ValueError(f"{name} must have {ndim} dimension(s), got shape {x.shape}")
+        return np.ascontiguousarray(x).view(np.uint16)
     if x.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array (float32 is read in place), got dtype {x.dtype}")
     if x.ndim != ndim:
@@ -110,8 +116,8 @@ def _call(
     grad, query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, precision
 ):
     _common.precision(precision)
-    u = _float_array("query", query, 2)
-    v = _float_array("candidates", candidates, 2)
+    u = _float_array("query", query, 2, bf16=True)
+    v = _float_array("candidates", candidates, 2, bf16=True)
     log_q = _float_array("log_q", log_q, 1)
     w = None if row_weight is None else _float_array("row_weight", row_weight, 1)
     out = _native.mns_loss(
@@ -149,7 +155,8 @@ def mns_loss(
     with row i + ``positive_offset``
     the positive of query i (0 ≤ offset ≤ N − B), ``log_q`` (N) the log
     sampling probabilities, ``ids`` (N, integers) to remove accidental hits,
-    ``row_weight`` (B, ≥ 0). C-contiguous float32 arrays are read in place;
+    ``row_weight`` (B, ≥ 0). C-contiguous float32 arrays are read in place,
+    and bfloat16 ``query`` and ``candidates`` (``ml_dtypes.bfloat16``) too;
     other float dtypes are converted. The GIL is released during the call and
     no input is modified. ``threads``: worker threads (default: all of
     rayon's, i.e. ``RAYON_NUM_THREADS`` or every core). ``precision``: "f32"

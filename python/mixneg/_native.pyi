@@ -1,6 +1,6 @@
 # Type stub of the extension module built from python/src/lib.rs (PyO3); the
 # docstrings of those functions say what each does.
-from typing import Optional, TypedDict
+from typing import Optional, TypedDict, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -17,8 +17,8 @@ class _Result(TypedDict):
     d_temperature: Optional[float]
 
 def mns_loss(
-    u: npt.NDArray[np.float32],
-    v: npt.NDArray[np.float32],
+    u: Union[npt.NDArray[np.float32], npt.NDArray[np.uint16]],  # uint16: bf16 bit patterns
+    v: Union[npt.NDArray[np.float32], npt.NDArray[np.uint16]],
     log_q: npt.NDArray[np.float32],
     *,
     temperature: float,

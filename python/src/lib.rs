@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use mixneg::cuda::CudaBackend;
-use mixneg::{Backend, CpuBackend, MnsError, MnsInput, Precision};
+use mixneg::{Backend, CpuBackend, Floats, MnsError, MnsInput, Precision};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -112,6 +112,33 @@ fn check_temperature(temperature: f64) -> PyResult<()> {
     }
 }
 
+/// A B×K or N×K embedding matrix from Python: float32, or uint16 arrays
+/// holding bf16 bit patterns (what the Python layer passes for bfloat16
+/// tensors and arrays: a view, no conversion).
+#[derive(FromPyObject)]
+enum Embeddings<'py> {
+    F32(PyReadonlyArray2<'py, f32>),
+    Bf16(PyReadonlyArray2<'py, u16>),
+}
+
+impl Embeddings<'_> {
+    fn shape(&self) -> [usize; 2] {
+        let s = match self {
+            Embeddings::F32(a) => a.shape(),
+            Embeddings::Bf16(a) => a.shape(),
+        };
+        [s[0], s[1]]
+    }
+
+    /// The values in place, as the crate's [`Floats`].
+    fn floats(&self, name: &str) -> PyResult<Floats<'_>> {
+        Ok(match self {
+            Embeddings::F32(a) => Floats::F32(slice(name, a)?),
+            Embeddings::Bf16(a) => Floats::Bf16(slice(name, a)?),
+        })
+    }
+}
+
 /// A C-contiguous view of a NumPy array, or a `ValueError` naming it (the
 /// Python layer makes every array contiguous first, so this is only reached
 /// when `_native` is called directly).
@@ -125,7 +152,8 @@ fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
 
 /// The fused MNS loss on NumPy arrays (docs/design.md §2, §8).
 ///
-/// `u` (B×K) and `v` (N×K) float32, `log_q` (N) float32, `ids` (N) int64 or
+/// `u` (B×K) and `v` (N×K) float32 (or uint16: bf16 bit patterns, read as
+/// they are by the bf16 tier, converted for the F32 tier), `log_q` (N) float32, `ids` (N) int64 or
 /// None, `row_weight` (B) float32 or None; row i + `positive_offset` of `v`
 /// is query i's positive. Returns a dict with `loss` (float, L = (1/B)
 /// Σ w_i ℓ_i), `lse`, `row_loss` (ℓ_i, unweighted) and `top1` (B), and, when
@@ -133,8 +161,8 @@ fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
 /// `d_temperature` = ∂L/∂τ = −⟨U, ∂L/∂U⟩/τ (float); with `grad` false those
 /// three are None and the call runs the forward only (a third of the flops).
 /// `threads` = 0 uses rayon's global pool (`RAYON_NUM_THREADS`).
-/// `precision` is "f32" (the only tier of the CPU kernels; "tf32" and "bf16"
-/// are refused with the crate's message).
+/// `precision` is "f32", or "bf16" on a CPU with AVX512_BF16 ("tf32", and
+/// "bf16" elsewhere, are refused with the crate's message).
 #[pyfunction]
 #[pyo3(signature = (u, v, log_q, *, temperature, ids=None, row_weight=None,
                     correct_positive=true, positive_offset=0, threads=0, grad=true,
@@ -142,8 +170,8 @@ fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
 #[allow(clippy::too_many_arguments)]
 fn mns_loss<'py>(
     py: Python<'py>,
-    u: PyReadonlyArray2<'py, f32>,
-    v: PyReadonlyArray2<'py, f32>,
+    u: Embeddings<'py>,
+    v: Embeddings<'py>,
     log_q: PyReadonlyArray1<'py, f32>,
     temperature: f64,
     ids: Option<PyReadonlyArray1<'py, i64>>,
@@ -155,18 +183,18 @@ fn mns_loss<'py>(
     precision: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
     let tier = self::precision(precision)?;
-    let [b, k] = [u.shape()[0], u.shape()[1]];
-    let [n, kv] = [v.shape()[0], v.shape()[1]];
+    let [b, k] = u.shape();
+    let [n, kv] = v.shape();
     same_k(k, kv)?;
     check_temperature(temperature)?;
     let backend = backend(threads)?;
-    let (us, vs, lqs) = (slice("u", &u)?, slice("v", &v)?, slice("log_q", &log_q)?);
+    let (us, vs, lqs) = (u.floats("u")?, v.floats("v")?, slice("log_q", &log_q)?);
     let ids_s = ids.as_ref().map(|a| slice("ids", a)).transpose()?;
     let w_s = row_weight
         .as_ref()
         .map(|a| slice("row_weight", a))
         .transpose()?;
-    let mut input = MnsInput::new(us, vs, lqs, k)
+    let mut input = MnsInput::with_floats(us, vs, lqs, k)
         .temperature(temperature as f32)
         .correct_positive(correct_positive)
         .positive_offset(positive_offset)

@@ -207,3 +207,24 @@ def test_native_stub_matches_the_module():
     assert set(declared) == set(native)
     for name, params in declared.items():
         assert list(inspect.signature(native[name]).parameters) == params, name
+
+
+def test_bfloat16_arrays_are_their_values():
+    """ml_dtypes.bfloat16 query and candidates (as JAX holds them) are read
+    as bf16, and give the result of float32 arrays holding the same values,
+    bit for bit, at each tier this CPU computes."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(5)
+    b, n, k = 9, 40, 16
+    ub = (rng.standard_normal((b, k)) / 4).astype(ml_dtypes.bfloat16)
+    vb = (rng.standard_normal((n, k)) / 4).astype(ml_dtypes.bfloat16)
+    lq = np.log(rng.uniform(0.1, 1.0, n)).astype(np.float32)
+    u32, v32 = ub.astype(np.float32), vb.astype(np.float32)
+    for precision in ("f32", "bf16"):
+        try:
+            want = mixneg.mns_loss(u32, v32, lq, temperature=0.2, precision=precision)
+        except ValueError:
+            continue  # a tier this CPU lacks
+        got = mixneg.mns_loss(ub, vb, lq, temperature=0.2, precision=precision)
+        assert got.loss == want.loss, precision
+        assert np.array_equal(got.d_u, want.d_u) and np.array_equal(got.d_v, want.d_v), precision

@@ -286,6 +286,56 @@ def test_loss_backward_hands_on_the_gradients_without_a_copy(monkeypatch):
     assert torch.equal(q.grad, 2 * gq) and torch.equal(c.grad, 2 * gc)
 
 
+def test_bfloat16_tensors_reach_the_kernels_without_a_copy(monkeypatch):
+    """bfloat16 query and candidates go to the kernels as they are (uint16
+    views of the tensors' memory), at the bf16 tier by default where this
+    CPU computes it (else f32), and give that tier's result on float32
+    tensors holding the same values bit for bit, gradients in bfloat16;
+    precision="f32" gives the f32 result of those values."""
+    import numpy as np
+
+    import mixneg.torch as mtorch
+
+    seen = {}
+    real = mtorch._native.mns_loss
+
+    def spy(u, v, log_q, **kw):
+        seen.update(u=u, v=v, precision=kw["precision"])
+        return real(u, v, log_q, **kw)
+
+    monkeypatch.setattr(mtorch._native, "mns_loss", spy)
+    u, v, log_q, ids, _ = CASES[14].arrays()
+    log_q = log_q.float()
+    qb = u.to(torch.bfloat16).requires_grad_()
+    cb = v.to(torch.bfloat16).requires_grad_()
+    tier = "bf16" if mtorch._cpu_has_bf16() else "f32"
+    for precision in (None, "f32"):
+        qb.grad = cb.grad = None
+        loss = mt.mns_loss(qb, cb, log_q, temperature=0.1, ids=ids, precision=precision)
+        loss.backward()
+        assert seen["precision"] == (precision or tier)
+        for name, t in (("u", qb), ("v", cb)):
+            assert seen[name].dtype == np.uint16
+            assert np.shares_memory(seen[name], t.detach().view(torch.int16).numpy()), name
+        q32 = qb.detach().float().requires_grad_()
+        c32 = cb.detach().float().requires_grad_()
+        same = mt.mns_loss(q32, c32, log_q, temperature=0.1, ids=ids, precision=precision or tier)
+        same.backward()
+        assert loss.dtype == torch.bfloat16 and qb.grad.dtype == torch.bfloat16
+        assert torch.equal(loss, same.to(torch.bfloat16))
+        assert torch.equal(qb.grad, q32.grad.to(torch.bfloat16))
+        assert torch.equal(cb.grad, c32.grad.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_opcheck_bfloat16(reduction):
+    u, v, log_q, ids, w = CASES[9].arrays()
+    args = list(_op_args(CASES[9], reduction, True))
+    args[0] = u.to(torch.bfloat16).requires_grad_()
+    args[1] = v.to(torch.bfloat16).requires_grad_()
+    torch.library.opcheck(torch.ops.mixneg.mns_loss.default, tuple(args))
+
+
 def test_device_value_checks_give_the_cpu_paths_errors():
     """The CUDA path's value checks (device reductions judged by the crate)
     are device-agnostic: on CPU tensors they raise the CPU path's ValueError

@@ -24,9 +24,10 @@
 use super::kernel::{JC, NR, Part, with_rows};
 use super::pack::Shared;
 use super::phase_a::{fix_row, row_max};
+use super::scratch::{Aligned, Scratch};
 use super::simd::{Simd, exp, prefetch};
 use super::x86::Avx512;
-use crate::Problem;
+use crate::{Floats, Problem};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -64,27 +65,33 @@ fn pair(lo: f32, hi: f32) -> f32 {
 pub(crate) struct Bf16Packed {
     /// U in groups of [`ROWS`] rows: row g·ROWS + rr, k-pair c2 at
     /// ug\[(g·kp2 + c2)·ROWS + rr\] = (u\[2c2\], u\[2c2+1\]); zero past B and K.
-    pub ug: Vec<f32>,
+    pub ug: Aligned,
     /// Vᵀ in np/16 panels: panel p, k-pair c2, lane l at
     /// vt\[(p·kp2 + c2)·16 + l\] = (V\[16p+l\]\[2c2\], V\[16p+l\]\[2c2+1\]); zero
     /// past N and K.
-    pub vt: Vec<f32>,
+    pub vt: Aligned,
     /// V in column tiles of 16 components, rows paired: tile t, row pair jj,
     /// lane kk at vp\[(t·n2 + jj)·16 + kk\] = (V\[2jj\]\[16t+kk\],
     /// V\[2jj+1\]\[16t+kk\]); zero past N and K.
-    pub vp: Vec<f32>,
+    pub vp: Aligned,
 }
 
 impl Bf16Packed {
-    /// Packs U and V of `p` for padded sizes `kp` (a multiple of 16) and `np`.
-    pub fn new(p: &Problem<'_>, kp: usize, np: usize) -> Self {
+    /// Packs U and V of `p` for padded sizes `kp` (a multiple of 16) and
+    /// `np`, in the F32 tier's buffers of `scratch` (taken out of it; see
+    /// [`Bf16Packed::recycle_into`]).
+    pub fn new(p: &Problem<'_>, kp: usize, np: usize, scratch: &mut Scratch) -> Self {
         let (b, n, k) = (p.b, p.n, p.k);
         assert!(kp.is_multiple_of(16) && kp >= k && np >= n && np.is_multiple_of(NR));
         let (kp2, n2) = (kp / 2, n.div_ceil(2));
-        let at = |m: &[f32], i: usize, c: usize, rows: usize| {
-            if i < rows && c < k { m[i * k + c] } else { 0.0 }
+        let at = |m: Floats<'_>, i: usize, c: usize, rows: usize| {
+            if i < rows && c < k {
+                m.get(i * k + c)
+            } else {
+                0.0
+            }
         };
-        let mut ug = vec![0.0f32; b.next_multiple_of(ROWS) * kp2];
+        let mut ug = std::mem::take(&mut scratch.ug).recycle(b.next_multiple_of(ROWS) * kp2);
         ug.par_chunks_mut(kp2 * ROWS)
             .enumerate()
             .for_each(|(g, dst)| {
@@ -96,7 +103,7 @@ impl Bf16Packed {
                     }
                 }
             });
-        let mut vt = vec![0.0f32; np * kp2];
+        let mut vt = std::mem::take(&mut scratch.vt).recycle(np * kp2);
         vt.par_chunks_mut(kp2 * NR)
             .enumerate()
             .for_each(|(panel, dst)| {
@@ -107,7 +114,7 @@ impl Bf16Packed {
                     }
                 }
             });
-        let mut vp = vec![0.0f32; kp / 16 * n2 * 16];
+        let mut vp = std::mem::take(&mut scratch.vp).recycle(kp / 16 * n2 * 16);
         vp.par_chunks_mut(16 * 256)
             .enumerate()
             .for_each(|(blk, dst)| {
@@ -120,6 +127,11 @@ impl Bf16Packed {
                 }
             });
         Self { ug, vt, vp }
+    }
+
+    /// Gives the buffers back to `scratch` for the next call.
+    pub fn recycle_into(self, scratch: &mut Scratch) {
+        (scratch.ug, scratch.vp, scratch.vt) = (self.ug, self.vp, self.vt);
     }
 }
 

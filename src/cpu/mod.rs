@@ -32,7 +32,7 @@ mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use crate::{Backend, MnsError, MnsForward, MnsInput, MnsOutput, Precision, Problem};
+use crate::{Backend, Floats, MnsError, MnsForward, MnsInput, MnsOutput, Precision, Problem};
 use kernel::Part;
 use pack::Packed;
 use plan::Plan;
@@ -257,6 +257,24 @@ impl CpuBackend {
     unsafe fn compute<S: Simd>(&self, p: &Problem<'_>, out: &mut MnsOutput, forward_only: bool) {
         let (b, n, k) = (p.b, p.n, p.k);
         let bf16 = p.precision == Precision::Bf16;
+        // The F32 tier packs f32 copies: bf16 embeddings are converted first
+        // (exact; the bf16 tier reads them as they are).
+        let (u32s, v32s) = if bf16 {
+            Default::default()
+        } else {
+            (p.u.to_f32(), p.v.to_f32())
+        };
+        let converted;
+        let p = if bf16 {
+            p
+        } else {
+            converted = Problem {
+                u: Floats::F32(&u32s),
+                v: Floats::F32(&v32s),
+                ..*p
+            };
+            &converted
+        };
         let mut plan = Plan::new((b, n, k), S::LANES, self.threads(), plan::l2_budget_bytes());
         if bf16 {
             plan = plan.for_bf16(b);
@@ -268,7 +286,7 @@ impl CpuBackend {
         // AVX512_BF16: `tier` checked it) packs bf16 copies instead.
         let packed = Packed::new(p, &plan, S::ROWS, &mut scratch, bf16);
         #[cfg(target_arch = "x86_64")]
-        let bp = bf16.then(|| bf16::Bf16Packed::new(p, kp, plan.np));
+        let bp = bf16.then(|| bf16::Bf16Packed::new(p, kp, plan.np, &mut scratch));
         let hits = p.hit_groups();
         let mut round: fn(f32) -> f32 = |x| x;
         #[cfg(target_arch = "x86_64")]
@@ -381,6 +399,10 @@ impl CpuBackend {
             out.d_temperature = d_temperature(p, &out.d_u);
         }
         packed.recycle_into(&mut scratch);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(bp) = bp {
+            bp.recycle_into(&mut scratch);
+        }
         self.scratch.put(scratch);
     }
 
@@ -453,12 +475,16 @@ impl Backend for CpuBackend {
 /// ∂L/∂τ = −⟨U, ∂L/∂U⟩/τ: per-row dot products in f64 (in parallel), summed
 /// in row order (deterministic).
 fn d_temperature(p: &Problem<'_>, d_u: &[f32]) -> f32 {
-    let k = p.k;
-    let rows: Vec<f64> =
-        p.u.par_chunks(k)
+    fn dots<T: Sync>(u: &[T], d_u: &[f32], k: usize, f: impl Fn(&T) -> f32 + Sync) -> Vec<f64> {
+        u.par_chunks(k)
             .zip(d_u.par_chunks(k))
-            .map(|(u, g)| u.iter().zip(g).map(|(&a, &b)| a as f64 * b as f64).sum())
-            .collect();
+            .map(|(u, g)| u.iter().zip(g).map(|(a, &b)| f(a) as f64 * b as f64).sum())
+            .collect()
+    }
+    let rows = match p.u {
+        Floats::F32(u) => dots(u, d_u, p.k, |&a| a),
+        Floats::Bf16(u) => dots(u, d_u, p.k, |&a| crate::bf16_to_f32(a)),
+    };
     (-rows.iter().sum::<f64>() / p.temperature as f64) as f32
 }
 

@@ -9,7 +9,7 @@
 use super::kernel::NR;
 use super::plan::Plan;
 use super::scratch::{Aligned, Scratch};
-use crate::Problem;
+use crate::{Floats, Problem};
 use rayon::prelude::*;
 
 /// Read-only data shared by all workers: packed, padded copies of the inputs.
@@ -33,7 +33,7 @@ pub(crate) struct Shared<'a> {
     /// V in column tiles (see [`Packed::vp`]).
     pub vp: &'a [f32],
     /// V as given, N×K (for the uncorrected diagonal).
-    pub v: &'a [f32],
+    pub v: Floats<'a>,
     /// Vᵀ in panels (see [`Packed::vt`]).
     pub vt: &'a [f32],
     /// −log Q padded (see [`Packed::nlq`]).
@@ -88,30 +88,36 @@ impl Packed {
         only_up: bool,
     ) -> Packed {
         let (b, n, k, kp, np) = (p.b, p.n, p.k, plan.kp, plan.np);
-        // U itself serves as `up` when its rows need no padding (kp = K).
+        // U itself serves as `up` when it is f32 and its rows need no
+        // padding (kp = K).
         let mut up = Aligned::default();
-        if kp != k {
+        if kp != k || p.u.as_f32().is_none() {
             up = std::mem::take(&mut scratch.up).recycle(b * kp);
             pad_rows(p.u, k, &mut up, kp);
         }
         let mut nlq = vec![f32::NEG_INFINITY; np];
         nlq.iter_mut().zip(p.log_q).for_each(|(d, &q)| *d = -q);
         if only_up {
+            // The bf16 tier's copies take the scratch's other buffers.
             return Packed {
                 up,
-                ug: std::mem::take(&mut scratch.ug),
-                vp: std::mem::take(&mut scratch.vp),
-                vt: std::mem::take(&mut scratch.vt),
+                ug: Aligned::default(),
+                vp: Aligned::default(),
+                vt: Aligned::default(),
                 nlq,
             };
         }
 
+        // The F32 tier's copies, from f32 embeddings (the backend converts
+        // bf16 ones for this tier).
+        let (u, v) = (p.u.as_f32(), p.v.as_f32());
+        let (u, v) = u.zip(v).expect("the F32 tier packs f32 embeddings");
         let mut ug = std::mem::take(&mut scratch.ug).recycle(b.next_multiple_of(rows) * kp);
         ug.par_chunks_mut(kp * rows)
             .enumerate()
             .for_each(|(g, dst)| {
                 for (rr, i) in (g * rows..((g + 1) * rows).min(b)).enumerate() {
-                    for (c, &x) in p.u[i * k..(i + 1) * k].iter().enumerate() {
+                    for (c, &x) in u[i * k..(i + 1) * k].iter().enumerate() {
                         dst[c * rows + rr] = x;
                     }
                 }
@@ -130,7 +136,7 @@ impl Packed {
                         let j = blk * 256 + jj;
                         for (c, x) in row.iter_mut().enumerate() {
                             if c0 + c < k {
-                                *x = p.v[j * k + c0 + c];
+                                *x = v[j * k + c0 + c];
                             }
                         }
                     }
@@ -146,7 +152,7 @@ impl Packed {
                     for (l, x) in lanes.iter_mut().enumerate() {
                         let j = panel * NR + l;
                         if j < n {
-                            *x = p.v[j * k + c];
+                            *x = v[j * k + c];
                         }
                     }
                 }
@@ -176,7 +182,10 @@ impl Packed {
             k: p.k,
             kp: plan.kp,
             inv_tau: 1.0 / p.temperature,
-            up: if self.up.is_empty() { p.u } else { &self.up },
+            up: match p.u {
+                Floats::F32(u) if self.up.is_empty() => u,
+                _ => &self.up,
+            },
             ug: &self.ug,
             vp: &self.vp,
             v: p.v,
@@ -189,19 +198,27 @@ impl Packed {
         }
     }
 
-    /// Gives the buffers back to `scratch` for the next call.
+    /// Gives the buffers back to `scratch` for the next call (before the
+    /// bf16 tier's, which replace the empty ones of an `only_up` pack).
     pub fn recycle_into(self, scratch: &mut Scratch) {
         (scratch.up, scratch.ug, scratch.vp, scratch.vt) = (self.up, self.ug, self.vp, self.vt);
     }
 }
 
-/// Copies `src` (rows of `k`) into `dst` (rows of `kp`, already zeroed).
-fn pad_rows(src: &[f32], k: usize, dst: &mut [f32], kp: usize) {
-    dst.par_chunks_mut(kp * 256)
-        .zip(src.par_chunks(k * 256))
-        .for_each(|(d, s)| {
-            d.chunks_exact_mut(kp)
-                .zip(s.chunks_exact(k))
-                .for_each(|(d, s)| d[..k].copy_from_slice(s))
-        });
+/// Copies `src` (rows of `k`) into `dst` (rows of `kp`, already zeroed),
+/// as f32.
+fn pad_rows(src: Floats<'_>, k: usize, dst: &mut [f32], kp: usize) {
+    fn pad<T: Sync>(src: &[T], k: usize, dst: &mut [f32], kp: usize, f: impl Fn(&T) -> f32 + Sync) {
+        dst.par_chunks_mut(kp * 256)
+            .zip(src.par_chunks(k * 256))
+            .for_each(|(d, s)| {
+                d.chunks_exact_mut(kp)
+                    .zip(s.chunks_exact(k))
+                    .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, x)| *d = f(x)))
+            });
+    }
+    match src {
+        Floats::F32(s) => pad(s, k, dst, kp, |&x| x),
+        Floats::Bf16(s) => pad(s, k, dst, kp, |&x| crate::bf16_to_f32(x)),
+    }
 }

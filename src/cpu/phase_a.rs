@@ -87,12 +87,12 @@ pub(crate) fn fix_row(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, rr: usize
         if !sh.correct_positive {
             // Uncorrected positive: ⟨u_i, v_{i+o}⟩/τ without − log_q[i + o],
             // from the factors the tier's products use.
-            let (u, v) = (&sh.up[i * kp..][..sh.k], &sh.v[pos * sh.k..][..sh.k]);
+            let (u, v0) = (&sh.up[i * kp..][..sh.k], pos * sh.k);
             let f = sh.round;
             row[local] = u
                 .iter()
-                .zip(v)
-                .fold(0.0f32, |s, (&x, &y)| f(x).mul_add(f(y), s))
+                .enumerate()
+                .fold(0.0f32, |s, (c, &x)| f(x).mul_add(f(sh.v.get(v0 + c)), s))
                 * sh.inv_tau;
         }
         part.diag[rr] = Some(row[local]);

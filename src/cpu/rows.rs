@@ -105,8 +105,8 @@ impl Rows {
             let i = i0 + rr;
             let du = &mut out.d_u[i * k..(i + 1) * k];
             du.iter_mut()
-                .zip(&p.v[(i + o) * k..(i + o + 1) * k])
-                .for_each(|(x, &v)| *x = gd * v);
+                .zip((i + o) * k..(i + o + 1) * k)
+                .for_each(|(x, c)| *x = gd * p.v.get(c));
             for q in parts.iter() {
                 let cq = q.coef[rr];
                 du.iter_mut()
@@ -123,8 +123,8 @@ impl Rows {
                 .expect("i + o < N");
             let row = &mut q.dv[(pos - q.j0) * kp..(pos - q.j0) * kp + k];
             row.iter_mut()
-                .zip(&p.u[i * k..(i + 1) * k])
-                .for_each(|(x, &u)| *x += gd * u);
+                .zip(i * k..(i + 1) * k)
+                .for_each(|(x, c)| *x += gd * p.u.get(c));
         }
     }
 

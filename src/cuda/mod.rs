@@ -861,8 +861,8 @@ impl CudaBackend {
         f: impl FnOnce(&DeviceInput<'_>, &mut DeviceOutput) -> Result<(), MnsError>,
     ) -> Result<MnsOutput, MnsError> {
         let s = &self.stream;
-        let u = s.clone_htod(p.u).map_err(cuda_err)?;
-        let v = s.clone_htod(p.v).map_err(cuda_err)?;
+        let u = s.clone_htod(&*p.u.to_f32()).map_err(cuda_err)?;
+        let v = s.clone_htod(&*p.v.to_f32()).map_err(cuda_err)?;
         let log_q = s.clone_htod(p.log_q).map_err(cuda_err)?;
         let ids = p
             .ids

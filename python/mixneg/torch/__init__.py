@@ -15,7 +15,9 @@ trip, no copy); the inputs' values are checked on the device first (one
 synchronization; ``validate=False`` skips it), with the CPU path's errors.
 ``precision`` selects the products' arithmetic ("f32": f32-accurate, 3xTF32
 on tensor cores; "tf32": CUDA only; "bf16": on CUDA, and on a CPU with
-AVX512_BF16); a tier the device cannot compute raises ValueError.
+AVX512_BF16; by default "bf16" for bfloat16 embeddings where the device has
+it, else "f32"); a tier the device cannot compute raises ValueError. The CPU
+kernel reads bfloat16 ``query`` and ``candidates`` in place as well.
 
 Reductions and what backward costs:
 
@@ -35,6 +37,7 @@ Reductions and what backward costs:
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import numpy as np
@@ -50,19 +53,28 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _np(t: Optional[Tensor]) -> Optional[np.ndarray]:
-    """A NumPy view of a CPU tensor (no copy when it is contiguous)."""
+    """A NumPy view of a CPU tensor (no copy when it is contiguous); a
+    bfloat16 tensor as uint16 bit patterns (NumPy has no bfloat16), which
+    the native module reads as bf16."""
     if t is None:
         return None
-    return t.detach().contiguous().numpy()
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
-def _check_f32(name: str, t: Optional[Tensor]) -> None:
-    if t is not None and t.dtype != torch.float32:
-        raise TypeError(f"torch.ops.mixneg: {name} must be float32, got {t.dtype}")
+def _check_f32(name: str, t: Optional[Tensor], bf16: bool = False) -> None:
+    """float32 (or, with ``bf16``, bfloat16: the CPU kernels read both)."""
+    if t is not None and t.dtype != torch.float32 and not (bf16 and t.dtype == torch.bfloat16):
+        also = " or bfloat16" if bf16 else ""
+        raise TypeError(f"torch.ops.mixneg: {name} must be float32{also}, got {t.dtype}")
 
 
-def _check_dtypes(query, candidates, log_q, row_weight, ids, temperature, positive_offset) -> None:
-    for name, t in (("query", query), ("candidates", candidates), ("log_q", log_q), ("row_weight", row_weight)):
+def _check_dtypes(query, candidates, log_q, row_weight, ids, temperature, positive_offset, bf16=False) -> None:
+    for name, t in (("query", query), ("candidates", candidates)):
+        _check_f32(name, t, bf16)
+    for name, t in (("log_q", log_q), ("row_weight", row_weight)):
         _check_f32(name, t)
     if ids is not None and ids.dtype != torch.int64:
         raise TypeError(f"torch.ops.mixneg: ids must be int64, got {ids.dtype}")
@@ -76,8 +88,9 @@ def _call(
     query, candidates, log_q, temperature, ids, row_weight, correct_positive, positive_offset, threads, grad, precision
 ):
     """The fused call on CPU tensors: a dict of tensors (loss, lse, row_loss,
-    top1 and, with ``grad``, d_u, d_v, d_temperature)."""
-    _check_dtypes(query, candidates, log_q, row_weight, ids, temperature, positive_offset)
+    top1 and, with ``grad``, d_u, d_v, d_temperature; float32). ``query`` and
+    ``candidates`` may be bfloat16: read in place too."""
+    _check_dtypes(query, candidates, log_q, row_weight, ids, temperature, positive_offset, bf16=True)
     r = _native.mns_loss(
         _np(query),
         _np(candidates),
@@ -239,9 +252,9 @@ def _mns_loss_op(
     if grad:
         du, dv, dt = r["d_u"], r["d_v"], r["d_temperature"]
     else:
-        du = query.new_empty((0,))
-        dv = candidates.new_empty((0,))
-        dt = query.new_zeros(())
+        du = query.new_empty((0,), dtype=torch.float32)
+        dv = candidates.new_empty((0,), dtype=torch.float32)
+        dt = query.new_zeros((), dtype=torch.float32)
     return loss, row_loss, du, dv, dt
 
 
@@ -264,13 +277,14 @@ def _(
     b, k = query.shape
     n = candidates.shape[0]
     grad = need_grad and reduction != "none"
-    loss = query.new_empty((b,) if reduction == "none" else ())
+    f32 = torch.float32
+    loss = query.new_empty((b,) if reduction == "none" else (), dtype=f32)
     return (
         loss,
-        query.new_empty((b,)),
-        query.new_empty((b, k) if grad else (0,)),
-        candidates.new_empty((n, k) if grad else (0,)),
-        query.new_empty(()),
+        query.new_empty((b,), dtype=f32),
+        query.new_empty((b, k) if grad else (0,), dtype=f32),
+        candidates.new_empty((n, k) if grad else (0,), dtype=f32),
+        query.new_empty((), dtype=f32),
     )
 
 
@@ -293,8 +307,8 @@ def _mns_backward_op(
     parts (the kernels take weights ≥ 0)."""
     b = query.shape[0]
     c = coef.detach().to(torch.float64) * b
-    du = torch.zeros_like(query)
-    dv = torch.zeros_like(candidates)
+    du = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
+    dv = torch.zeros(candidates.shape, dtype=torch.float32, device=candidates.device)
     dt = torch.zeros((), dtype=torch.float32, device=query.device)
     for sign, part in _common.signed_parts(c):
         w = part.to(torch.float32)
@@ -320,7 +334,8 @@ def _(
     precision="f32",
     validate=True,
 ):
-    return torch.empty_like(query), torch.empty_like(candidates), query.new_empty(())
+    f32 = torch.float32
+    return torch.empty_like(query, dtype=f32), torch.empty_like(candidates, dtype=f32), query.new_empty((), dtype=f32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -399,6 +414,24 @@ def _tensor(name: str, x, ndim: int) -> Tensor:
     return x
 
 
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes the bf16 tier (AVX512_BF16)."""
+    one = np.ones((1, 1), np.float32)
+    try:
+        _native.mns_loss(one, one, np.zeros(1, np.float32), temperature=1.0, precision="bf16")
+    except ValueError:
+        return False
+    return True
+
+
+def _default_precision(query: Tensor, candidates: Tensor) -> str:
+    """The tier of ``precision=None``: "bf16" for bfloat16 embeddings on a
+    device that computes it, else "f32"."""
+    both = query.dtype == candidates.dtype == torch.bfloat16
+    return "bf16" if both and (query.device.type == "cuda" or _cpu_has_bf16()) else "f32"
+
+
 def _same_device(named) -> torch.device:
     first_name, first = named[0]
     for name, t in named[1:]:
@@ -424,7 +457,7 @@ def mns_loss(
     correct_positive: bool = True,
     positive_offset: int = 0,
     reduction: str = "mean",
-    precision: str = "f32",
+    precision: Optional[str] = None,
     validate: bool = True,
 ) -> Tensor:
     """The fused MNS loss of ``query`` (B×K) against ``candidates`` (N×K) with
@@ -436,16 +469,19 @@ def mns_loss(
     ``correct_positive``); ``ids`` (N, integer) remove accidental hits;
     ``row_weight`` (B, ≥ 0) weighs the rows. ``reduction``: "mean" (L =
     (1/B) Σ w_i ℓ_i), "sum" (B·L) or "none" (the vector w_i ℓ_i). float32
-    tensors are read in place; float64, bfloat16 and float16 are computed in
-    float32 and their gradients returned in their own dtype; the loss has the
-    promoted dtype of ``query`` and ``candidates``. Bad input raises
-    ValueError or TypeError.
+    tensors are read in place, and on the CPU bfloat16 ``query`` and
+    ``candidates`` too; other dtypes are computed from a float32 copy. The
+    gradients are returned in the inputs' dtypes; the loss has the promoted
+    dtype of ``query`` and ``candidates``. Bad input raises ValueError or
+    TypeError.
 
     The tensors may be on the CPU or on one CUDA device (all on the same
     one): on CUDA the call runs on torch's current stream. ``precision``:
-    "f32" (default; f32-accurate, 3xTF32 on tensor cores), "tf32" (CUDA
-    only) or "bf16" (CUDA, or a CPU with AVX512_BF16): the products'
-    factors rounded to TF32 or bf16, f32 accumulation. ``validate=False`` skips the CUDA path's device-side
+    "f32" (f32-accurate, 3xTF32 on tensor cores), "tf32" (CUDA only) or
+    "bf16" (CUDA, or a CPU with AVX512_BF16): the products' factors rounded
+    to TF32 or bf16, f32 accumulation. The default, None, is "bf16" when
+    ``query`` and ``candidates`` are both bfloat16 and the device computes
+    that tier, else "f32". ``validate=False`` skips the CUDA path's device-side
     check of the values (and its synchronization); non-finite inputs then
     give undefined results.
     """
@@ -462,6 +498,8 @@ def mns_loss(
         if ids.dim() != 1:
             raise ValueError(f"ids must have 1 dimension, got shape {tuple(ids.shape)}")
     _common.reduction(reduction)
+    if precision is None:
+        precision = _default_precision(query, candidates)
     _common.precision(precision)
     positive_offset = _common.index("positive_offset", positive_offset, 0)
     if isinstance(temperature, Tensor):
@@ -492,9 +530,17 @@ def mns_loss(
         query.requires_grad or candidates.requires_grad or (isinstance(temperature, Tensor) and t.requires_grad)
     )
     f32 = torch.float32
+    # The CPU kernels read float32 and bfloat16 embeddings in place (bf16 at
+    # the F32 tier: converted inside, exactly); everything else, and every
+    # dtype but float32 on CUDA, goes through a float32 copy.
+    in_place = (f32, torch.bfloat16) if query.device.type == "cpu" else (f32,)
+
+    def embeddings(t: Tensor) -> Tensor:
+        return (t if t.dtype in in_place else t.to(f32)).contiguous()
+
     loss, _, _, _, _ = torch.ops.mixneg.mns_loss(
-        query.to(f32).contiguous(),
-        candidates.to(f32).contiguous(),
+        embeddings(query),
+        embeddings(candidates),
         log_q.to(f32).contiguous(),
         t,
         None if ids is None else ids.to(torch.int64).contiguous(),
@@ -522,12 +568,13 @@ class MnsLoss(torch.nn.Module):
         *,
         correct_positive: bool = True,
         reduction: str = "mean",
-        precision: str = "f32",
+        precision: Optional[str] = None,
         validate: bool = True,
     ):
         super().__init__()
         _common.reduction(reduction)
-        _common.precision(precision)
+        if precision is not None:
+            _common.precision(precision)
         self.temperature = temperature
         self.correct_positive = correct_positive
         self.reduction = reduction

@@ -140,7 +140,7 @@ def mns_loss(
     row_weight: Optional[Tensor] = None,
     correct_positive: bool = True,
     reduction: str = "mean",
-    precision: str = "f32",
+    precision: Optional[str] = None,
     validate: bool = True,
 ) -> Tensor:
     """This rank's MNS loss over its own queries against the candidates of
