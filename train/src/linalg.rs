@@ -53,7 +53,7 @@ fn gemm_strided(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            gemm::Parallelism::None,
         )
     }
 }

@@ -220,7 +220,19 @@ fn main() -> ExitCode {
         kernel: cli.cpu_kernel.clone(),
         threads: cli.threads,
     };
-    let r = match cli.cmd {
+    // Every command runs on a worker of one rayon pool (rayon's default
+    // size), so that the fork-joins of the loss, the towers and the
+    // evaluation start from a worker: from the main thread each one would
+    // be a hand-off to the pool and back (a context switch pair, and idle
+    // workers spinning in sched_yield between them).
+    let pool = match rayon::ThreadPoolBuilder::new().build() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mixneg: error: cannot start the thread pool: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = pool.install(|| match cli.cmd {
         Cmd::Loss {
             input,
             output,
@@ -275,7 +287,7 @@ fn main() -> ExitCode {
         } => cpu
             .backend()
             .and_then(|be| mixneg_train::experiment::run(&cfg, seeds, &only, &out, &be)),
-    };
+    });
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,7 +7,6 @@
 //! the same whatever its number of genres or title tokens ([`pool_weights`]).
 
 use crate::linalg::{matmul, matmul_at_b};
-use rayon::prelude::*;
 
 /// Which optimizer updates the parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,7 +178,9 @@ impl Tower {
             .map(|f| pool_weights(f, self.buckets))
             .collect();
         let mut x = vec![0.0f32; rows * e];
-        x.par_chunks_mut(e).zip(&bags).for_each(|(dst, bag)| {
+        // Row loops this light stay on the calling thread: a fork-join per
+        // layer cost more (idle workers spinning in sched_yield) than it saved.
+        x.chunks_mut(e).zip(&bags).for_each(|(dst, bag)| {
             for &(r, w) in bag {
                 dst.iter_mut()
                     .zip(&self.table[r * e..(r + 1) * e])
@@ -191,7 +192,7 @@ impl Tower {
             let mut y = vec![0.0f32; rows * l.fan_out];
             matmul(rows, l.fan_out, l.fan_in, &x, &l.w, false, &mut y);
             let last = li + 1 == self.layers.len();
-            y.par_chunks_mut(l.fan_out).for_each(|row| {
+            y.chunks_mut(l.fan_out).for_each(|row| {
                 row.iter_mut().zip(&l.b).for_each(|(v, &b)| {
                     *v += b;
                     if !last && *v < 0.0 {
