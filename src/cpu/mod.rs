@@ -239,10 +239,15 @@ impl CpuBackend {
         self.scratch.clear();
     }
 
+    /// Runs `f` on a worker of this backend's pool (rayon's global pool
+    /// without one). From any other thread each of a call's fork-joins
+    /// would be a hand-off to the pool and back (two context switches a
+    /// row block, and the calling thread idle); from a worker they start in
+    /// place.
     fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(pool) => pool.install(f),
-            None => f(),
+            None => rayon::scope(|_| f()),
         }
     }
 
