@@ -1,7 +1,8 @@
 """PyTorch front end: ``mns_loss`` with autograd, and the ``MnsLoss`` module.
 
-One module: the custom op, its CPU and CUDA kernels, its fake and autograd
-registrations and the public wrapper are registered together at import.
+One module, though over 600 lines: the custom op, its CPU and CUDA kernels,
+its fake and autograd registrations and the public wrapper must be
+registered together at import, and each reads the others' conventions.
 
 The computation is the custom op ``torch.ops.mixneg.mns_loss`` (registered with
 ``torch.library.custom_op``, with a fake implementation and an autograd
