@@ -280,6 +280,17 @@ unsafe fn row_pair(a: __m512, b: __m512) -> __m512i {
     unsafe { _mm512_mask_blend_epi16(0xAAAA_AAAA, _mm512_srli_epi32::<16>(rne(a)), rne(b)) }
 }
 
+/// The word indices that interleave the two halves of a vector of 32 words.
+static ZIP_WORDS: [u16; 32] = {
+    let mut z = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        z[i] = (i / 2 + 16 * (i % 2)) as u16;
+        i += 1;
+    }
+    z
+};
+
 /// Per pair of strip rows (a, b): the rows' maxima m, their exponentials
 /// e = exp(s − m) and the sums Σ_j e (blocked as the f32 path's), with e
 /// rounded straight into `eb` (row rr, j-pair t at eb\[rr·w/2 + t\]) and
@@ -316,6 +327,9 @@ unsafe fn exp_round(part: &mut Part<'_>, r: usize, mb: usize) {
         // row ii (w slots at et0 + ii·w, ii < ⌈mb/2⌉); AVX512_BF16.
         let (sa, sb) = unsafe {
             let (xa, xb) = (Avx512::splat(shift(ma)), Avx512::splat(shift(mb_)));
+            // Word i of et's vector is word i/2 of row a's half (i even) or
+            // of row b's (i odd) in the conversion.
+            let zip = _mm512_loadu_si512(ZIP_WORDS.as_ptr().cast());
             let (pa, pb) = (strip.add(a * ld), strip.add(b * ld));
             let (ea_out, eb_out, et_out) =
                 (bf.add(a * w / 2), bf.add(b * w / 2), bf.add(et0 + ii * w));
@@ -331,10 +345,11 @@ unsafe fn exp_round(part: &mut Part<'_>, r: usize, mb: usize) {
                     };
                     sa = sa.add(ea);
                     sb = sb.add(eb);
-                    // et: (a_j, b_j) per lane; eb: the two rows' halves of
-                    // one conversion.
-                    _mm512_storeu_si512(et_out.add(j).cast(), row_pair(ea.0, eb.0));
+                    // One conversion of the two rows: eb takes its halves,
+                    // et its words interleaved, (a_j, b_j) per lane.
                     let both = _mm512_cvtne2ps_pbh(eb.0, ea.0);
+                    let words = std::mem::transmute::<__m512bh, __m512i>(both);
+                    _mm512_storeu_si512(et_out.add(j).cast(), _mm512_permutexvar_epi16(zip, words));
                     let lo = std::mem::transmute::<__m512bh, [__m256i; 2]>(both);
                     _mm256_storeu_si256(ea_out.add(j / 2).cast(), lo[0]);
                     if has_b {
