@@ -28,13 +28,42 @@ pub enum Floats<'a> {
     Bf16(&'a [u16]),
 }
 
+/// An element of a [`Floats`] slice: an f32, or a bf16 bit pattern.
+pub(crate) trait Elem: Copy + Sync {
+    /// The element's value (exact).
+    fn value(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline]
+    fn value(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for u16 {
+    #[inline]
+    fn value(self) -> f32 {
+        bf16_to_f32(self)
+    }
+}
+
+/// `$body` with `$s` bound to the slice a [`Floats`] holds, whichever its
+/// element type ([`Elem`]): one generic body for both.
+macro_rules! with_slice {
+    ($x:expr, $s:ident => $body:expr) => {
+        match $x {
+            $crate::Floats::F32($s) => $body,
+            $crate::Floats::Bf16($s) => $body,
+        }
+    };
+}
+pub(crate) use with_slice;
+
 impl<'a> Floats<'a> {
     /// The number of values.
     pub fn len(&self) -> usize {
-        match self {
-            Floats::F32(x) => x.len(),
-            Floats::Bf16(x) => x.len(),
-        }
+        with_slice!(self, x => x.len())
     }
 
     /// Whether there are no values.
@@ -45,10 +74,7 @@ impl<'a> Floats<'a> {
     /// Value i as an f32 (exact).
     #[inline]
     pub fn get(&self, i: usize) -> f32 {
-        match self {
-            Floats::F32(x) => x[i],
-            Floats::Bf16(x) => bf16_to_f32(x[i]),
-        }
+        with_slice!(self, x => x[i].value())
     }
 
     /// The f32 slice, when the values are f32.
@@ -247,8 +273,8 @@ impl<'a> MnsInput<'a> {
         )?;
         let t = self.temperature;
         check_temperature(t)?;
-        check_finite_floats("u", self.u)?;
-        check_finite_floats("v", self.v)?;
+        with_slice!(self.u, x => check_finite("u", x))?;
+        with_slice!(self.v, x => check_finite("v", x))?;
         check_finite("log_q", self.log_q)?;
         let mut max_w = 1.0f64;
         if let Some(w) = self.row_weight {
@@ -262,8 +288,8 @@ impl<'a> MnsInput<'a> {
         // Cauchy–Schwarz bounds, in f64 so the check itself cannot overflow:
         // |s_ij| ≤ |u_i||v_j|/τ + |log_q_j|, and |dU|, |dV| ≤ 2·w_max·max(|u|,|v|)/τ
         // (each row of G has ℓ1 norm ≤ 2 w_i / B and the 1/B cancels the sum over rows).
-        let max_u = max_row_norm_floats(self.u, k);
-        let max_v = max_row_norm_floats(self.v, k);
+        let max_u = with_slice!(self.u, x => max_row_norm(x, k));
+        let max_v = with_slice!(self.v, x => max_row_norm(x, k));
         let max_lq = self
             .log_q
             .iter()
@@ -448,47 +474,25 @@ pub(crate) fn check_len(name: &'static str, got: usize, expected: usize) -> Resu
 /// every worker (both passes are O((B + N)·K), ~1% of a call when serial).
 const CHUNK: usize = 1 << 15;
 
-fn check_finite(name: &'static str, xs: &[f32]) -> Result<(), MnsError> {
-    check_finite_as(name, xs, |&x| x)
-}
-
-fn check_finite_floats(name: &'static str, xs: Floats<'_>) -> Result<(), MnsError> {
-    match xs {
-        Floats::F32(x) => check_finite(name, x),
-        Floats::Bf16(x) => check_finite_as(name, x, |&b| bf16_to_f32(b)),
-    }
-}
-
-/// The first element whose value `f` is not finite, as an error.
-fn check_finite_as<T: Sync>(
-    name: &'static str,
-    xs: &[T],
-    f: impl Fn(&T) -> f32 + Sync,
-) -> Result<(), MnsError> {
+/// The first element whose value is not finite, as an error.
+fn check_finite<T: Elem>(name: &'static str, xs: &[T]) -> Result<(), MnsError> {
     // The first non-finite element (find_map_first: the same index whatever
     // the scheduling).
     match xs.par_chunks(CHUNK).enumerate().find_map_first(|(c, xs)| {
         xs.iter()
-            .position(|x| !f(x).is_finite())
+            .position(|x| !x.value().is_finite())
             .map(|i| c * CHUNK + i)
     }) {
         None => Ok(()),
         Some(index) => Err(MnsError::NonFinite {
             name,
             index,
-            value: f(&xs[index]),
+            value: xs[index].value(),
         }),
     }
 }
 
-fn max_row_norm_floats(x: Floats<'_>, k: usize) -> f64 {
-    match x {
-        Floats::F32(x) => max_row_norm(x, k, |&a| a),
-        Floats::Bf16(x) => max_row_norm(x, k, |&b| bf16_to_f32(b)),
-    }
-}
-
-fn max_row_norm<T: Sync>(x: &[T], k: usize, f: impl Fn(&T) -> f32 + Sync) -> f64 {
+fn max_row_norm<T: Elem>(x: &[T], k: usize) -> f64 {
     // Max is exact in any order, so the parallel reduction is deterministic.
     x.par_chunks(k * CHUNK.div_ceil(k))
         .map(|c| {
@@ -496,7 +500,7 @@ fn max_row_norm<T: Sync>(x: &[T], k: usize, f: impl Fn(&T) -> f32 + Sync) -> f64
                 .map(|r| {
                     r.iter()
                         .map(|a| {
-                            let a = f(a) as f64;
+                            let a = a.value() as f64;
                             a * a
                         })
                         .sum::<f64>()

@@ -71,14 +71,13 @@ def _float_array(name: str, x, ndim: int, bf16: bool = False) -> np.ndarray:
             x = np.asarray(x)
         else:
             raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
-    if bf16 and x.dtype.name == "bfloat16" and x.dtype.itemsize == 2:
-        if x.ndim != ndim:
-            raise ValueError(f"{name} must have {ndim} dimension(s), got shape {x.shape}")
-        return np.ascontiguousarray(x).view(np.uint16)
-    if x.dtype.kind != "f":
+    bits = bf16 and x.dtype.name == "bfloat16" and x.dtype.itemsize == 2
+    if x.dtype.kind != "f" and not bits:
         raise TypeError(f"{name} must be a floating-point array (float32 is read in place), got dtype {x.dtype}")
     if x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {x.shape}")
+    if bits:
+        return np.ascontiguousarray(x).view(np.uint16)
     if x.dtype == np.float32:
         return np.ascontiguousarray(x)
     with np.errstate(over="ignore", invalid="ignore"):

@@ -250,6 +250,14 @@ fn backend_info() -> PyResult<(String, usize)> {
     Ok((b.kernel().name().to_string(), b.threads()))
 }
 
+/// Whether the CPU backend the calls run computes `precision` ("f32"
+/// always; "bf16" on a CPU with AVX512_BF16): the crate's
+/// `CpuBackend::supports`.
+#[pyfunction]
+fn cpu_supports(precision: &str) -> PyResult<bool> {
+    Ok(backend(0)?.supports(self::precision(precision)?))
+}
+
 /// One CUDA backend per device ordinal, created on first use (NVRTC compile
 /// or the on-disk CUBIN) and kept for the life of the process.
 fn cuda_backend(device: usize) -> PyResult<&'static CudaBackend> {
@@ -422,6 +430,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_scratch_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(backend_info, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_supports, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

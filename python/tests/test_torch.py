@@ -206,11 +206,14 @@ def test_cpu_tiers():
     u, v, log_q = u.float(), v.float(), log_q.float()
     with pytest.raises(ValueError, match="cannot compute Precision::Tf32: TF32 is a tensor-core format"):
         mt.mns_loss(u, v, log_q, temperature=c.temperature, precision="tf32")
+    assert not mt._native.cpu_supports("tf32") and mt._native.cpu_supports("f32")
     try:
         bf16 = mt.mns_loss(u, v, log_q, temperature=c.temperature, precision="bf16")
     except ValueError as e:
         assert "cannot compute Precision::Bf16" in str(e)
+        assert not mt._native.cpu_supports("bf16")
     else:
+        assert mt._native.cpu_supports("bf16")
         exact = float(reference(u.double(), v.double(), log_q.double(), c.temperature))
         # Each logit errs by up to 2·2⁻⁸·Σ|u v|/τ; the loss by about that much.
         bound = 2 * 2**-8 * float((u.abs() @ v.abs().T).max()) / c.temperature
@@ -308,7 +311,7 @@ def test_bfloat16_tensors_reach_the_kernels_without_a_copy(monkeypatch):
     log_q = log_q.float()
     qb = u.to(torch.bfloat16).requires_grad_()
     cb = v.to(torch.bfloat16).requires_grad_()
-    tier = "bf16" if mtorch._cpu_has_bf16() else "f32"
+    tier = "bf16" if mtorch._native.cpu_supports("bf16") else "f32"
     for precision in (None, "f32"):
         qb.grad = cb.grad = None
         loss = mt.mns_loss(qb, cb, log_q, temperature=0.1, ids=ids, precision=precision)

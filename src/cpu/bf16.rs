@@ -271,8 +271,8 @@ unsafe fn rne(x: __m512) -> __m512i {
 }
 
 /// Pairs of rows (a, b) of 16 finite components: lane l = (a\[l\], b\[l\])
-/// rounded to bf16, the layout of `et` and `usb` — in the integer unit
-/// ([`rne`] and a 16-bit blend), no cross-lane shuffle.
+/// rounded to bf16, the layout of `usb` — in the integer unit ([`rne`] and a
+/// 16-bit blend), no cross-lane shuffle.
 #[inline(always)]
 unsafe fn row_pair(a: __m512, b: __m512) -> __m512i {
     // SAFETY: AVX-512F and AVX-512BW (implied by AVX512_BF16; the caller's
@@ -304,6 +304,10 @@ static ZIP_WORDS: [u16; 32] = {
 unsafe fn exp_round(part: &mut Part<'_>, r: usize, mb: usize) {
     let (w, ld) = (part.w, part.ld);
     let (et0, _) = sections(mb, w);
+    // Word i of et's vector is word i/2 of row a's half (i even) or of row
+    // b's (i odd) in the conversion.
+    // SAFETY: ZIP_WORDS is 64 bytes; AVX-512F (the caller's contract).
+    let zip = unsafe { _mm512_loadu_si512(ZIP_WORDS.as_ptr().cast()) };
     for ii in 0..r.div_ceil(2) {
         let (a, b) = (2 * ii, 2 * ii + 1);
         let has_b = b < r;
@@ -327,9 +331,6 @@ unsafe fn exp_round(part: &mut Part<'_>, r: usize, mb: usize) {
         // row ii (w slots at et0 + ii·w, ii < ⌈mb/2⌉); AVX512_BF16.
         let (sa, sb) = unsafe {
             let (xa, xb) = (Avx512::splat(shift(ma)), Avx512::splat(shift(mb_)));
-            // Word i of et's vector is word i/2 of row a's half (i even) or
-            // of row b's (i odd) in the conversion.
-            let zip = _mm512_loadu_si512(ZIP_WORDS.as_ptr().cast());
             let (pa, pb) = (strip.add(a * ld), strip.add(b * ld));
             let (ea_out, eb_out, et_out) =
                 (bf.add(a * w / 2), bf.add(b * w / 2), bf.add(et0 + ii * w));

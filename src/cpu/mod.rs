@@ -401,7 +401,7 @@ impl CpuBackend {
             scratch.dv = dv;
         }
         if !forward_only {
-            out.d_temperature = d_temperature(p, &out.d_u);
+            out.d_temperature = d_temperature(&sh, p.temperature, &out.d_u);
         }
         packed.recycle_into(&mut scratch);
         #[cfg(target_arch = "x86_64")]
@@ -478,19 +478,23 @@ impl Backend for CpuBackend {
 }
 
 /// ∂L/∂τ = −⟨U, ∂L/∂U⟩/τ: per-row dot products in f64 (in parallel), summed
-/// in row order (deterministic).
-fn d_temperature(p: &Problem<'_>, d_u: &[f32]) -> f32 {
-    fn dots<T: Sync>(u: &[T], d_u: &[f32], k: usize, f: impl Fn(&T) -> f32 + Sync) -> Vec<f64> {
-        u.par_chunks(k)
-            .zip(d_u.par_chunks(k))
-            .map(|(u, g)| u.iter().zip(g).map(|(a, &b)| f(a) as f64 * b as f64).sum())
-            .collect()
-    }
-    let rows = match p.u {
-        Floats::F32(u) => dots(u, d_u, p.k, |&a| a),
-        Floats::Bf16(u) => dots(u, d_u, p.k, |&a| crate::bf16_to_f32(a)),
-    };
-    (-rows.iter().sum::<f64>() / p.temperature as f64) as f32
+/// in row order (deterministic); U's rows are read from `sh.up` (f32, rows
+/// of kp), which both tiers have.
+fn d_temperature(sh: &pack::Shared<'_>, temperature: f32, d_u: &[f32]) -> f32 {
+    let k = sh.k;
+    let rows: Vec<f64> = sh
+        .up
+        .par_chunks(sh.kp)
+        .zip(d_u.par_chunks(k))
+        .map(|(u, g)| {
+            u[..k]
+                .iter()
+                .zip(g)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum()
+        })
+        .collect();
+    (-rows.iter().sum::<f64>() / temperature as f64) as f32
 }
 
 /// Whether this CPU can run the bf16 tier's kernels (AVX-512F and AVX512_BF16).

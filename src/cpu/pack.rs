@@ -9,6 +9,7 @@
 use super::kernel::NR;
 use super::plan::Plan;
 use super::scratch::{Aligned, Scratch};
+use crate::input::{Elem, with_slice};
 use crate::{Floats, Problem};
 use rayon::prelude::*;
 
@@ -208,17 +209,14 @@ impl Packed {
 /// Copies `src` (rows of `k`) into `dst` (rows of `kp`, already zeroed),
 /// as f32.
 fn pad_rows(src: Floats<'_>, k: usize, dst: &mut [f32], kp: usize) {
-    fn pad<T: Sync>(src: &[T], k: usize, dst: &mut [f32], kp: usize, f: impl Fn(&T) -> f32 + Sync) {
+    fn pad<T: Elem>(src: &[T], k: usize, dst: &mut [f32], kp: usize) {
         dst.par_chunks_mut(kp * 256)
             .zip(src.par_chunks(k * 256))
             .for_each(|(d, s)| {
                 d.chunks_exact_mut(kp)
                     .zip(s.chunks_exact(k))
-                    .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, x)| *d = f(x)))
+                    .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, x)| *d = x.value()))
             });
     }
-    match src {
-        Floats::F32(s) => pad(s, k, dst, kp, |&x| x),
-        Floats::Bf16(s) => pad(s, k, dst, kp, |&x| crate::bf16_to_f32(x)),
-    }
+    with_slice!(src, s => pad(s, k, dst, kp))
 }

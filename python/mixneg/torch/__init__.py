@@ -38,7 +38,6 @@ Reductions and what backward costs:
 
 from __future__ import annotations
 
-import functools
 from typing import Optional, Union
 
 import numpy as np
@@ -415,22 +414,11 @@ def _tensor(name: str, x, ndim: int) -> Tensor:
     return x
 
 
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU computes the bf16 tier (AVX512_BF16)."""
-    one = np.ones((1, 1), np.float32)
-    try:
-        _native.mns_loss(one, one, np.zeros(1, np.float32), temperature=1.0, precision="bf16")
-    except ValueError:
-        return False
-    return True
-
-
 def _default_precision(query: Tensor, candidates: Tensor) -> str:
     """The tier of ``precision=None``: "bf16" for bfloat16 embeddings on a
     device that computes it, else "f32"."""
     both = query.dtype == candidates.dtype == torch.bfloat16
-    return "bf16" if both and (query.device.type == "cuda" or _cpu_has_bf16()) else "f32"
+    return "bf16" if both and (query.device.type == "cuda" or _native.cpu_supports("bf16")) else "f32"
 
 
 def _same_device(named) -> torch.device:
