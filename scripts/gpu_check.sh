@@ -213,7 +213,7 @@ phase rust_simt 60 env MIXNEG_TEST_PATH=simt ./gpu_bundle/cuda_vs_reference
 phase rust_tc 60 env MIXNEG_TEST_PATH=tc ./gpu_bundle/cuda_vs_reference
 
 echo "== 4. Python CUDA tests"
-phase python 90 bash -c "cd /tmp && '$PY' -m pytest -q -rs -x -p no:cacheprovider '$REPO/python/tests/test_torch_cuda.py'"
+phase python 90 bash -c "cd /tmp && '$PY' -m pytest -q -rs -p no:cacheprovider '$REPO/python/tests/test_torch_cuda.py'"
 
 echo "== 5. compute-sanitizer"
 if command -v compute-sanitizer >/dev/null && [ "$(left)" -ge 60 ]; then

@@ -62,6 +62,12 @@ fn test_path() -> Option<String> {
 
 fn check(be: &CudaBackend, case: &Case) {
     let want = reference::mns_loss_f64(&case.input()).unwrap();
+    // On tensor cores the yardstick adds as they do.
+    let case = &if be.uses_tensor_cores(case.b(), case.n(), case.k, case.precision) {
+        case.on_tensor_cores()
+    } else {
+        case.clone()
+    };
     let _ = magnitudes(case); // computed once, carried by the clones below
     let mut out = MnsOutput::filled(case.b(), case.n(), case.k, f32::NAN);
     be.mns_loss_into(&case.input(), &mut out).unwrap();
@@ -137,11 +143,18 @@ fn shape_sweep() {
 #[test]
 fn shape_sweep_simt_and_lower_tiers() {
     let Some(be) = gpu() else { return };
-    let simt = simt_gpu().expect("a second backend on the same GPU");
+    // Under MIXNEG_TEST_PATH=tc the SIMT half runs in the other process.
+    let simt = simt_gpu();
+    assert!(
+        simt.is_some() || test_path().as_deref() == Some("tc"),
+        "a second backend on the same GPU"
+    );
     for &k in &[1, 3, 7, 8, 9, 31, 64, 65, 128] {
         for (b, bp) in [(1, 0), (17, 7), (64, 203), (113, 1000), (300, 900)] {
             let c = random_case(4, b, bp, k);
-            check(simt, &c);
+            if let Some(simt) = simt {
+                check(simt, &c);
+            }
             check(be, &c.at(mixneg::Precision::Tf32));
             check(be, &c.at(mixneg::Precision::Bf16));
         }
@@ -168,9 +181,14 @@ fn every_vector() {
     let Some(be) = gpu() else { return };
     for (case, exp) in load_vectors() {
         let out = be.mns_loss(&case.input()).unwrap();
+        let tc = be.uses_tensor_cores(case.b(), case.n(), case.k, case.precision);
         let ctx = Case {
             name: format!("{} [cuda]", case.name),
-            ..case.clone()
+            ..if tc {
+                case.on_tensor_cores()
+            } else {
+                case.clone()
+            }
         };
         assert_output(&ctx, &out, exp.loss, &exp.d_u, &exp.d_v, &exp.lse);
     }

@@ -37,6 +37,10 @@ def _inputs(c, dev, dtype=torch.float32):
     return (u.to(dtype), v.to(dtype), log_q), (cuda(u.to(dtype)), cuda(v.to(dtype)), cuda(log_q), cuda(ids), cuda(w))
 
 
+def _f32(t):
+    return None if t is None else t.float()
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_cuda_against_reference(dev, c, reduction):
@@ -106,6 +110,7 @@ def test_cuda_precision_tiers(dev, precision):
 def test_cuda_results_live_in_torch_memory_inputs_untouched(dev):
     c = CASES[13]
     _, (u, v, log_q, ids, w) = _inputs(c, dev)
+    log_q, w = _f32(log_q), _f32(w)  # the raw op takes float32 only
     before = [x.clone() for x in (u, v, log_q)]
     r = torch.ops.mixneg.mns_loss(
         u, v, log_q, torch.tensor(c.temperature), ids, w, True, c.offset, "mean", True, 0, "f32", True
@@ -156,6 +161,7 @@ def test_cuda_errors_match_the_cpu_path(dev):
 def test_cuda_opcheck_and_compile(dev):
     c = CASES[13]
     _, (u, v, log_q, ids, w) = _inputs(c, dev)
+    log_q, w = _f32(log_q), _f32(w)  # the raw op takes float32 only
     u.requires_grad_()
     v.requires_grad_()
     args = (u, v, log_q, torch.tensor(c.temperature), ids, w, True, c.offset, "mean", True, 0, "f32", True)

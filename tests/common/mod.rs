@@ -36,6 +36,9 @@ pub struct Case {
     /// The products' arithmetic; the plain baseline of the tolerance policy
     /// rounds the same factors ([`naive_f32`]).
     pub precision: mixneg::Precision,
+    /// The products run on tensor cores (the CUDA tensor-core kernels, F32
+    /// as 3xTF32): the plain baseline adds as they do ([`tc_dot`]).
+    pub tensor_cores: bool,
     /// [`magnitudes`], computed once.
     pub mags: std::sync::OnceLock<Mags>,
     /// [`naive_f32`] in its three variants, computed once.
@@ -65,6 +68,7 @@ impl Case {
             correct_positive: true,
             positive_offset: 0,
             precision: mixneg::Precision::F32,
+            tensor_cores: false,
             mags: Default::default(),
             naive: Default::default(),
         }
@@ -76,6 +80,16 @@ impl Case {
         Case {
             name: format!("{} [{precision:?}]", self.name),
             precision,
+            naive: Default::default(),
+            ..self.clone()
+        }
+    }
+
+    /// This case as the tensor-core kernels compute it (its plain baselines
+    /// recomputed with the tensor cores' arithmetic).
+    pub fn on_tensor_cores(&self) -> Case {
+        Case {
+            tensor_cores: true,
             naive: Default::default(),
             ..self.clone()
         }
@@ -254,6 +268,7 @@ pub fn load_vectors() -> Vec<(Case, Expected)> {
                 correct_positive: meta["correct_positive"] == "true",
                 positive_offset: 0,
                 precision: mixneg::Precision::F32,
+                tensor_cores: false,
                 mags: Default::default(),
                 naive: Default::default(),
             };
@@ -406,6 +421,8 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
     let mut out = MnsOutput::filled(b, n, k, 0.0);
     let mut wl = 0.0f32;
     let mut s = vec![0.0f32; n];
+    // G, kept for the two gradient products when they run on tensor cores.
+    let mut gm = vec![0.0f32; if case.tensor_cores { b * n } else { 0 }];
     for i in 0..b {
         let pos = i + case.positive_offset;
         for (j, sj) in s.iter_mut().enumerate() {
@@ -413,12 +430,17 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
                 *sj = f32::NEG_INFINITY;
                 continue;
             }
-            let mut d = 0.0f32;
             let (ui, vj) = (&case.u[i * k..(i + 1) * k], &case.v[j * k..(j + 1) * k]);
-            for t in 0..k {
-                let c = at(t, k);
-                d = madd(r(ui[c]), r(vj[c]), d);
-            }
+            let d = if case.tensor_cores {
+                tc_dot(case.precision, k, |t| ui[at(t, k)], |t| vj[at(t, k)])
+            } else {
+                let mut d = 0.0f32;
+                for t in 0..k {
+                    let c = at(t, k);
+                    d = madd(r(ui[c]), r(vj[c]), d);
+                }
+                d
+            };
             let d = scale(d);
             *sj = if j == pos && !case.correct_positive {
                 d
@@ -438,6 +460,10 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
             let j = at(t, n);
             let p = (s[j] - m).exp() / z;
             let g = scale(w / b as f32 * (p - if pos == j { 1.0 } else { 0.0 }));
+            if case.tensor_cores {
+                gm[i * n + j] = g;
+                continue;
+            }
             let (du, vj) = (
                 &mut out.d_u[i * k..(i + 1) * k],
                 &case.v[j * k..(j + 1) * k],
@@ -455,6 +481,29 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
                 .for_each(|(d, &x)| *d = madd(g, r(x), *d));
         }
     }
+    if case.tensor_cores {
+        // dU = G·V and dV = Gᵀ·U as two products on tensor cores.
+        for i in 0..b {
+            for c in 0..k {
+                out.d_u[i * k + c] = tc_dot(
+                    case.precision,
+                    n,
+                    |t| gm[i * n + at(t, n)],
+                    |t| case.v[at(t, n) * k + c],
+                );
+            }
+        }
+        for j in 0..n {
+            for c in 0..k {
+                out.d_v[j * k + c] = tc_dot(
+                    case.precision,
+                    b,
+                    |t| gm[at(t, b) * n + j],
+                    |t| case.u[at(t, b) * k + c],
+                );
+            }
+        }
+    }
     out.loss = wl / b as f32;
     // ∂L/∂τ = −⟨U, dU⟩/τ, summed in f32 like the rest.
     let mut dot = 0.0f32;
@@ -463,6 +512,67 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
     }
     out.d_temperature = -scale(dot);
     out
+}
+
+/// Σ_t a(t)·b(t) over t < len as the tensor-core kernels compute it at
+/// `precision`: in steps of 8 terms (bf16: 16), each step one mma that adds
+/// the step's exact products of the rounded factors to the accumulator as
+/// [`tc_sum`] does — F32 as 3xTF32, three such mma per step (small·big,
+/// big·small, big·big, with big = x rounded to TF32 and small = x − big
+/// rounded to TF32: the small·small term is dropped), TF32 and bf16 one mma
+/// of the factors rounded to the tier.
+pub fn tc_dot(
+    precision: mixneg::Precision,
+    len: usize,
+    a: impl Fn(usize) -> f32,
+    b: impl Fn(usize) -> f32,
+) -> f32 {
+    use mixneg::Precision::{Bf16, F32, Tf32};
+    let big = |x: f32| round_to(Tf32, x);
+    let small = |x: f32| round_to(Tf32, x - big(x));
+    let tier = |x: f32| round_to(precision, x);
+    let step = if precision == Bf16 { 16 } else { 8 };
+    let mut acc = 0.0f32;
+    let mut terms = Vec::with_capacity(step + 1);
+    for start in (0..len).step_by(step) {
+        let ts = start..len.min(start + step);
+        let mut mma = |fa: &dyn Fn(f32) -> f32, fb: &dyn Fn(f32) -> f32| {
+            terms.clear();
+            terms.push(acc as f64);
+            terms.extend(ts.clone().map(|t| fa(a(t)) as f64 * fb(b(t)) as f64));
+            acc = tc_sum(&terms);
+        };
+        if precision == F32 {
+            mma(&small, &big);
+            mma(&big, &small);
+            mma(&big, &big);
+        } else {
+            mma(&tier, &tier);
+        }
+    }
+    acc
+}
+
+/// How a tensor core adds one mma's exact products to its accumulator (the
+/// emulator's `emu_tc_sum`, tests/cuda_emu/emu.hpp): the terms aligned to
+/// the largest one's exponent with 3 bits below f32's significand, the bits
+/// shifted out dropped, the exact sum truncated toward zero to f32.
+pub fn tc_sum(terms: &[f64]) -> f32 {
+    let plain: f64 = terms.iter().sum();
+    let big = terms.iter().fold(0.0f64, |m, t| m.max(t.abs()));
+    if !plain.is_finite() || big == 0.0 {
+        return plain as f32;
+    }
+    // big < 2^e.
+    let e = big.log2().floor() as i32 + 1;
+    let q = 2f64.powi(e - 24 - 3);
+    let sum: f64 = terms.iter().map(|t| (t / q).trunc() * q).sum();
+    let f = sum as f32;
+    if (f as f64).abs() > sum.abs() {
+        f32::from_bits(f.to_bits() - 1)
+    } else {
+        f
+    }
 }
 
 /// x rounded as `precision` rounds a product's factor: unchanged for F32;

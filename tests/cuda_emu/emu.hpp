@@ -206,13 +206,40 @@ inline unsigned mns_to_tf32(float x) {
     return (u + 0x1000u) & 0xFFFFE000u;
 }
 
+// How a tensor core adds (Fasi, Higham, Mikaitis, Pranesh, "Numerical
+// behavior of NVIDIA tensor cores", 2021, for the A100's TF32 and bf16
+// mma): the K products (exact: TF32 and bf16 significands are short) and
+// the accumulator are aligned to the largest exponent among them, keeping
+// 3 bits below the f32 significand, the bits shifted out dropped
+// (truncated); the exact sum of the aligned terms is then truncated (toward
+// zero) to f32. Rounding to nearest instead, as this emulator did at first,
+// kept the F32 tier (3xTF32) inside the f32 policy where the H200 was not
+// (dV at B = 300, K = 65: 1.7x the bound); on the building blocks of
+// mma_test.cu this model and the H200 (scripts/gpu_blocks.py) err alike.
+// Non-finite terms are summed as they are.
+inline float emu_tc_sum(const double* t, int n) {
+    double big = 0, plain = 0;
+    for (int i = 0; i < n; ++i) big = std::fmax(big, std::fabs(t[i])), plain += t[i];
+    if (!std::isfinite(plain) || big == 0) return (float)plain;
+    int e;
+    std::frexp(big, &e);  // big < 2^e
+    const double q = std::ldexp(1.0, e - 24 - 3);
+    // Each aligned term is a multiple of q below 2^e: the sum of 17 is exact.
+    double sum = 0;
+    for (int i = 0; i < n; ++i) sum += std::trunc(t[i] / q) * q;
+    float f = (float)sum;
+    if (std::fabs((double)f) > std::fabs(sum)) f = std::nextafter(f, 0.0f);
+    return f;
+}
+
 // mma.sync.m16n8k8 TF32 (fragment layout in kernels/mns.cu): every lane
 // posts its fragments, the warp meets, each lane computes its four results
-// from the whole tiles (products and sums in f32, k in order), and the warp meets again before the buffers are reused.
+// from the whole tiles (as emu_tc_sum adds), and the warp meets again before
+// the buffers are reused.
 inline unsigned emu_mma_a[EMU_WARPS][32][4], emu_mma_b[EMU_WARPS][32][2];
 // One warp-collective m16n8kK: post the fragments, meet, compute this lane's
 // four results with A(w, row, k) and B(w, k, col) reading the posted
-// fragments (products and sums in f32, k in order), meet again.
+// fragments (summed as emu_tc_sum), meet again.
 template <int K, class FA, class FB>
 inline void emu_warp_mma(float d[4], const unsigned a[4], const unsigned b[2], FA A, FB B) {
     const int w = threadIdx.x / 32, l = threadIdx.x % 32;
@@ -223,9 +250,10 @@ inline void emu_warp_mma(float d[4], const unsigned a[4], const unsigned b[2], F
     const int g = l / 4, t = l % 4;
     for (int r = 0; r < 4; ++r) {
         const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
-        float acc = d[r];
-        for (int k = 0; k < K; ++k) acc = std::fma(A(w, row, k), B(w, k, col), acc);
-        d[r] = acc;
+        double terms[K + 1];
+        terms[0] = d[r];
+        for (int k = 0; k < K; ++k) terms[k + 1] = (double)A(w, row, k) * B(w, k, col);
+        d[r] = emu_tc_sum(terms, K + 1);
     }
     emu_warp_barrier[w]->arrive_and_wait();
 }
