@@ -46,6 +46,9 @@
 #   4 python   mixneg.torch's CUDA tests (REQUIRE_GPU=1).
 #   5 sanitize compute-sanitizer memcheck and racecheck on a small case, if
 #              at least 60 s of the budget are left.
+#   6 profile  Nsight Compute's speed-of-light, occupancy and launch figures
+#              of the tensor-core kernels (f32, bf16) at (16384, 16384, 128),
+#              if at least 40 s are left.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -223,6 +226,14 @@ if command -v compute-sanitizer >/dev/null && [ "$(left)" -ge 60 ]; then
     done
 else
     note "sanitizer: skipped (compute-sanitizer missing or under 60 s of budget left: $(left) s)"
+fi
+echo "== 6. profile (Nsight Compute: the tensor-core kernels at (16384, 16384, 128))"
+if command -v ncu >/dev/null && [ "$(left)" -ge 40 ]; then
+    phase ncu 40 ncu --kernel-name regex:'mns_(fwd|dv)_tc_k128_(f32|bf16)' --launch-count 4 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
+        ./gpu_bundle/mixneg gpu-bench --batch 16384 --b-prime 16384 --dim 128 --reps 1
+else
+    note "ncu: skipped (ncu missing or under 40 s of budget left: $(left) s)"
 fi
 grep -q "FAIL" "$SUMMARY" && exit 1
 exit 0
