@@ -9,8 +9,9 @@ sign·[1, 2)·2^(−3…2), as tests/cuda_emu/mma.cpp draws them) with 3xTF32, o
 TF32 pass and bf16 factors, and a two-stage cp.async pipeline copies 5 chunks.
 Errors are in units of 2⁻²²·Σ_k|a_ik b_kj| (bf16: against the exact product
 of the rounded factors). Per K it prints the measured units beside the bounds
-the emulator's model derives (3 + 3K/4 for 3xTF32, K/4 for bf16; one TF32
-pass is only expected to be ≤ 2¹¹ + 3K/4) and a verdict:
+the emulator's model of a tensor core's addition derives (3 + 51K/128 for
+3xTF32, 25K/256 for bf16; one TF32 pass is only expected to be ≤ 2¹¹ +
+17K/128; tests/cuda_emulated.rs derives them) and a verdict:
 
 * LAYOUT WRONG: an error ≥ 2¹⁶ units (a misplaced element errs by ~2²² units);
 * MARGIN: within the layout threshold but above the emulator's bound — the
@@ -66,11 +67,11 @@ def units(d: np.ndarray, a: np.ndarray, b: np.ndarray, k: int) -> float:
 def verdicts(k: int, r3: float, r1: float, rb, wrong: int):
     """[(name, units, bound, verdict)] for one K."""
     rows = [
-        ("3xTF32", r3, 3 + 3 * k / 4),
-        ("TF32", r1, 2.0**11 + 3 * k / 4),
+        ("3xTF32", r3, 3 + 51 * k / 128),
+        ("TF32", r1, 2.0**11 + 17 * k / 128),
     ]
     if rb is not None:
-        rows.append(("bf16", rb, k / 4))
+        rows.append(("bf16", rb, 25 * k / 256))
     out = []
     for name, got, bound in rows:
         v = "LAYOUT WRONG" if not got < LAYOUT_UNITS else ("MARGIN" if got > bound else "ok")

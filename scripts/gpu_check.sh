@@ -213,7 +213,7 @@ cat "$LOGS/table.md"
 
 echo "== 3. Rust GPU tests (one process per kernel path)"
 phase rust_simt 60 env MIXNEG_TEST_PATH=simt ./gpu_bundle/cuda_vs_reference
-phase rust_tc 60 env MIXNEG_TEST_PATH=tc ./gpu_bundle/cuda_vs_reference
+phase rust_tc 90 env MIXNEG_TEST_PATH=tc ./gpu_bundle/cuda_vs_reference
 
 echo "== 4. Python CUDA tests"
 phase python 90 bash -c "cd /tmp && '$PY' -m pytest -q -rs -p no:cacheprovider '$REPO/python/tests/test_torch_cuda.py'"

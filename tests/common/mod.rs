@@ -371,11 +371,11 @@ pub fn logit_tolerance(case: &Case) -> f64 {
 /// against (see above), computed once per case.
 pub fn naive(case: &Case) -> &[MnsOutput; 3] {
     case.naive.get_or_init(|| {
-        [
-            naive_f32(case, Naive::Plain),
-            naive_f32(case, Naive::ReversedFma),
-            naive_f32(case, Naive::Reciprocal),
-        ]
+        std::thread::scope(|s| {
+            [Naive::Plain, Naive::ReversedFma, Naive::Reciprocal]
+                .map(|v| s.spawn(move || naive_f32(case, v)))
+                .map(|h| h.join().unwrap())
+        })
     })
 }
 
@@ -423,6 +423,14 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
     let mut s = vec![0.0f32; n];
     // G, kept for the two gradient products when they run on tensor cores.
     let mut gm = vec![0.0f32; if case.tensor_cores { b * n } else { 0 }];
+    // U and V as the tensor cores take them.
+    let (tcu, tcv) = match case.tensor_cores {
+        true => (
+            tc_factors(case.precision, &case.u),
+            tc_factors(case.precision, &case.v),
+        ),
+        false => (vec![], vec![]),
+    };
     for i in 0..b {
         let pos = i + case.positive_offset;
         for (j, sj) in s.iter_mut().enumerate() {
@@ -432,7 +440,8 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
             }
             let (ui, vj) = (&case.u[i * k..(i + 1) * k], &case.v[j * k..(j + 1) * k]);
             let d = if case.tensor_cores {
-                tc_dot(case.precision, k, |t| ui[at(t, k)], |t| vj[at(t, k)])
+                let (fu, fv) = (&tcu[i * k..(i + 1) * k], &tcv[j * k..(j + 1) * k]);
+                tc_dot(case.precision, k, |t| fu[at(t, k)], |t| fv[at(t, k)])
             } else {
                 let mut d = 0.0f32;
                 for t in 0..k {
@@ -483,24 +492,26 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
     }
     if case.tensor_cores {
         // dU = G·V and dV = Gᵀ·U as two products on tensor cores.
+        // (Each sum reads rows: G, Gᵀ, Vᵀ and Uᵀ are laid out for it.)
+        let tr = |x: &[[f32; 2]], rows: usize, cols: usize| -> Vec<[f32; 2]> {
+            (0..cols * rows)
+                .map(|x_| x[(x_ % rows) * cols + x_ / rows])
+                .collect()
+        };
+        let g = tc_factors(case.precision, &gm);
+        let (gt, vt, ut) = (tr(&g, b, n), tr(&tcv, n, k), tr(&tcu, b, k));
         for i in 0..b {
+            let gi = &g[i * n..(i + 1) * n];
             for c in 0..k {
-                out.d_u[i * k + c] = tc_dot(
-                    case.precision,
-                    n,
-                    |t| gm[i * n + at(t, n)],
-                    |t| case.v[at(t, n) * k + c],
-                );
+                let vc = &vt[c * n..(c + 1) * n];
+                out.d_u[i * k + c] = tc_dot(case.precision, n, |t| gi[at(t, n)], |t| vc[at(t, n)]);
             }
         }
         for j in 0..n {
+            let gj = &gt[j * b..(j + 1) * b];
             for c in 0..k {
-                out.d_v[j * k + c] = tc_dot(
-                    case.precision,
-                    b,
-                    |t| gm[at(t, b) * n + j],
-                    |t| case.u[at(t, b) * k + c],
-                );
+                let uc = &ut[c * b..(c + 1) * b];
+                out.d_v[j * k + c] = tc_dot(case.precision, b, |t| gj[at(t, b)], |t| uc[at(t, b)]);
             }
         }
     }
@@ -514,40 +525,54 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
     out
 }
 
-/// Σ_t a(t)·b(t) over t < len as the tensor-core kernels compute it at
-/// `precision`: in steps of 8 terms (bf16: 16), each step one mma that adds
-/// the step's exact products of the rounded factors to the accumulator as
-/// [`tc_sum`] does — F32 as 3xTF32, three such mma per step (small·big,
-/// big·small, big·big, with big = x rounded to TF32 and small = x − big
-/// rounded to TF32: the small·small term is dropped), TF32 and bf16 one mma
-/// of the factors rounded to the tier.
+/// Each factor as the tensor-core kernels feed it at `precision`: [big,
+/// small] with big = x rounded to TF32 and small = x − big rounded to TF32
+/// for F32 (3xTF32), [x rounded to the tier, 0] for TF32 and bf16.
+pub fn tc_factors(precision: mixneg::Precision, x: &[f32]) -> Vec<[f32; 2]> {
+    use mixneg::Precision::{F32, Tf32};
+    x.iter()
+        .map(|&x| {
+            if precision == F32 {
+                let big = round_to(Tf32, x);
+                [big, round_to(Tf32, x - big)]
+            } else {
+                [round_to(precision, x), 0.0]
+            }
+        })
+        .collect()
+}
+
+/// Σ_t a(t)·b(t) over t < len, the factors from [`tc_factors`], as the
+/// tensor-core kernels compute it at `precision`: in steps of 8 terms (bf16:
+/// 16), each step one mma that adds the step's exact products to the
+/// accumulator as [`tc_sum`] does — F32 three such mma per step (small·big,
+/// big·small, big·big: the small·small term is dropped), TF32 and bf16 one.
 pub fn tc_dot(
     precision: mixneg::Precision,
     len: usize,
-    a: impl Fn(usize) -> f32,
-    b: impl Fn(usize) -> f32,
+    a: impl Fn(usize) -> [f32; 2],
+    b: impl Fn(usize) -> [f32; 2],
 ) -> f32 {
-    use mixneg::Precision::{Bf16, F32, Tf32};
-    let big = |x: f32| round_to(Tf32, x);
-    let small = |x: f32| round_to(Tf32, x - big(x));
-    let tier = |x: f32| round_to(precision, x);
-    let step = if precision == Bf16 { 16 } else { 8 };
+    let step = if precision == mixneg::Precision::Bf16 {
+        16
+    } else {
+        8
+    };
+    let passes: &[(usize, usize)] = if precision == mixneg::Precision::F32 {
+        &[(1, 0), (0, 1), (0, 0)]
+    } else {
+        &[(0, 0)]
+    };
     let mut acc = 0.0f32;
-    let mut terms = Vec::with_capacity(step + 1);
+    let mut terms = [0.0f64; 17];
     for start in (0..len).step_by(step) {
-        let ts = start..len.min(start + step);
-        let mut mma = |fa: &dyn Fn(f32) -> f32, fb: &dyn Fn(f32) -> f32| {
-            terms.clear();
-            terms.push(acc as f64);
-            terms.extend(ts.clone().map(|t| fa(a(t)) as f64 * fb(b(t)) as f64));
-            acc = tc_sum(&terms);
-        };
-        if precision == F32 {
-            mma(&small, &big);
-            mma(&big, &small);
-            mma(&big, &big);
-        } else {
-            mma(&tier, &tier);
+        let end = len.min(start + step);
+        for &(pa, pb) in passes {
+            terms[0] = acc as f64;
+            for t in start..end {
+                terms[1 + t - start] = a(t)[pa] as f64 * b(t)[pb] as f64;
+            }
+            acc = tc_sum(&terms[..1 + end - start]);
         }
     }
     acc
@@ -558,15 +583,16 @@ pub fn tc_dot(
 /// the largest one's exponent with 3 bits below f32's significand, the bits
 /// shifted out dropped, the exact sum truncated toward zero to f32.
 pub fn tc_sum(terms: &[f64]) -> f32 {
-    let plain: f64 = terms.iter().sum();
     let big = terms.iter().fold(0.0f64, |m, t| m.max(t.abs()));
-    if !plain.is_finite() || big == 0.0 {
-        return plain as f32;
+    if !big.is_finite() || big < f64::MIN_POSITIVE * 2f64.powi(60) {
+        return terms.iter().sum::<f64>() as f32;
     }
-    // big < 2^e.
-    let e = big.log2().floor() as i32 + 1;
-    let q = 2f64.powi(e - 24 - 3);
-    let sum: f64 = terms.iter().map(|t| (t / q).trunc() * q).sum();
+    // big < 2^e; the terms are kept to multiples of q = 2^(e − 27).
+    let e = ((big.to_bits() >> 52) & 0x7FF) as i32 - 1022;
+    let q = f64::from_bits(((e - 27 + 1023) as u64) << 52);
+    let inv_q = f64::from_bits(((27 - e + 1023) as u64) << 52);
+    // Truncated as integers (|t|/q < 2^27, the sum of ≤ 17 < 2^32: exact).
+    let sum = terms.iter().map(|t| (t * inv_q) as i64).sum::<i64>() as f64 * q;
     let f = sum as f32;
     if (f as f64).abs() > sum.abs() {
         f32::from_bits(f.to_bits() - 1)
