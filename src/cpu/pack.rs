@@ -13,6 +13,14 @@ use crate::input::{Elem, with_slice};
 use crate::{Floats, Problem};
 use rayon::prelude::*;
 
+/// The largest V (N·K·4 bytes, rows unpadded) the dU kernel reads as given
+/// rather than from the column tiles of [`Packed::vp`]. Measured on an AMD
+/// EPYC Zen 5 (2 threads, interleaved rounds, same bits): as fast at
+/// N·K·4 = 2 MiB and 4 MiB ((4096, 4096, 64) and (4096, 4096, 128)), 4–7%
+/// slower at 8 MiB ((16384, 16384, 64)), where the tiles' contiguous lines
+/// pay for the copy.
+pub(crate) const V_IN_PLACE_MAX_BYTES: usize = 4 << 20;
+
 /// Read-only data shared by all workers: packed, padded copies of the inputs.
 pub(crate) struct Shared<'a> {
     /// B.
@@ -31,8 +39,11 @@ pub(crate) struct Shared<'a> {
     pub up: &'a [f32],
     /// U in interleaved row groups (see [`Packed::ug`]).
     pub ug: &'a [f32],
-    /// V in column tiles (see [`Packed::vp`]).
+    /// V in column tiles (see [`Packed::vp`]), or V as given when kp = K.
     pub vp: &'a [f32],
+    /// `vp` is V as given (rows of kp): column tile t's row j at
+    /// vp\[j·kp + t\], stride kp.
+    pub vp_rows: bool,
     /// V as given, N×K (for the uncorrected diagonal).
     pub v: Floats<'a>,
     /// Vᵀ in panels (see [`Packed::vt`]).
@@ -66,7 +77,8 @@ pub(crate) struct Packed {
     /// kp % 16 = 8): the columns c..c+w of every row j at vp\[n·c + j·w ..\]\[..w\],
     /// zero-padded in K. The dU kernel's j loop then streams one contiguous
     /// 64-byte line per j (row-major V made it skip 4·kp bytes per j, and
-    /// stall on the loads).
+    /// stall on the loads at large N). Empty when kp = K and V is at most
+    /// [`V_IN_PLACE_MAX_BYTES`]: the kernel then reads V as given.
     pub vp: Aligned,
     /// Vᵀ in np/16 panels of kp × 16: panel p, row c, lane l holds
     /// V\[16p + l\]\[c\], zero past N and K. A logit tile's two vector loads per
@@ -124,10 +136,16 @@ impl Packed {
                 }
             });
 
-        let mut vp = std::mem::take(&mut scratch.vp).recycle(n * kp);
+        // When V's rows need no padding (kp = K) and V is small, the dU
+        // kernel reads V as given (see `Shared::vp_rows`): one N×K copy
+        // fewer, as fast (see [`V_IN_PLACE_MAX_BYTES`]).
+        let mut vp = Aligned::default();
+        if kp != k || n * kp * 4 > V_IN_PLACE_MAX_BYTES {
+            vp = std::mem::take(&mut scratch.vp).recycle(n * kp);
+        }
         // kp is a multiple of the kernel's lanes, 8 or 16.
         let mut c0 = 0;
-        while c0 < kp {
+        while c0 < kp && !vp.is_empty() {
             let w = if kp - c0 >= 16 { 16 } else { 8 };
             vp[n * c0..n * (c0 + w)]
                 .par_chunks_mut(w * 256)
@@ -188,7 +206,11 @@ impl Packed {
                 _ => &self.up,
             },
             ug: &self.ug,
-            vp: &self.vp,
+            vp: match p.v {
+                Floats::F32(v) if self.vp.is_empty() => v,
+                _ => &self.vp,
+            },
+            vp_rows: self.vp.is_empty() && p.v.as_f32().is_some(),
             v: p.v,
             vt: &self.vt,
             nlq: &self.nlq,

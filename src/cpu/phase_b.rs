@@ -54,9 +54,13 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
     let cols = part.j1 - part.j0;
     debug_assert!(part.strip.len() >= r * ld && part.du.len() >= r * kp);
     // Vector columns c..c+L live in V's column tile t0 = c − c%16 of width
-    // wt = min(16, kp − t0): rows j at vp[n·t0 + j·wt + c − t0]. Returns the
-    // pointer at row j0 and the row stride wt.
+    // wt = min(16, kp − t0): rows j at vp[n·t0 + j·wt + c − t0] — or, when
+    // vp is V as given (kp = K), at vp[j·kp + c]. Returns the pointer at row
+    // j0 and the row stride (wt, or kp).
     let tile_ptr = |c: usize| {
+        if sh.vp_rows {
+            return (sh.vp[part.j0 * kp + c..].as_ptr(), kp);
+        }
         let t0 = c - c % 16;
         let wt = 16.min(kp - t0);
         (sh.vp[n * t0 + part.j0 * wt + c - t0..].as_ptr(), wt)
@@ -84,7 +88,8 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
                 // (c and kp are multiples of L and 16 % L = 0, so a vector
                 // never straddles tiles; the two vectors of a wide step sit
                 // in tiles of the same width: both 16, or one tile of 16 when
-                // L = 8); out covers `rows` rows of stride kp at columns
+                // L = 8), or, V as given, rows of kp floats with the lanes
+                // inside (c + V·L ≤ kp); out covers `rows` rows of stride kp at columns
                 // c..c+V·L ≤ kp.
                 unsafe {
                     if wide {
