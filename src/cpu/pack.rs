@@ -15,10 +15,11 @@ use rayon::prelude::*;
 
 /// The largest V (N·K·4 bytes, rows unpadded) the dU kernel reads as given
 /// rather than from the column tiles of [`Packed::vp`]. Measured on an AMD
-/// EPYC Zen 5 (2 threads, interleaved rounds, same bits): as fast at
-/// N·K·4 = 2 MiB and 4 MiB ((4096, 4096, 64) and (4096, 4096, 128)), 4–7%
-/// slower at 8 MiB ((16384, 16384, 64)), where the tiles' contiguous lines
-/// pay for the copy.
+/// EPYC Zen 5 (2 threads, ABBA rounds against the tiles, same bits): as
+/// fast at N·K·4 = 2 MiB ((4096, 4096, 64)), 2–4% slower at 4 MiB ((4096,
+/// 4096, 128)), 4–7% slower at 8 MiB ((16384, 16384, 64)). The bound keeps
+/// the copy where its memory is largest and buys PyTorch's chunked loss's
+/// peak RSS at (4096, 4096, 128) with those 2–4%.
 pub(crate) const V_IN_PLACE_MAX_BYTES: usize = 4 << 20;
 
 /// Read-only data shared by all workers: packed, padded copies of the inputs.
@@ -138,7 +139,7 @@ impl Packed {
 
         // When V's rows need no padding (kp = K) and V is small, the dU
         // kernel reads V as given (see `Shared::vp_rows`): one N×K copy
-        // fewer, as fast (see [`V_IN_PLACE_MAX_BYTES`]).
+        // fewer (see [`V_IN_PLACE_MAX_BYTES`]).
         let mut vp = Aligned::default();
         if kp != k || n * kp * 4 > V_IN_PLACE_MAX_BYTES {
             vp = std::mem::take(&mut scratch.vp).recycle(n * kp);
