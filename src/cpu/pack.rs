@@ -17,10 +17,9 @@ use rayon::prelude::*;
 /// rather than from the column tiles of [`Packed::vp`]. Measured on an AMD
 /// EPYC Zen 5 (2 threads, ABBA rounds against the tiles, same bits): as
 /// fast at N·K·4 = 2 MiB ((4096, 4096, 64)), 2–4% slower at 4 MiB ((4096,
-/// 4096, 128)), 4–7% slower at 8 MiB ((16384, 16384, 64)). The bound keeps
-/// the copy where its memory is largest and buys PyTorch's chunked loss's
-/// peak RSS at (4096, 4096, 128) with those 2–4%.
-pub(crate) const V_IN_PLACE_MAX_BYTES: usize = 4 << 20;
+/// 4096, 128)), 4–7% slower at 8 MiB ((16384, 16384, 64)): the copy is
+/// skipped only where it costs no time.
+pub(crate) const V_IN_PLACE_MAX_BYTES: usize = 2 << 20;
 
 /// Read-only data shared by all workers: packed, padded copies of the inputs.
 pub(crate) struct Shared<'a> {
