@@ -4,13 +4,15 @@
 // `api`: arbitrary bytes become shapes, options and raw f32 bit patterns
 // (NaN, ±∞, denormals, huge values included) for the public API; every
 // backend must either return an error — the same error validation for all —
-// or finite results. `loss_file`: arbitrary bytes as a `mixneg loss` input
+// or finite results; now and then the embeddings are bf16 (the top halves of
+// the same bit patterns), which must give the bits of f32 embeddings holding
+// the same values. `loss_file`: arbitrary bytes as a `mixneg loss` input
 // file; parsing must fail cleanly or yield an input the CPU backend accepts
 // or rejects with an error.
 
 #[allow(dead_code)]
 pub fn api(data: &[u8]) {
-    use mixneg::{Backend, CpuBackend, Kernel, MnsInput, ReferenceBackend};
+    use mixneg::{Backend, CpuBackend, Floats, Kernel, MnsInput, ReferenceBackend};
     if data.len() < 8 {
         return;
     }
@@ -38,19 +40,32 @@ pub fn api(data: &[u8]) {
     let log_q: Vec<f32> = (0..n).map(|_| next()).collect();
     let w: Vec<f32> = (0..b).map(|_| next()).collect();
     let ids: Vec<i64> = (0..n).map(|j| rest.get(j).map_or(0, |&x| (x % 4) as i64)).collect();
+    // bf16 embeddings (flags bit 5): x16 takes them as bit patterns, x as
+    // the f32 values they are.
+    let bf16 = flags & 0x20 != 0;
+    let top = |x: &[f32]| -> Vec<u16> { x.iter().map(|x| (x.to_bits() >> 16) as u16).collect() };
+    let (ub, vb) = (top(&u), top(&v));
+    let widen = |x: &[u16]| -> Vec<f32> { x.iter().map(|&b| mixneg::bf16_to_f32(b)).collect() };
+    let (u, v) = if bf16 { (widen(&ub), widen(&vb)) } else { (u, v) };
     let moderate = tau.abs() % 2.0;
     let tau = if flags & 0x40 != 0 { tau } else { 0.05 + if moderate.is_finite() { moderate } else { 0.0 } };
-    let mut x = MnsInput::new(&u, &v, &log_q, k).temperature(tau).correct_positive(flags & 8 == 0);
-    if flags & 2 != 0 {
-        x = x.row_weight(&w);
+    // A positive offset, now and then one past the last valid (N − B + 1).
+    let offset = rest.first().map_or(0, |&o| o as usize % (n - b + 2));
+    fn options<'a>(x: MnsInput<'a>, flags: u8, tau: f32, w: &'a [f32], ids: &'a [i64], offset: usize) -> MnsInput<'a> {
+        let mut x = x.temperature(tau).correct_positive(flags & 8 == 0);
+        if flags & 2 != 0 {
+            x = x.row_weight(w);
+        }
+        if flags & 4 != 0 {
+            x = x.ids(ids);
+        }
+        if flags & 0x10 != 0 {
+            x = x.positive_offset(offset);
+        }
+        x
     }
-    if flags & 4 != 0 {
-        x = x.ids(&ids);
-    }
-    if flags & 0x10 != 0 {
-        // A positive offset, now and then one past the last valid (N − B + 1).
-        x = x.positive_offset(rest.first().map_or(0, |&o| o as usize % (n - b + 2)));
-    }
+    let x = options(MnsInput::new(&u, &v, &log_q, k), flags, tau, &w, &ids, offset);
+    let x16 = options(MnsInput::with_floats(Floats::Bf16(&ub), Floats::Bf16(&vb), &log_q, k), flags, tau, &w, &ids, offset);
     let want = ReferenceBackend.mns_loss(&x);
     // One backend per kernel for the whole fuzzing run: it keeps its scratch
     // from input to input (other shapes, other padding), and must give the
@@ -67,6 +82,9 @@ pub fn api(data: &[u8]) {
         let be = CpuBackend::with_kernel(kept_be.kernel()).expect("available when KEPT was built");
         let got = be.mns_loss(&x);
         assert_eq!(bits(&got), bits(&kept_be.mns_loss(&x)), "kept scratch changed the result ({})", be.name());
+        if bf16 {
+            assert_eq!(bits(&got), bits(&be.mns_loss(&x16)), "bf16 embeddings differ from their f32 values ({})", be.name());
+        }
         match (&want, &got) {
             (Err(a), Err(c)) => assert_eq!(format!("{a}"), format!("{c}")),
             (Ok(_), Ok(o)) => {
