@@ -80,6 +80,8 @@ pub(crate) struct Packed {
     /// stall on the loads at large N). Empty when kp = K and V is at most
     /// [`V_IN_PLACE_MAX_BYTES`]: the kernel then reads V as given.
     pub vp: Aligned,
+    /// `vp` was skipped: the dU kernel reads V as given.
+    pub v_in_place: bool,
     /// Vᵀ in np/16 panels of kp × 16: panel p, row c, lane l holds
     /// V\[16p + l\]\[c\], zero past N and K. A logit tile's two vector loads per
     /// step of K come from one or two panels.
@@ -116,6 +118,7 @@ impl Packed {
                 up,
                 ug: Aligned::default(),
                 vp: Aligned::default(),
+                v_in_place: false,
                 vt: Aligned::default(),
                 nlq,
             };
@@ -139,13 +142,14 @@ impl Packed {
         // When V's rows need no padding (kp = K) and V is small, the dU
         // kernel reads V as given (see `Shared::vp_rows`): one N×K copy
         // fewer (see [`V_IN_PLACE_MAX_BYTES`]).
+        let v_in_place = kp == k && n * kp * 4 <= V_IN_PLACE_MAX_BYTES;
         let mut vp = Aligned::default();
-        if kp != k || n * kp * 4 > V_IN_PLACE_MAX_BYTES {
+        if !v_in_place {
             vp = std::mem::take(&mut scratch.vp).recycle(n * kp);
         }
         // kp is a multiple of the kernel's lanes, 8 or 16.
         let mut c0 = 0;
-        while c0 < kp && !vp.is_empty() {
+        while c0 < kp && !v_in_place {
             let w = if kp - c0 >= 16 { 16 } else { 8 };
             vp[n * c0..n * (c0 + w)]
                 .par_chunks_mut(w * 256)
@@ -181,6 +185,7 @@ impl Packed {
             up,
             ug,
             vp,
+            v_in_place,
             vt,
             nlq,
         }
@@ -207,10 +212,10 @@ impl Packed {
             },
             ug: &self.ug,
             vp: match p.v {
-                Floats::F32(v) if self.vp.is_empty() => v,
+                Floats::F32(v) if self.v_in_place => v,
                 _ => &self.vp,
             },
-            vp_rows: self.vp.is_empty() && p.v.as_f32().is_some(),
+            vp_rows: self.v_in_place,
             v: p.v,
             vt: &self.vt,
             nlq: &self.nlq,

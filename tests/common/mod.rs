@@ -495,7 +495,7 @@ pub fn naive_f32(case: &Case, variant: Naive) -> MnsOutput {
         // (Each sum reads rows: G, Gᵀ, Vᵀ and Uᵀ are laid out for it.)
         let tr = |x: &[[f32; 2]], rows: usize, cols: usize| -> Vec<[f32; 2]> {
             (0..cols * rows)
-                .map(|x_| x[(x_ % rows) * cols + x_ / rows])
+                .map(|t| x[(t % rows) * cols + t / rows])
                 .collect()
         };
         let g = tc_factors(case.precision, &gm);
