@@ -6,6 +6,7 @@
 //! is independent of which worker ran which part.
 
 use super::kernel::Part;
+use crate::input::{Elem, with_slice};
 use crate::{MnsOutput, Problem};
 
 /// Per-call state of the merge and combine: the block's diagonal
@@ -15,6 +16,8 @@ pub(crate) struct Rows {
     inv_b_tau: f64,
     /// Per row of the current block: G_ii/τ = −(w_i/(B·τ))·Σ′/(e_ii + Σ′).
     gdiag: Vec<f32>,
+    /// Per part, the current row's e^{m_p − m} (0 for an empty part).
+    scale: Vec<f64>,
     /// Per query: w_i·ℓ_i.
     wloss: Vec<f64>,
 }
@@ -25,6 +28,7 @@ impl Rows {
         Rows {
             inv_b_tau: 1.0 / (p.b as f64 * p.temperature as f64),
             gdiag: vec![0.0; mb],
+            scale: Vec::new(),
             wloss: vec![0.0; p.b],
         }
     }
@@ -55,10 +59,20 @@ impl Rows {
                 .iter()
                 .fold(f64::NEG_INFINITY, |m, q| m.max(q.max[rr] as f64));
             let m = m_off.max(s_ii);
+            // Each part's e^{m_p − m}, once for Σ′ and its coefficient.
+            self.scale.clear();
+            self.scale.extend(parts.iter().map(|q| {
+                if q.max[rr] > f32::NEG_INFINITY {
+                    (q.max[rr] as f64 - m).exp()
+                } else {
+                    0.0
+                }
+            }));
             let so: f64 = parts
                 .iter()
-                .filter(|q| q.max[rr] > f32::NEG_INFINITY)
-                .map(|q| q.sum[rr] as f64 * (q.max[rr] as f64 - m).exp())
+                .zip(&self.scale)
+                .filter(|(q, _)| q.max[rr] > f32::NEG_INFINITY)
+                .map(|(q, &x)| q.sum[rr] as f64 * x)
                 .sum();
             let e_ii = (s_ii - m).exp();
             let sum = e_ii + so;
@@ -72,9 +86,9 @@ impl Rows {
             };
             let w = p.weight(i) as f64;
             let c = w * self.inv_b_tau / sum;
-            for q in parts.iter_mut() {
+            for (q, &x) in parts.iter_mut().zip(&self.scale) {
                 q.coef[rr] = if q.max[rr] > f32::NEG_INFINITY {
-                    (c * (q.max[rr] as f64 - m).exp()) as f32
+                    (c * x) as f32
                 } else {
                     0.0
                 };
@@ -101,12 +115,22 @@ impl Rows {
         out: &mut MnsOutput,
     ) {
         let (k, o) = (p.k, p.positive_offset);
+        // (Each embedding type's rows read as a typed slice.)
+        fn diag_term<T: Elem>(x: &mut [f32], gd: f32, src: &[T]) {
+            x.iter_mut()
+                .zip(src)
+                .for_each(|(x, &y)| *x = gd * y.value());
+        }
+        fn add_diag_term<T: Elem>(x: &mut [f32], gd: f32, src: &[T]) {
+            x.iter_mut()
+                .zip(src)
+                .for_each(|(x, &y)| *x += gd * y.value());
+        }
         for (rr, &gd) in self.gdiag[..r].iter().enumerate() {
             let i = i0 + rr;
             let du = &mut out.d_u[i * k..(i + 1) * k];
-            du.iter_mut()
-                .zip((i + o) * k..(i + o + 1) * k)
-                .for_each(|(x, c)| *x = gd * p.v.get(c));
+            let row = (i + o) * k..(i + o + 1) * k;
+            with_slice!(p.v, v => diag_term(du, gd, &v[row]));
             for q in parts.iter() {
                 let cq = q.coef[rr];
                 du.iter_mut()
@@ -122,9 +146,7 @@ impl Rows {
                 .find(|q| (q.j0..q.j1).contains(&pos))
                 .expect("i + o < N");
             let row = &mut q.dv[(pos - q.j0) * kp..(pos - q.j0) * kp + k];
-            row.iter_mut()
-                .zip(i * k..(i + 1) * k)
-                .for_each(|(x, c)| *x += gd * p.u.get(c));
+            with_slice!(p.u, u => add_diag_term(row, gd, &u[i * k..(i + 1) * k]));
         }
     }
 
