@@ -9,7 +9,10 @@ forward only and a second fused call in backward, with row weights
 w_i·g_i·B — as in ``mixneg.torch``. ``log_q`` and ``ids`` get zero
 cotangents; ``row_weight`` gets ∂/∂w_i = ℓ_i/B (mean).
 
-Inputs are computed in float32; outputs have the inputs' dtypes. Shape and
+Inputs are computed in float32 (bfloat16 embeddings are read as they are);
+outputs have the inputs' dtypes. ``precision`` picks the products' tier as
+in ``mixneg.torch``: by default "bf16" for bfloat16 ``query`` and
+``candidates`` on a CPU with AVX512_BF16, else "f32". Shape and
 static errors raise ValueError/TypeError at trace time; a value error found
 by the kernels (a NaN, τ ≤ 0) raises ValueError when the inputs are concrete,
 and surfaces as JAX's runtime error carrying the same message under ``jit``.
@@ -32,17 +35,27 @@ def _f32(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
 
 
+def _emb(x) -> np.ndarray:
+    """An embedding matrix for the native call: bfloat16 as its bit patterns
+    (uint16, no conversion), anything else as float32."""
+    x = np.asarray(x)
+    if x.dtype == jnp.bfloat16:
+        return np.ascontiguousarray(x).view(np.uint16)
+    return _f32(x)
+
+
 def _host(q, c, lq, t, ids, w, *, opts, grad, coef=None):
     """The native call on host arrays; ``coef`` (B) replaces the row weights
     by w·coef·B and splits its sign into two calls (the kernels take w ≥ 0)."""
-    correct_positive, offset, has_ids, has_w = opts
+    correct_positive, offset, has_ids, has_w, precision = opts
     args = dict(
         temperature=float(np.asarray(t)),
         ids=np.ascontiguousarray(ids, dtype=np.int64) if has_ids else None,
         correct_positive=correct_positive,
         positive_offset=offset,
+        precision=precision,
     )
-    q, c, lq = _f32(q), _f32(c), _f32(lq)
+    q, c, lq = _emb(q), _emb(c), _f32(lq)
     if coef is None:
         return _native.mns_loss(q, c, lq, row_weight=_f32(w) if has_w else None, grad=grad, **args)
     b = q.shape[0]
@@ -59,8 +72,8 @@ def _host(q, c, lq, t, ids, w, *, opts, grad, coef=None):
 
 
 @functools.cache
-def _op(correct_positive: bool, offset: int, reduction: str, has_ids: bool, has_w: bool):
-    opts = (correct_positive, offset, has_ids, has_w)
+def _op(correct_positive: bool, offset: int, reduction: str, has_ids: bool, has_w: bool, precision: str):
+    opts = (correct_positive, offset, has_ids, has_w, precision)
 
     def reduced(r, b, w):
         if reduction == "mean":
@@ -164,20 +177,32 @@ def mns_loss(
     correct_positive: bool = True,
     positive_offset: int = 0,
     reduction: str = "mean",
+    precision: str | None = None,
 ):
     """The fused MNS loss in JAX, differentiable in ``query`` (B×K),
-    ``candidates`` (N×K), ``temperature`` and ``row_weight``; the arguments
-    and reductions are those of ``mixneg.torch.mns_loss``."""
+    ``candidates`` (N×K), ``temperature`` and ``row_weight``; the arguments,
+    reductions and ``precision`` are those of ``mixneg.torch.mns_loss`` (on
+    the CPU: "f32", or "bf16" where the CPU has AVX512_BF16)."""
     q = _float("query", query, 2)
     c = _float("candidates", candidates, 2)
     lq = _float("log_q", log_q, 1)
     _common.reduction(reduction)
+    if precision is None:
+        both = q.dtype == c.dtype == jnp.bfloat16
+        precision = "bf16" if both and _native.cpu_supports("bf16") else "f32"
+    _common.precision(precision)
+    if precision != "f32" and not _native.cpu_supports(precision):
+        raise ValueError(
+            f"precision {precision!r} is not computed by this CPU: mixneg.jax runs the CPU kernels"
+            " (f32, and bf16 on a CPU with AVX512_BF16)"
+        )
     positive_offset = _common.index("positive_offset", positive_offset, 0)
     b, k = q.shape
     n, kc = c.shape
     t = temperature
     if isinstance(t, (int, float)) and not isinstance(t, bool):
-        t = jnp.asarray(t, dtype=q.dtype)
+        # At least float32: a Python τ is not rounded to bfloat16 or float16.
+        t = jnp.asarray(t, dtype=jnp.promote_types(q.dtype, jnp.float32))
     t = _float("temperature", t, 0) if jnp.ndim(t) == 0 else None
     if t is None:
         raise ValueError("temperature must be a scalar")
@@ -211,5 +236,5 @@ def mns_loss(
             np.asarray(w, np.float32) if has_w else None,
         )
         _native.check_values(b, n, float(t), *summary)
-    f = _op(bool(correct_positive), int(positive_offset), reduction, has_ids, has_w)
+    f = _op(bool(correct_positive), int(positive_offset), reduction, has_ids, has_w, precision)
     return f(q, c, lq, t, ids, w)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from conftest import LOSS_ATOL, LOSS_RTOL
 
+import mixneg
+import mixneg._native as native
 import mixneg.jax as mj
 
 jax.config.update("jax_enable_x64", True)
@@ -84,3 +86,51 @@ def test_row_weight_gradient():
         r = jax.grad(lambda w, red=reduction: reference(u, v, lq, 1.0, None, w, True, 0, red).sum())(w)
         err, size = _norm_err(a, r)
         assert err <= 1e-5 * size, (reduction, err, size)
+
+
+def _bf16_problem():
+    rng = np.random.default_rng(5)
+    b, n, k = 9, 23, 16
+    u = jnp.asarray(rng.standard_normal((b, k)) / 3, dtype=jnp.bfloat16)
+    v = jnp.asarray(rng.standard_normal((n, k)) / 3, dtype=jnp.bfloat16)
+    return u, v, jnp.asarray(rng.uniform(-9, -3, n), dtype=jnp.float32)
+
+
+def _loss_and_grads(u, v, lq, **kw):
+    return jax.jit(jax.value_and_grad(lambda u, v: mj.mns_loss(u, v, lq, temperature=0.1, **kw), argnums=(0, 1)))(u, v)
+
+
+def test_bfloat16_embeddings_are_their_float32_values():
+    u, v, lq = _bf16_problem()
+    l16, g16 = _loss_and_grads(u, v, lq, precision="f32")
+    l32, g32 = _loss_and_grads(u.astype(jnp.float32), v.astype(jnp.float32), lq, precision="f32")
+    assert l16.dtype == g16[0].dtype == g16[1].dtype == jnp.bfloat16
+    assert l16 == l32.astype(jnp.bfloat16)
+    for a, b in zip(g16, g32):
+        assert jnp.array_equal(a, b.astype(jnp.bfloat16))
+
+
+@pytest.mark.skipif(not native.cpu_supports("bf16"), reason="skipping: the CPU lacks AVX512_BF16")
+def test_bf16_tier_is_the_native_call():
+    u, v, lq = _bf16_problem()
+    u32, v32 = u.astype(jnp.float32), v.astype(jnp.float32)
+    loss, (gu, gv) = _loss_and_grads(u32, v32, lq, precision="bf16")
+    r = mixneg.mns_loss(np.asarray(u32), np.asarray(v32), np.asarray(lq), temperature=0.1, precision="bf16")
+    assert float(loss) == r.loss
+    assert np.array_equal(np.asarray(gu), r.d_u) and np.array_equal(np.asarray(gv), r.d_v)
+    # bfloat16 embeddings default to this tier.
+    l16, g16 = _loss_and_grads(u, v, lq)
+    assert l16 == loss.astype(jnp.bfloat16) and jnp.array_equal(g16[0], gu.astype(jnp.bfloat16))
+
+
+def test_precision_errors():
+    u, v, lq = _bf16_problem()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        mj.mns_loss(u, v, lq, precision="f16")
+    with pytest.raises(ValueError, match="not computed by this CPU"):
+        mj.mns_loss(u, v, lq, precision="tf32")
+    if not native.cpu_supports("bf16"):
+        with pytest.raises(ValueError, match="not computed by this CPU"):
+            mj.mns_loss(u, v, lq, precision="bf16")
+        # and bfloat16 embeddings fall back to f32
+        assert mj.mns_loss(u, v, lq) == mj.mns_loss(u, v, lq, precision="f32")
