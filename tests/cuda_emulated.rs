@@ -406,6 +406,67 @@ fn emulated_lower_tiers_fail_the_stricter_policy() {
     }
 }
 
+/// The emulator's tensor-core addition (`emu_tc_sum`) and the yardstick's
+/// (`tc_sum` in tests/common) are one model written twice: the same f32 bits
+/// on 20 000 random mma sums (1 to 17 terms over 2⁻⁴⁰…2⁴⁰, mixed signs,
+/// cancelling pairs, zeros).
+#[test]
+fn emulator_and_yardstick_add_alike() {
+    let Some(_) = emulator() else { return };
+    let exe = compile_cxx("tc_sum.cpp", "tc_sum_emu").unwrap();
+    let mut rng = Rng::new(41);
+    let mut cases: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..20_000 {
+        let n = 1 + rng.next_u64() as usize % 17;
+        let mut t: Vec<f64> = (0..n)
+            .map(|_| {
+                let m = 1.0 + (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                let e = (rng.next_u64() % 81) as i32 - 40;
+                let sign = if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
+                match rng.next_u64() % 16 {
+                    0 => 0.0,
+                    _ => sign * m * 2f64.powi(e),
+                }
+            })
+            .collect();
+        if n > 1 && rng.next_u64().is_multiple_of(4) {
+            t[1] = -t[0]; // a cancelling pair
+        }
+        cases.push(t);
+    }
+    let input: String = cases
+        .iter()
+        .map(|t| {
+            let bits: Vec<String> = t.iter().map(|x| format!("{:x}", x.to_bits())).collect();
+            format!("{} {}\n", t.len(), bits.join(" "))
+        })
+        .collect();
+    let mut child = Command::new(&exe)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes()).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(got.len(), cases.len());
+    for (t, g) in cases.iter().zip(got) {
+        let want = tc_sum(t).to_bits();
+        assert_eq!(
+            u32::from_str_radix(g, 16).unwrap(),
+            want,
+            "terms {t:?}: emulator {g}, yardstick {want:08x}"
+        );
+    }
+}
+
 /// The harness runs kernel i as `mixneg::cuda::KERNELS[i]`.
 #[test]
 fn harness_numbers_the_kernels_as_the_backend() {
