@@ -8,7 +8,7 @@
 #   command:   scripts/gpu_check.sh
 #   timeout_s: 450
 #   carry:     ["gpu_bundle"]
-# (the working tree and the bundle together are ~18 MiB of the 64 allowed;
+# (the working tree and the bundle together are ~20 MiB of the 64 allowed;
 # gpu_bundle.sh checks it). GPU_CHECK_PLUMBING=1 skips the GPU's preflight
 # check, to exercise the script itself where there is none (every GPU phase
 # then fails). GPU_CHECK_BUDGET (seconds, default 380) bounds

@@ -26,22 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _common, _native
+from . import _common, _float_array, _native
 
 __all__ = ["mns_loss"]
 
 
 def _f32(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
-
-
-def _emb(x) -> np.ndarray:
-    """An embedding matrix for the native call: bfloat16 as its bit patterns
-    (uint16, no conversion), anything else as float32."""
-    x = np.asarray(x)
-    if x.dtype == jnp.bfloat16:
-        return np.ascontiguousarray(x).view(np.uint16)
-    return _f32(x)
 
 
 def _host(q, c, lq, t, ids, w, *, opts, grad, coef=None):
@@ -55,7 +46,8 @@ def _host(q, c, lq, t, ids, w, *, opts, grad, coef=None):
         positive_offset=offset,
         precision=precision,
     )
-    q, c, lq = _emb(q), _emb(c), _f32(lq)
+    # bfloat16 embeddings as their bit patterns (no conversion), as NumPy's.
+    q, c, lq = _float_array("query", q, 2, bf16=True), _float_array("candidates", c, 2, bf16=True), _f32(lq)
     if coef is None:
         return _native.mns_loss(q, c, lq, row_weight=_f32(w) if has_w else None, grad=grad, **args)
     b = q.shape[0]
