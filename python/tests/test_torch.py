@@ -289,6 +289,23 @@ def test_loss_backward_hands_on_the_gradients_without_a_copy(monkeypatch):
     assert torch.equal(q.grad, 2 * gq) and torch.equal(c.grad, 2 * gc)
 
 
+def test_backward_allocates_nothing_the_size_of_the_gradients():
+    """Only the loss is differentiable: autograd hands the backward no zeros
+    for dU and dV (it did, B×K + N×K floats at the peak), and the backward
+    of a plain ``loss.backward()`` allocates no tensor that large."""
+    from torch.profiler import ProfilerActivity, profile
+
+    b, n, k = 256, 512, 64
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(b, k, generator=g).requires_grad_()
+    c = torch.randn(n, k, generator=g).requires_grad_()
+    loss = mt.mns_loss(q, c, torch.zeros(n), temperature=0.1)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+    sizes = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
+    assert max(sizes, default=0) < b * k * 4, sizes
+
+
 def test_bfloat16_tensors_reach_the_kernels_without_a_copy(monkeypatch):
     """bfloat16 query and candidates go to the kernels as they are (uint16
     views of the tensors' memory), at the bf16 tier by default where this

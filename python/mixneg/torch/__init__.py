@@ -344,6 +344,9 @@ def _setup_context(ctx, inputs, output):
     )
     loss, row_loss, du, dv, dt = output
     ctx.mark_non_differentiable(row_loss, du, dv, dt)
+    # Only the loss is differentiable: without this, autograd would hand the
+    # backward zeros shaped like dU and dV (B×K + N×K floats at the peak).
+    ctx.set_materialize_grads(False)
     ctx.options = (cp, offset, reduction, need_grad, threads, prec, val)
     ctx.b = query.shape[0]
     if reduction == "none":
@@ -366,6 +369,9 @@ def _is_one(scale: Tensor) -> bool:
 
 def _backward(ctx, g_loss, g_row_loss, g_du, g_dv, g_dt):
     cp, offset, reduction, need_grad, threads, precision, validate = ctx.options
+    if g_loss is None:
+        # No gradient reached the loss (grads are not materialized).
+        return (None,) * 13
     need_u, need_v, _, need_t, _, need_w = ctx.needs_input_grad[:6]
     gq = gc = gt = gw = None
     if reduction == "none":
