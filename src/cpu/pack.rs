@@ -13,14 +13,6 @@ use crate::input::{Elem, with_slice};
 use crate::{Floats, Problem};
 use rayon::prelude::*;
 
-/// The largest V (N·K·4 bytes, rows unpadded) the dU kernel reads as given
-/// rather than from the column tiles of [`Packed::vp`]. Measured on an AMD
-/// EPYC Zen 5 (2 threads, ABBA rounds against the tiles, same bits): as
-/// fast at N·K·4 = 2 MiB ((4096, 4096, 64)), 2–4% slower at 4 MiB ((4096,
-/// 4096, 128)), 4–7% slower at 8 MiB ((16384, 16384, 64)): the copy is
-/// skipped only where it costs no time.
-pub(crate) const V_IN_PLACE_MAX_BYTES: usize = 2 << 20;
-
 /// Read-only data shared by all workers: packed, padded copies of the inputs.
 pub(crate) struct Shared<'a> {
     /// B.
@@ -76,9 +68,12 @@ pub(crate) struct Packed {
     /// V for the dU kernel, in column tiles of 16 (the last of 8 when
     /// kp % 16 = 8): the columns c..c+w of every row j at vp\[n·c + j·w ..\]\[..w\],
     /// zero-padded in K. The dU kernel's j loop then streams one contiguous
-    /// 64-byte line per j (row-major V made it skip 4·kp bytes per j, and
-    /// stall on the loads at large N). Empty when kp = K and V is at most
-    /// [`V_IN_PLACE_MAX_BYTES`]: the kernel then reads V as given.
+    /// 64-byte line per j (row-major V, read with no prefetching, stalled
+    /// on the loads at large N). Empty when kp = K: the kernel then
+    /// reads V as given, each block's rows asked into L2 while the previous
+    /// block computes, which measured as fast as these tiles (AMD EPYC Zen
+    /// 5, 2 threads, ABBA rounds at (4096, 4096, 64 and 128) and (16384,
+    /// 16384, 64), same bits) and saves N·K floats.
     pub vp: Aligned,
     /// `vp` was skipped: the dU kernel reads V as given.
     pub v_in_place: bool,
@@ -139,10 +134,9 @@ impl Packed {
                 }
             });
 
-        // When V's rows need no padding (kp = K) and V is small, the dU
-        // kernel reads V as given (see `Shared::vp_rows`): one N×K copy
-        // fewer (see [`V_IN_PLACE_MAX_BYTES`]).
-        let v_in_place = kp == k && n * kp * 4 <= V_IN_PLACE_MAX_BYTES;
+        // When V's rows need no padding (kp = K), the dU kernel reads V as
+        // given (see `Shared::vp_rows`): one N×K copy fewer.
+        let v_in_place = kp == k;
         let mut vp = Aligned::default();
         if !v_in_place {
             vp = std::mem::take(&mut scratch.vp).recycle(n * kp);
