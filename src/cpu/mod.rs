@@ -34,7 +34,7 @@ mod x86;
 
 use crate::{Backend, Floats, MnsError, MnsForward, MnsInput, MnsOutput, Precision, Problem};
 use kernel::Part;
-use pack::Packed;
+use pack::{Packed, Shared, UGroups};
 use plan::Plan;
 use rayon::prelude::*;
 use rows::Rows;
@@ -289,7 +289,10 @@ impl CpuBackend {
         let mut scratch = self.scratch.take();
         // The bf16 tier (reached only with S = Avx512 on a CPU with
         // AVX512_BF16: `tier` checked it) packs bf16 copies instead.
-        let packed = Packed::new(p, &plan, S::ROWS, &mut scratch, bf16);
+        let packed = Packed::new(p, &plan, &mut scratch, bf16);
+        // The F32 tier's U groups, packed per block (the bf16 tier packs
+        // its own, for all of U).
+        let mut ug = (!bf16).then(|| UGroups::new(&plan, S::ROWS, &mut scratch));
         #[cfg(target_arch = "x86_64")]
         let bp = bf16.then(|| bf16::Bf16Packed::new(p, kp, plan.np, &mut scratch));
         let hits = p.hit_groups();
@@ -332,7 +335,7 @@ impl CpuBackend {
         let mut rows = Rows::new(p, mb);
         // One phase of one part: A (strip, exp) or B (dU share, dV rows) of
         // the block at i0, on this call's tier.
-        let phase = |q: &mut Part<'_>, b_phase: bool, i0: usize| {
+        let phase = |sh: &Shared<'_>, q: &mut Part<'_>, b_phase: bool, i0: usize| {
             let r = mb.min(b - i0);
             // SAFETY: the CPU supports S (this function's contract), and
             // AVX512_BF16 when bf16 (checked by `tier`).
@@ -340,15 +343,15 @@ impl CpuBackend {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(bp) = &bp {
                     return if b_phase {
-                        bf16::phase_b(&sh, bp, q, i0, r)
+                        bf16::phase_b(sh, bp, q, i0, r)
                     } else {
-                        bf16::phase_a(&sh, bp, q, i0, r)
+                        bf16::phase_a(sh, bp, q, i0, r)
                     };
                 }
                 if b_phase {
-                    S::phase_b(&sh, q, i0, r)
+                    S::phase_b(sh, q, i0, r)
                 } else {
-                    S::phase_a(&sh, q, i0, r)
+                    S::phase_a(sh, q, i0, r)
                 }
             }
         };
@@ -359,29 +362,49 @@ impl CpuBackend {
         // of the next (the merge overwrites the coefficients the combine
         // reads). The same operations in the same order as two separate
         // phases: the results are the same bits.
+        // The view for a fork-join whose phase A is of the block at i1 (the
+        // F32 tier's U groups packed for it first; phase B reads none).
+        let u32 = p.u.as_f32().unwrap_or_default();
+        fn view<'s>(
+            sh: &Shared<'s>,
+            ug: &'s mut Option<UGroups>,
+            u: &[f32],
+            i1: Option<usize>,
+            mb: usize,
+        ) -> Shared<'s> {
+            match (ug, i1) {
+                (Some(ug), Some(i1)) => Shared {
+                    ug: ug.pack(u, sh.k, sh.kp, i1, mb.min(sh.b - i1)),
+                    ..*sh
+                },
+                _ => Shared { ..*sh },
+            }
+        }
         let starts: Vec<usize> = (0..b).step_by(mb).collect();
+        let sh0 = view(&sh, &mut ug, u32, Some(0), mb);
         parts
             .par_iter_mut()
             .with_max_len(1)
-            .for_each(|q| phase(q, false, 0));
+            .for_each(|q| phase(&sh0, q, false, 0));
         rows.merge(p, &mut parts, 0, mb.min(b), out);
         for (t, &i0) in starts.iter().enumerate() {
             let next = starts.get(t + 1).copied();
             let r = mb.min(b - i0);
+            let shb = view(&sh, &mut ug, u32, next, mb);
             if forward_only {
                 if let Some(i1) = next {
                     parts
                         .par_iter_mut()
                         .with_max_len(1)
-                        .for_each(|q| phase(q, false, i1));
+                        .for_each(|q| phase(&shb, q, false, i1));
                     rows.merge(p, &mut parts, i1, mb.min(b - i1), out);
                 }
                 continue;
             }
             parts.par_iter_mut().with_max_len(1).for_each(|q| {
-                phase(q, true, i0);
+                phase(&shb, q, true, i0);
                 if let Some(i1) = next {
-                    phase(q, false, i1);
+                    phase(&shb, q, false, i1);
                 }
             });
             rows.combine(p, &mut parts, i0, r, kp, out);
@@ -404,6 +427,9 @@ impl CpuBackend {
             out.d_temperature = d_temperature(&sh, p.temperature, &out.d_u);
         }
         packed.recycle_into(&mut scratch);
+        if let Some(ug) = ug {
+            ug.recycle_into(&mut scratch);
+        }
         #[cfg(target_arch = "x86_64")]
         if let Some(bp) = bp {
             bp.recycle_into(&mut scratch);

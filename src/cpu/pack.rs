@@ -29,7 +29,8 @@ pub(crate) struct Shared<'a> {
     pub inv_tau: f32,
     /// U, B × kp (see [`Packed::up`]; U as given when kp = K).
     pub up: &'a [f32],
-    /// U in interleaved row groups (see [`Packed::ug`]).
+    /// The current row block's rows of U in interleaved groups (see
+    /// [`UGroups`]); set per block.
     pub ug: &'a [f32],
     /// V in column tiles (see [`Packed::vp`]), or V as given when kp = K.
     pub vp: &'a [f32],
@@ -59,12 +60,6 @@ pub(crate) struct Packed {
     /// for c ≥ K; empty when kp = K ([`Shared::up`] is then U as given).
     /// Phase B scales its rows into c·U.
     pub up: Aligned,
-    /// U for the logit kernel, in groups of ROWS (the micro-kernel height)
-    /// rows interleaved: row g·ROWS + rr, column c at
-    /// ug\[(g·kp + c)·ROWS + rr\], zero past B and K, so that a micro-kernel's
-    /// broadcasts at one step of K are adjacent floats at fixed offsets from
-    /// one pointer.
-    pub ug: Aligned,
     /// V for the dU kernel, in column tiles of 16 (the last of 8 when
     /// kp % 16 = 8): the columns c..c+w of every row j at vp\[n·c + j·w ..\]\[..w\],
     /// zero-padded in K. The dU kernel's j loop then streams one contiguous
@@ -87,16 +82,10 @@ pub(crate) struct Packed {
 }
 
 impl Packed {
-    /// Packs `p` for a kernel of micro-kernel height `rows`, in buffers
-    /// recycled from `scratch` (taken out of it). With `only_up` (the bf16
-    /// tier, which packs its own copies) only `up` and `nlq` are built.
-    pub fn new(
-        p: &Problem<'_>,
-        plan: &Plan,
-        rows: usize,
-        scratch: &mut Scratch,
-        only_up: bool,
-    ) -> Packed {
+    /// Packs `p` (all but U's groups: [`UGroups`]), in buffers recycled
+    /// from `scratch` (taken out of it). With `only_up` (the bf16 tier,
+    /// which packs its own copies) only `up` and `nlq` are built.
+    pub fn new(p: &Problem<'_>, plan: &Plan, scratch: &mut Scratch, only_up: bool) -> Packed {
         let (b, n, k, kp, np) = (p.b, p.n, p.k, plan.kp, plan.np);
         // U itself serves as `up` when it is f32 and its rows need no
         // padding (kp = K).
@@ -111,7 +100,6 @@ impl Packed {
             // The bf16 tier's copies take the scratch's other buffers.
             return Packed {
                 up,
-                ug: Aligned::default(),
                 vp: Aligned::default(),
                 v_in_place: false,
                 vt: Aligned::default(),
@@ -121,19 +109,7 @@ impl Packed {
 
         // The F32 tier's copies, from f32 embeddings (the backend converts
         // bf16 ones for this tier).
-        let (u, v) = (p.u.as_f32(), p.v.as_f32());
-        let (u, v) = u.zip(v).expect("the F32 tier packs f32 embeddings");
-        let mut ug = std::mem::take(&mut scratch.ug).recycle(b.next_multiple_of(rows) * kp);
-        ug.par_chunks_mut(kp * rows)
-            .enumerate()
-            .for_each(|(g, dst)| {
-                for (rr, i) in (g * rows..((g + 1) * rows).min(b)).enumerate() {
-                    for (c, &x) in u[i * k..(i + 1) * k].iter().enumerate() {
-                        dst[c * rows + rr] = x;
-                    }
-                }
-            });
-
+        let v = p.v.as_f32().expect("the F32 tier packs f32 embeddings");
         // When V's rows need no padding (kp = K), the dU kernel reads V as
         // given (see `Shared::vp_rows`): one N×K copy fewer.
         let v_in_place = kp == k;
@@ -177,7 +153,6 @@ impl Packed {
 
         Packed {
             up,
-            ug,
             vp,
             v_in_place,
             vt,
@@ -204,7 +179,7 @@ impl Packed {
                 Floats::F32(u) if self.up.is_empty() => u,
                 _ => &self.up,
             },
-            ug: &self.ug,
+            ug: &[],
             vp: match p.v {
                 Floats::F32(v) if self.v_in_place => v,
                 _ => &self.vp,
@@ -223,7 +198,68 @@ impl Packed {
     /// Gives the buffers back to `scratch` for the next call (before the
     /// bf16 tier's, which replace the empty ones of an `only_up` pack).
     pub fn recycle_into(self, scratch: &mut Scratch) {
-        (scratch.up, scratch.ug, scratch.vp, scratch.vt) = (self.up, self.ug, self.vp, self.vt);
+        (scratch.up, scratch.vp, scratch.vt) = (self.up, self.vp, self.vt);
+    }
+}
+
+/// U for the logit kernel, one row block at a time: the block's rows in
+/// groups of ROWS (the micro-kernel height) interleaved — the block's row
+/// g·ROWS + rr, column c at ug\[(g·kp + c)·ROWS + rr\], zero past B and
+/// K — so that a micro-kernel's broadcasts at one step of K are adjacent
+/// floats at fixed offsets from one pointer. Packed before each block's
+/// phase A (mb·K floats, in the calling thread) rather than for all of U
+/// at once: B·K floats of memory fewer. Consecutive blocks alternate
+/// between two halves of the buffer: with one, the call took 4–9% longer
+/// at (4096, 4096, 64) (AMD EPYC Zen 5, 2 threads, ABBA rounds; the cause
+/// was not found), with two it is as fast as packing all of U.
+pub(crate) struct UGroups {
+    buf: Aligned,
+    rows: usize,
+    /// Which half the last block took.
+    flip: bool,
+}
+
+impl UGroups {
+    /// A buffer for two blocks of up to `mb` rows of `plan`, for a kernel
+    /// of micro-kernel height `rows`, recycled from `scratch`.
+    pub fn new(plan: &Plan, rows: usize, scratch: &mut Scratch) -> UGroups {
+        let len = plan.mb.next_multiple_of(rows) * plan.kp;
+        let buf = std::mem::take(&mut scratch.ug).recycle(2 * len);
+        UGroups {
+            buf,
+            rows,
+            flip: false,
+        }
+    }
+
+    /// Packs rows i0..i0+r (r ≤ mb) of `u` (f32, B×K) into the half the
+    /// previous block did not take, and returns the groups.
+    pub fn pack(&mut self, u: &[f32], k: usize, kp: usize, i0: usize, r: usize) -> &[f32] {
+        let rows = self.rows;
+        let groups = r.div_ceil(rows);
+        self.flip = !self.flip;
+        let half = self.buf.len() / 2;
+        let off = if self.flip { half } else { 0 };
+        let buf = &mut self.buf[off..off + groups * rows * kp];
+        for (g, dst) in buf.chunks_exact_mut(kp * rows).enumerate() {
+            let n = rows.min(r - g * rows);
+            if n < rows || k < kp {
+                dst.fill(0.0);
+            }
+            let src = &u[(i0 + g * rows) * k..(i0 + g * rows + n) * k];
+            // Written in order, read from the group's n rows.
+            for (c, d) in dst.chunks_exact_mut(rows).take(k).enumerate() {
+                for (rr, x) in d[..n].iter_mut().enumerate() {
+                    *x = src[rr * k + c];
+                }
+            }
+        }
+        buf
+    }
+
+    /// Gives the buffer back to `scratch` for the next call.
+    pub fn recycle_into(self, scratch: &mut Scratch) {
+        scratch.ug = self.buf;
     }
 }
 

@@ -40,11 +40,11 @@ pub(crate) unsafe fn phase_a<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, i0: 
     assert!(ld >= w && part.strip.len() >= r * ld && i0 + r <= sh.b);
     assert!(part.max.len() >= r && part.sum.len() >= r && part.diag.len() >= r);
     assert!(sh.up.len() == sh.b * kp && sh.vt.len() == sh.np * kp && sh.nlq.len() == sh.np);
-    assert!(sh.ug.len() == sh.b.next_multiple_of(S::ROWS) * kp && i0.is_multiple_of(S::ROWS));
+    assert!(sh.ug.len() >= r.next_multiple_of(S::ROWS) * kp && i0.is_multiple_of(S::ROWS));
     // SAFETY: S is supported (our contract); the asserts bound every access:
-    // row groups i0/ROWS .. (i0 + r)/ROWS within ug, panels j0/16 ..
+    // the block's row groups 0 .. r/ROWS within ug, panels j0/16 ..
     // (j0+w)/16 ≤ np/16, strip rows < r of stride ld ≥ w.
-    unsafe { strip_block::<S>(sh, i0, r, part) };
+    unsafe { strip_block::<S>(sh, r, part) };
     // SAFETY: S is supported (our contract).
     unsafe { finish_rows::<S>(sh, part, i0, r) };
 }
@@ -107,14 +107,15 @@ pub(crate) fn fix_row(sh: &Shared<'_>, part: &mut Part<'_>, i0: usize, rr: usize
     }
 }
 
-/// strip[rr·ld + j − j0] = ⟨u_rr, v_j⟩/τ − log_q[j] for rr < r and the
-/// part's padded columns j0 ≤ j < j0 + w.
+/// strip[rr·ld + j − j0] = ⟨u_rr, v_j⟩/τ − log_q[j] for the block's rows
+/// rr < r (their groups in `sh.ug`) and the part's padded columns
+/// j0 ≤ j < j0 + w.
 ///
 /// # Safety
 ///
 /// S supported; sizes as asserted in [`phase_a`].
 #[inline(always)]
-unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, i0: usize, r: usize, part: &mut Part<'_>) {
+unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, r: usize, part: &mut Part<'_>) {
     debug_assert!(part.strip.len() >= r * part.ld);
     let (kp, ld, l) = (sh.kp, part.ld, S::LANES);
     // Vector `q` of a tile starting at part column `col` holds the global
@@ -132,10 +133,10 @@ unsafe fn strip_block<S: Simd>(sh: &Shared<'_>, i0: usize, r: usize, part: &mut 
         let mut g = 0;
         while g < r {
             let rows = S::ROWS.min(r - g);
-            let a = sh.ug[(i0 + g) * kp..].as_ptr();
+            let a = sh.ug[g * kp..].as_ptr();
             let out = part.strip[g * ld + col..].as_mut_ptr();
-            // SAFETY: S supported; a is row group (i0 + g)/ROWS of ug
-            // (i0 and g are multiples of ROWS), kp·ROWS floats; each panel
+            // SAFETY: S supported; a is the block's row group g/ROWS in ug
+            // (g a multiple of ROWS), kp·ROWS floats; each panel
             // pointer has kp rows of 16 floats from its panel start, of which
             // the vector reads lanes (j0 + col + q·L)%16 ..+L ≤ 16 (16 % L = 0
             // and col, j0 are multiples of L); nlq and each out row have the
