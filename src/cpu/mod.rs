@@ -355,13 +355,6 @@ impl CpuBackend {
                 }
             }
         };
-        // Phase B of one block and phase A of the next share one fork-join
-        // (each part runs its B, then its A: the strip is free once B has
-        // read it), so a call pays one barrier per block, not two; between
-        // barriers the combine of the finished block runs before the merge
-        // of the next (the merge overwrites the coefficients the combine
-        // reads). The same operations in the same order as two separate
-        // phases: the results are the same bits.
         // The view for a fork-join whose phase A is of the block at i1 (the
         // F32 tier's U groups packed for it first; phase B reads none).
         let u32 = p.u.as_f32().unwrap_or_default();
@@ -380,6 +373,13 @@ impl CpuBackend {
                 _ => Shared { ..*sh },
             }
         }
+        // Phase B of one block and phase A of the next share one fork-join
+        // (each part runs its B, then its A: the strip is free once B has
+        // read it), so a call pays one barrier per block, not two; between
+        // barriers the combine of the finished block runs before the merge
+        // of the next (the merge overwrites the coefficients the combine
+        // reads). The same operations in the same order as two separate
+        // phases: the results are the same bits.
         let starts: Vec<usize> = (0..b).step_by(mb).collect();
         let sh0 = view(&sh, &mut ug, u32, Some(0), mb);
         parts

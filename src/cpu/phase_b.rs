@@ -79,7 +79,7 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
             &[]
         };
         let steps = kp.div_ceil(2 * l) * r.div_ceil(S::ROWS);
-        let mut ahead = next.chunks(next.len().div_ceil(16 * steps).max(1) * 16);
+        let mut ahead = next.chunks(next.len().div_ceil(32 * steps).max(1) * 32);
         let mut c = 0;
         while c < kp {
             let wide = kp - c >= 2 * l;

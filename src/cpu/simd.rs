@@ -106,25 +106,25 @@ pub(crate) unsafe fn exp<S: Simd>(x: S) -> S {
 #[inline(always)]
 pub(crate) fn prefetch(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is SSE (baseline on x86-64) and is only a hint: it
-    // does not dereference `p` architecturally and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
-    };
+    prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
 
-/// Hints the CPU to bring the cache line holding `p` into L2 (a no-op off
-/// x86-64); as [`prefetch`] otherwise.
+/// As [`prefetch`], into L2.
 #[inline(always)]
 pub(crate) fn prefetch_l2(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT1 is SSE (baseline on x86-64) and is only a hint: it
-    // does not dereference `p` architecturally and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast::<i8>())
-    };
+    prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T1 }>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// PREFETCHh with hint `H` of the line holding `p`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_hint<const H: i32>(p: *const f32) {
+    // SAFETY: PREFETCHh is SSE (baseline on x86-64) and is only a hint: it
+    // does not dereference `p` architecturally and cannot fault.
+    unsafe { std::arch::x86_64::_mm_prefetch::<H>(p.cast::<i8>()) };
 }
