@@ -4,9 +4,10 @@
 //! the row coefficients of the row merge:
 //!
 //! 3. the part's share of dU_b, Σ_j e_ij·V_j (ROWS × two-vector
-//!    micro-kernel, broadcast from the strip, vector loads from V's column
-//!    tiles, blocked over [`JC`] columns), scaled and summed over parts by
-//!    the combine step;
+//!    micro-kernel, broadcast from the strip, vector loads from V's rows —
+//!    V as given when K needs no padding, else its column tiles — blocked
+//!    over [`JC`] columns), scaled and summed over parts by the combine
+//!    step;
 //! 4. dV_j += Σ_i e_ij·(c_p,i·U_i) for the part's own columns j — each part
 //!    owns its rows of dV, so no reduction and no private copies.
 
