@@ -280,17 +280,6 @@ unsafe fn row_pair(a: __m512, b: __m512) -> __m512i {
     unsafe { _mm512_mask_blend_epi16(0xAAAA_AAAA, _mm512_srli_epi32::<16>(rne(a)), rne(b)) }
 }
 
-/// The word indices that interleave the two halves of a vector of 32 words.
-static ZIP_WORDS: [u16; 32] = {
-    let mut z = [0u16; 32];
-    let mut i = 0;
-    while i < 32 {
-        z[i] = (i / 2 + 16 * (i % 2)) as u16;
-        i += 1;
-    }
-    z
-};
-
 /// Per pair of strip rows (a, b): the rows' maxima m, their exponentials
 /// e = exp(s − m) and the sums Σ_j e (blocked as the f32 path's), with e
 /// rounded straight into `eb` (row rr, j-pair t at eb\[rr·w/2 + t\]) and
@@ -304,10 +293,6 @@ static ZIP_WORDS: [u16; 32] = {
 unsafe fn exp_round(part: &mut Part<'_>, r: usize, mb: usize) {
     let (w, ld) = (part.w, part.ld);
     let (et0, _) = sections(mb, w);
-    // Word i of et's vector is word i/2 of row a's half (i even) or of row
-    // b's (i odd) in the conversion.
-    // SAFETY: ZIP_WORDS is 64 bytes; AVX-512F (the caller's contract).
-    let zip = unsafe { _mm512_loadu_si512(ZIP_WORDS.as_ptr().cast()) };
     for ii in 0..r.div_ceil(2) {
         let (a, b) = (2 * ii, 2 * ii + 1);
         let has_b = b < r;
@@ -347,11 +332,15 @@ unsafe fn exp_round(part: &mut Part<'_>, r: usize, mb: usize) {
                     sa = sa.add(ea);
                     sb = sb.add(eb);
                     // One conversion of the two rows: eb takes its halves,
-                    // et its words interleaved, (a_j, b_j) per lane.
+                    // et their words widened and interleaved, (a_j, b_j)
+                    // per lane (row a's word in the low half).
                     let both = _mm512_cvtne2ps_pbh(eb.0, ea.0);
-                    let words = std::mem::transmute::<__m512bh, __m512i>(both);
-                    _mm512_storeu_si512(et_out.add(j).cast(), _mm512_permutexvar_epi16(zip, words));
                     let lo = std::mem::transmute::<__m512bh, [__m256i; 2]>(both);
+                    let et = _mm512_or_si512(
+                        _mm512_cvtepu16_epi32(lo[0]),
+                        _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(lo[1])),
+                    );
+                    _mm512_storeu_si512(et_out.add(j).cast(), et);
                     _mm256_storeu_si256(ea_out.add(j / 2).cast(), lo[0]);
                     if has_b {
                         _mm256_storeu_si256(eb_out.add(j / 2).cast(), lo[1]);
