@@ -370,7 +370,7 @@ impl CpuBackend {
                     ug: ug.pack(u, sh.k, sh.kp, i1, mb.min(sh.b - i1)),
                     ..*sh
                 },
-                _ => Shared { ..*sh },
+                _ => *sh,
             }
         }
         // Phase B of one block and phase A of the next share one fork-join

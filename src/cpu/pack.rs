@@ -14,6 +14,7 @@ use crate::{Floats, Problem};
 use rayon::prelude::*;
 
 /// Read-only data shared by all workers: packed, padded copies of the inputs.
+#[derive(Clone, Copy)]
 pub(crate) struct Shared<'a> {
     /// B.
     pub b: usize,
@@ -32,11 +33,9 @@ pub(crate) struct Shared<'a> {
     /// The current row block's rows of U in interleaved groups (see
     /// [`UGroups`]); set per block.
     pub ug: &'a [f32],
-    /// V in column tiles (see [`Packed::vp`]), or V as given when kp = K.
+    /// V in column tiles (see [`Packed::vp`]), or, when kp = K, V as given
+    /// (rows of kp: column c of row j at vp\[j·kp + c\]).
     pub vp: &'a [f32],
-    /// `vp` is V as given (rows of kp): column tile t's row j at
-    /// vp\[j·kp + t\], stride kp.
-    pub vp_rows: bool,
     /// V as given, N×K (for the uncorrected diagonal).
     pub v: Floats<'a>,
     /// Vᵀ in panels (see [`Packed::vt`]).
@@ -68,10 +67,9 @@ pub(crate) struct Packed {
     /// reads V as given, each block's rows asked into L2 while the previous
     /// block computes, which measured as fast as these tiles (AMD EPYC Zen
     /// 5, 2 threads, ABBA rounds at (4096, 4096, 64 and 128) and (16384,
-    /// 16384, 64), same bits) and saves N·K floats.
+    /// 16384, 64), same bits) and ~5% slower at (65536, 262144, 128)
+    /// (BENCHMARKS.md § Scale), and saves N·K floats.
     pub vp: Aligned,
-    /// `vp` was skipped: the dU kernel reads V as given.
-    pub v_in_place: bool,
     /// Vᵀ in np/16 panels of kp × 16: panel p, row c, lane l holds
     /// V\[16p + l\]\[c\], zero past N and K. A logit tile's two vector loads per
     /// step of K come from one or two panels.
@@ -101,7 +99,6 @@ impl Packed {
             return Packed {
                 up,
                 vp: Aligned::default(),
-                v_in_place: false,
                 vt: Aligned::default(),
                 nlq,
             };
@@ -111,7 +108,7 @@ impl Packed {
         // bf16 ones for this tier).
         let v = p.v.as_f32().expect("the F32 tier packs f32 embeddings");
         // When V's rows need no padding (kp = K), the dU kernel reads V as
-        // given (see `Shared::vp_rows`): one N×K copy fewer.
+        // given (see `Shared::vp`): one N×K copy fewer.
         let v_in_place = kp == k;
         let mut vp = Aligned::default();
         if !v_in_place {
@@ -151,13 +148,7 @@ impl Packed {
                 }
             });
 
-        Packed {
-            up,
-            vp,
-            v_in_place,
-            vt,
-            nlq,
-        }
+        Packed { up, vp, vt, nlq }
     }
 
     /// The workers' view of these copies and of `p`.
@@ -181,10 +172,9 @@ impl Packed {
             },
             ug: &[],
             vp: match p.v {
-                Floats::F32(v) if self.v_in_place => v,
+                Floats::F32(v) if plan.kp == p.k => v,
                 _ => &self.vp,
             },
-            vp_rows: self.v_in_place,
             v: p.v,
             vt: &self.vt,
             nlq: &self.nlq,

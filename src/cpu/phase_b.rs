@@ -59,7 +59,7 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
     // vp is V as given (kp = K), at vp[j·kp + c]. Returns the pointer at row
     // j0 and the row stride (wt, or kp).
     let tile_ptr = |c: usize| {
-        if sh.vp_rows {
+        if kp == sh.k {
             return (sh.vp[part.j0 * kp + c..].as_ptr(), kp);
         }
         let t0 = c - c % 16;
@@ -74,7 +74,7 @@ unsafe fn du_block<S: Simd>(sh: &Shared<'_>, part: &mut Part<'_>, r: usize) {
         // V as given: the next block's rows, asked into L2 a share at a
         // time while this block computes, one prefetch per 128 bytes (as
         // fast as one per 64-byte line, with half the instructions).
-        let next: &[f32] = if sh.vp_rows {
+        let next: &[f32] = if kp == sh.k {
             &sh.vp[(part.j0 + c1) * kp..(part.j0 + (c1 + JC).min(cols)) * kp]
         } else {
             &[]
