@@ -14,9 +14,9 @@
 //! | phase B: dU share, own dV rows | `phase_b.rs` | `mns_du_f32`, `mns_dv_f32` |
 //! | combine: dU rows, diagonal terms, loss | `rows.rs` | `mns_du_f32`'s diagonal, `mns_loss_f32` |
 //!
-//! Phases A and B run over the parts in parallel (rayon, one part per task);
-//! the merge and the combine run between them, over the block's rows, in
-//! part order. Every sum runs in a fixed order, independent of which thread
+//! Phases A and B run over the parts in parallel (one part per task); the
+//! merge and the combine run between them, over chunks of the block's
+//! rows in parallel, each row in part order (`steps.rs` runs the tasks). Every sum runs in a fixed order, independent of which thread
 //! runs which part: results are bit-for-bit reproducible.
 
 use super::plan::Plan;

@@ -5,8 +5,11 @@
 //! set once per call (`compute::<S>`): `kernel.rs` lists the steps, their
 //! files and the CUDA kernel each one mirrors. Row blocks of `mb` queries
 //! are processed one after another; inside a block the N candidates are
-//! split into column *parts* that rayon hands to idle workers, in the two
-//! fork–join phases. All threads thus share each block's pass over V (each
+//! split into column *parts*, which idle workers claim one at a time in
+//! the parallel phases, and the block's rows into one chunk per worker for
+//! the merge and the combine. The whole call is one parallel region, a
+//! sequence of such steps (`steps.rs`), with no fork–join per block. All
+//! threads thus share each block's pass over V (each
 //! reads only its parts' columns), each part owns its rows of dV (no
 //! per-thread copies, no reduction), and a slower core simply takes fewer
 //! parts. Every sum has a fixed order, so results are bit-for-bit
@@ -29,6 +32,7 @@ mod portable;
 mod rows;
 mod scratch;
 mod simd;
+mod steps;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -40,9 +44,9 @@ use rayon::prelude::*;
 use rows::Rows;
 use scratch::ScratchPool;
 use simd::Simd;
-use std::sync::Arc;
 #[cfg(feature = "testing")]
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// Environment variable that forces a CPU kernel in [`CpuBackend::from_env`]:
 /// `portable`, `avx2_fma`, `avx512` or `auto`.
@@ -240,10 +244,9 @@ impl CpuBackend {
     }
 
     /// Runs `f` on a worker of this backend's pool (rayon's global pool
-    /// without one). From any other thread each of a call's fork-joins
-    /// would be a hand-off to the pool and back (two context switches a
-    /// row block, and the calling thread idle); from a worker they start in
-    /// place.
+    /// without one). From any other thread the call's parallel region
+    /// would be handed to the pool and back, with the calling thread idle;
+    /// from a worker it starts in place.
     fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(pool) => pool.install(f),
@@ -330,9 +333,8 @@ impl CpuBackend {
             0
         };
         let old = std::mem::take(&mut scratch.parts);
-        let mut parts = Part::for_plan(&plan, n, acc, old, bf_len);
+        let parts = Part::for_plan(&plan, n, acc, old, bf_len);
 
-        let mut rows = Rows::new(p, mb);
         // One phase of one part: A (strip, exp) or B (dU share, dV rows) of
         // the block at i0, on this call's tier.
         let phase = |sh: &Shared<'_>, q: &mut Part<'_>, b_phase: bool, i0: usize| {
@@ -355,64 +357,73 @@ impl CpuBackend {
                 }
             }
         };
-        // The view for a fork-join whose phase A is of the block at i1 (the
-        // F32 tier's U groups packed for it first; phase B reads none).
+        // The call as steps (`steps.rs`), for t = 0..=T over the T blocks:
+        // a parts step (each part's phase B of block t − 1, then its phase A
+        // of block t: the strip is free once B has read it), then a rows
+        // step (per chunk of rows, the combine of block t − 1 and then the
+        // merge of block t, which overwrites the coefficients the combine
+        // reads; and, on the F32 tier, one task packing block t + 1's U
+        // groups into the half of the buffer that block t − 1 used). So a
+        // block's phase B and the next block's phase A share one step. The
+        // same operations in the same order as separate phases: the results
+        // are the same bits.
         let u32 = p.u.as_f32().unwrap_or_default();
-        fn view<'s>(
-            sh: &Shared<'s>,
-            ug: &'s mut Option<UGroups>,
-            u: &[f32],
-            i1: Option<usize>,
-            mb: usize,
-        ) -> Shared<'s> {
-            match (ug, i1) {
-                (Some(ug), Some(i1)) => Shared {
-                    ug: ug.pack(u, sh.k, sh.kp, i1, mb.min(sh.b - i1)),
-                    ..*sh
-                },
-                _ => *sh,
-            }
+        let mut halves = ug.as_mut().map(|g| g.halves());
+        if let Some(h) = &mut halves {
+            UGroups::pack(h[0].get_mut().unwrap(), S::ROWS, u32, k, kp, 0, mb.min(b));
         }
-        // Phase B of one block and phase A of the next share one fork-join
-        // (each part runs its B, then its A: the strip is free once B has
-        // read it), so a call pays one barrier per block, not two; between
-        // barriers the combine of the finished block runs before the merge
-        // of the next (the merge overwrites the coefficients the combine
-        // reads). The same operations in the same order as two separate
-        // phases: the results are the same bits.
-        let starts: Vec<usize> = (0..b).step_by(mb).collect();
-        let sh0 = view(&sh, &mut ug, u32, Some(0), mb);
-        parts
-            .par_iter_mut()
-            .with_max_len(1)
-            .for_each(|q| phase(&sh0, q, false, 0));
-        rows.merge(p, &mut parts, 0, mb.min(b), out);
-        for (t, &i0) in starts.iter().enumerate() {
-            let next = starts.get(t + 1).copied();
-            let r = mb.min(b - i0);
-            let shb = view(&sh, &mut ug, u32, next, mb);
-            if forward_only {
-                if let Some(i1) = next {
-                    parts
-                        .par_iter_mut()
-                        .with_max_len(1)
-                        .for_each(|q| phase(&shb, q, false, i1));
-                    rows.merge(p, &mut parts, i1, mb.min(b - i1), out);
+        // Each block's merge and combine in one chunk of rows per worker.
+        let per_block = self.threads().min(mb / kernel::MR);
+        let outs = (&mut out.lse[..], &mut out.row_loss[..], &mut out.top1[..]);
+        let rows = Rows::new(p, (mb, per_block), outs, &mut out.d_u);
+        let parts: Vec<RwLock<Part<'_>>> = parts.into_iter().map(RwLock::new).collect();
+        let blocks = b.div_ceil(mb);
+        let chunks = rows.per_block;
+        // Whether step t has a phase B / combine (of block t − 1) and a
+        // phase A / merge (of block t).
+        let has_b = |t: usize| t >= 1 && !forward_only;
+        let has_a = |t: usize| t < blocks;
+        let counts: Vec<usize> = (0..=blocks)
+            .flat_map(|t| {
+                let any = has_a(t) || has_b(t);
+                [
+                    if any { parts.len() } else { 0 },
+                    if any { chunks + 1 } else { 0 },
+                ]
+            })
+            .collect();
+        steps::run(self.threads(), &counts, |step, task| {
+            let t = step / 2;
+            if step % 2 == 0 {
+                let mut q = parts[task].write().unwrap();
+                if has_b(t) {
+                    phase(&sh, &mut q, true, (t - 1) * mb);
                 }
-                continue;
-            }
-            parts.par_iter_mut().with_max_len(1).for_each(|q| {
-                phase(&shb, q, true, i0);
-                if let Some(i1) = next {
-                    phase(&shb, q, false, i1);
+                if has_a(t) {
+                    let h = halves.as_ref().map(|h| h[t % 2].read().unwrap());
+                    let sha = match &h {
+                        Some(h) => Shared { ug: h, ..sh },
+                        None => sh,
+                    };
+                    phase(&sha, &mut q, false, t * mb);
                 }
-            });
-            rows.combine(p, &mut parts, i0, r, kp, out);
-            if let Some(i1) = next {
-                rows.merge(p, &mut parts, i1, mb.min(b - i1), out);
+            } else if task < chunks {
+                if has_b(t) {
+                    rows.combine(p, &parts, &plan.bounds, (t - 1) * chunks + task, kp);
+                }
+                if has_a(t) {
+                    rows.merge(p, &parts, t * chunks + task);
+                }
+            } else if let Some(h) = &halves
+                && t + 1 < blocks
+            {
+                let i1 = (t + 1) * mb;
+                let mut h = h[(t + 1) % 2].write().unwrap();
+                UGroups::pack(&mut h, S::ROWS, u32, k, kp, i1, mb.min(b - i1));
             }
-        }
-        scratch.parts = parts.into_iter().map(Part::into_scratch).collect();
+        });
+        let parts = parts.into_iter().map(|q| q.into_inner().unwrap());
+        scratch.parts = parts.map(Part::into_scratch).collect();
         out.loss = rows.loss();
         if direct {
             out.d_v = d_v;

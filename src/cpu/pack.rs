@@ -12,6 +12,7 @@ use super::scratch::{Aligned, Scratch};
 use crate::input::{Elem, with_slice};
 use crate::{Floats, Problem};
 use rayon::prelude::*;
+use std::sync::RwLock;
 
 /// Read-only data shared by all workers: packed, padded copies of the inputs.
 #[derive(Clone, Copy)]
@@ -196,17 +197,16 @@ impl Packed {
 /// groups of ROWS (the micro-kernel height) interleaved — the block's row
 /// g·ROWS + rr, column c at ug\[(g·kp + c)·ROWS + rr\], zero past B and
 /// K — so that a micro-kernel's broadcasts at one step of K are adjacent
-/// floats at fixed offsets from one pointer. Packed before each block's
-/// phase A (mb·K floats, in the calling thread) rather than for all of U
-/// at once: B·K floats of memory fewer. Consecutive blocks alternate
-/// between two halves of the buffer: with one, the call took 4–9% longer
-/// at (4096, 4096, 64) (AMD EPYC Zen 5, 2 threads, ABBA rounds; the cause
-/// was not found), with two it is as fast as packing all of U.
+/// floats at fixed offsets from one pointer. Each block's groups are
+/// packed (mb·K floats, by one task) during the step before its phase A,
+/// rather than for all of U at once: B·K floats of memory fewer.
+/// Consecutive blocks alternate between two halves of the buffer, so that
+/// block t + 1's groups are packed while block t's are read; with one half
+/// and the packing between the phases the call had taken 4–9% longer at
+/// (4096, 4096, 64) (AMD EPYC Zen 5, 2 threads, ABBA rounds; the cause was
+/// not found), with two it was as fast as packing all of U.
 pub(crate) struct UGroups {
     buf: Aligned,
-    rows: usize,
-    /// Which half the last block took.
-    flip: bool,
 }
 
 impl UGroups {
@@ -215,23 +215,25 @@ impl UGroups {
     pub fn new(plan: &Plan, rows: usize, scratch: &mut Scratch) -> UGroups {
         let len = plan.mb.next_multiple_of(rows) * plan.kp;
         let buf = std::mem::take(&mut scratch.ug).recycle(2 * len);
-        UGroups {
-            buf,
-            rows,
-            flip: false,
-        }
+        UGroups { buf }
     }
 
-    /// Packs rows i0..i0+r (r ≤ mb) of `u` (f32, B×K) into the half the
-    /// previous block did not take, and returns the groups.
-    pub fn pack(&mut self, u: &[f32], k: usize, kp: usize, i0: usize, r: usize) -> &[f32] {
-        let rows = self.rows;
-        let groups = r.div_ceil(rows);
-        self.flip = !self.flip;
+    /// The two halves, block t's groups in half t mod 2, each locked for
+    /// the tasks that read or pack it.
+    pub fn halves(&mut self) -> [RwLock<&mut [f32]>; 2] {
         let half = self.buf.len() / 2;
-        let off = if self.flip { half } else { 0 };
-        let buf = &mut self.buf[off..off + groups * rows * kp];
-        for (g, dst) in buf.chunks_exact_mut(kp * rows).enumerate() {
+        let (a, b) = self.buf.split_at_mut(half);
+        [RwLock::new(a), RwLock::new(b)]
+    }
+
+    /// Packs rows i0..i0+r of `u` (f32, B×K) into `dst` (one half), in
+    /// groups of `rows`.
+    pub fn pack(dst: &mut [f32], rows: usize, u: &[f32], k: usize, kp: usize, i0: usize, r: usize) {
+        let groups = r.div_ceil(rows);
+        for (g, dst) in dst[..groups * rows * kp]
+            .chunks_exact_mut(kp * rows)
+            .enumerate()
+        {
             let n = rows.min(r - g * rows);
             if n < rows || k < kp {
                 dst.fill(0.0);
@@ -244,7 +246,6 @@ impl UGroups {
                 }
             }
         }
-        buf
     }
 
     /// Gives the buffer back to `scratch` for the next call.

@@ -6,7 +6,7 @@
 //! Row blocks of `mb` queries are processed one after another; inside a
 //! block the N candidates are split into column *parts* (up to
 //! [`PARTS_PER_THREAD`] per worker, at least [`PART_MIN`] columns each) that
-//! rayon hands to idle workers. The height `mb` (between [`MB_MIN`] and
+//! idle workers claim one at a time. The height `mb` (between [`MB_MIN`] and
 //! [`MB_MAX`], a multiple of [`MR`]) is the largest that keeps a worker's
 //! strips of one block (`mb × N/threads` floats) and the packed Vᵀ, V and dV
 //! rows of the part it is working on (`3 × width × K_pad` floats) within one
