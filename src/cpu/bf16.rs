@@ -27,7 +27,8 @@ use super::phase_a::{fix_row, row_max};
 use super::scratch::{Aligned, Scratch};
 use super::simd::{Simd, exp, prefetch};
 use super::x86::Avx512;
-use crate::{Floats, Problem};
+use crate::Problem;
+use crate::input::{Elem, with_slice};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -84,48 +85,13 @@ impl Bf16Packed {
         let (b, n, k) = (p.b, p.n, p.k);
         assert!(kp.is_multiple_of(16) && kp >= k && np >= n && np.is_multiple_of(NR));
         let (kp2, n2) = (kp / 2, n.div_ceil(2));
-        let at = |m: Floats<'_>, i: usize, c: usize, rows: usize| {
-            if i < rows && c < k {
-                m.get(i * k + c)
-            } else {
-                0.0
-            }
-        };
+        // Zeroed: the padding (past B, N and K) is left as it is.
         let mut ug = std::mem::take(&mut scratch.ug).recycle(b.next_multiple_of(ROWS) * kp2);
-        ug.par_chunks_mut(kp2 * ROWS)
-            .enumerate()
-            .for_each(|(g, dst)| {
-                for c2 in 0..kp2 {
-                    for rr in 0..ROWS {
-                        let i = g * ROWS + rr;
-                        dst[c2 * ROWS + rr] =
-                            pair(at(p.u, i, 2 * c2, b), at(p.u, i, 2 * c2 + 1, b));
-                    }
-                }
-            });
         let mut vt = std::mem::take(&mut scratch.vt).recycle(np * kp2);
-        vt.par_chunks_mut(kp2 * NR)
-            .enumerate()
-            .for_each(|(panel, dst)| {
-                for c2 in 0..kp2 {
-                    for l in 0..NR {
-                        let j = panel * NR + l;
-                        dst[c2 * NR + l] = pair(at(p.v, j, 2 * c2, n), at(p.v, j, 2 * c2 + 1, n));
-                    }
-                }
-            });
         let mut vp = std::mem::take(&mut scratch.vp).recycle(kp / 16 * n2 * 16);
-        vp.par_chunks_mut(16 * 256)
-            .enumerate()
-            .for_each(|(blk, dst)| {
-                for (x, row) in dst.chunks_exact_mut(16).enumerate() {
-                    let (t, jj) = ((blk * 256 + x) / n2, (blk * 256 + x) % n2);
-                    for (kk, d) in row.iter_mut().enumerate() {
-                        let c = 16 * t + kk;
-                        *d = pair(at(p.v, 2 * jj, c, n), at(p.v, 2 * jj + 1, c, n));
-                    }
-                }
-            });
+        with_slice!(p.u, u => pack_k_pairs(u, k, &mut ug, kp2, ROWS));
+        with_slice!(p.v, v => pack_k_pairs(v, k, &mut vt, kp2, NR));
+        with_slice!(p.v, v => pack_row_pairs(v, k, &mut vp, n2));
         Self { ug, vt, vp }
     }
 
@@ -133,6 +99,40 @@ impl Bf16Packed {
     pub fn recycle_into(self, scratch: &mut Scratch) {
         (scratch.ug, scratch.vp, scratch.vt) = (self.ug, self.vp, self.vt);
     }
+}
+
+/// `x` (rows of `k`) paired along k into groups of `g` rows interleaved:
+/// row i's k-pair c2 at dst\[((i / g)·kp2 + c2)·g + i mod g\] (`ug`, `vt`);
+/// `dst` zeroed.
+fn pack_k_pairs<T: Elem>(x: &[T], k: usize, dst: &mut [f32], kp2: usize, g: usize) {
+    dst.par_chunks_mut(kp2 * g)
+        .zip(x.par_chunks(k * g))
+        .for_each(|(dst, rows)| {
+            for (rr, row) in rows.chunks_exact(k).enumerate() {
+                let (even, odd) = (row.iter().step_by(2), row.iter().skip(1).step_by(2));
+                let odd = odd.map(|&x| x.value()).chain([0.0]);
+                for (c2, (lo, hi)) in even.zip(odd).enumerate() {
+                    dst[c2 * g + rr] = pair(lo.value(), hi);
+                }
+            }
+        });
+}
+
+/// `v` (N rows of `k`) in column tiles of 16 components, rows paired: tile
+/// t, row pair jj, lane kk at dst\[(t·n2 + jj)·16 + kk\] = (V\[2jj\]\[16t+kk\],
+/// V\[2jj+1\]\[16t+kk\]) (`vp`); `dst` zeroed.
+fn pack_row_pairs<T: Elem>(v: &[T], k: usize, dst: &mut [f32], n2: usize) {
+    dst.par_chunks_mut(n2 * 16)
+        .enumerate()
+        .for_each(|(t, tile)| {
+            let cols = 16 * t..k.min(16 * t + 16);
+            for (d, rows) in tile.chunks_exact_mut(16).zip(v.chunks(2 * k)) {
+                let (lo, hi) = rows.split_at(k);
+                for (kk, c) in cols.clone().enumerate() {
+                    d[kk] = pair(lo[c].value(), hi.get(c).map_or(0.0, |h| h.value()));
+                }
+            }
+        });
 }
 
 /// The part's bf16 scratch for r rows: `eb` (r rows of w/2 j-pairs), then
