@@ -378,7 +378,6 @@ impl CpuBackend {
         let rows = Rows::new(p, (mb, per_block), outs, &mut out.d_u);
         let parts: Vec<RwLock<Part<'_>>> = parts.into_iter().map(RwLock::new).collect();
         let blocks = b.div_ceil(mb);
-        let chunks = rows.per_block;
         // Whether step t has a phase B / combine (of block t − 1) and a
         // phase A / merge (of block t).
         let has_b = |t: usize| t >= 1 && !forward_only;
@@ -388,7 +387,7 @@ impl CpuBackend {
                 let any = has_a(t) || has_b(t);
                 [
                     if any { parts.len() } else { 0 },
-                    if any { chunks + 1 } else { 0 },
+                    if any { per_block + 1 } else { 0 },
                 ]
             })
             .collect();
@@ -407,12 +406,12 @@ impl CpuBackend {
                     };
                     phase(&sha, &mut q, false, t * mb);
                 }
-            } else if task < chunks {
+            } else if task < per_block {
                 if has_b(t) {
-                    rows.combine(p, &parts, &plan.bounds, (t - 1) * chunks + task, kp);
+                    rows.combine(p, &parts, &plan.bounds, (t - 1) * per_block + task, kp);
                 }
                 if has_a(t) {
-                    rows.merge(p, &parts, t * chunks + task);
+                    rows.merge(p, &parts, t * per_block + task);
                 }
             } else if let Some(h) = &halves
                 && t + 1 < blocks

@@ -35,9 +35,9 @@ pub(crate) struct Rows<'a> {
     /// Block t's chunk c at `chunks[t·per_block + c]`.
     chunks: Vec<Mutex<RowChunk<'a>>>,
     /// Chunks per block.
-    pub per_block: usize,
+    per_block: usize,
     /// Rows per chunk (fewer in a block's last).
-    pub rows: usize,
+    rows: usize,
 }
 
 impl<'a> Rows<'a> {
