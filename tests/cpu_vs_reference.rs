@@ -388,6 +388,58 @@ fn deterministic_for_a_fixed_thread_count() {
     }
 }
 
+/// A call's workers claim its tasks as they come, so its bits cannot depend
+/// on how busy the pool is: calls made from inside a 2-thread pool, several
+/// at once (each finding the other worker busy with another call, so that
+/// one thread may run all of a call's tasks), and a call while one worker
+/// of the pool sleeps, give the bits of a call on an idle pool, and none
+/// waits on the other.
+#[test]
+fn calls_on_a_busy_pool_give_the_bits_of_an_idle_one() {
+    let cases = [
+        random_case(30, 300, 500, 40),
+        random_case(31, 97, 0, 17),
+        random_case(32, 130, 382, 64),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for k in Kernel::ALL {
+        let Ok(be) = CpuBackend::with_kernel(k) else {
+            continue;
+        };
+        let idle = be.clone().with_threads(2).unwrap();
+        let want: Vec<Vec<u32>> = (cases.iter())
+            .map(|c| output_bits(&idle.mns_loss(&c.input()).unwrap()))
+            .collect();
+        // On the pool's workers (the backend without a pool of its own runs
+        // on the pool it is called from), three calls per case at once.
+        let got: Vec<Vec<u32>> = pool.install(|| {
+            use rayon::prelude::*;
+            (0..3 * cases.len())
+                .into_par_iter()
+                .map(|i| output_bits(&be.mns_loss(&cases[i % cases.len()].input()).unwrap()))
+                .collect()
+        });
+        for (i, g) in got.iter().enumerate() {
+            assert!(
+                *g == want[i % cases.len()],
+                "{} busy pool, call {i}",
+                be.name()
+            );
+        }
+        let got = pool.install(|| {
+            rayon::join(
+                || std::thread::sleep(std::time::Duration::from_millis(50)),
+                || output_bits(&be.mns_loss(&cases[0].input()).unwrap()),
+            )
+            .1
+        });
+        assert!(got == want[0], "{} beside a sleeping worker", be.name());
+    }
+}
+
 #[test]
 fn cache_budget_shrinks_the_block_for_large_n() {
     // N = 300 000 forces row blocks of MB_MIN = 48 rows (far past the L2
