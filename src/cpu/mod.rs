@@ -16,10 +16,15 @@
 //! reproducible for a fixed thread count on a given machine (the L2 size
 //! sets the block height, see `plan.rs`), whatever the scheduling.
 //!
-//! Memory beyond the inputs and outputs: packed copies of U and V (two of V:
-//! column-tiled and panel-transposed), one N×K dV accumulator, and the
-//! strips of one row block, `mb × N` floats (48 to 96 rows, sized to one
-//! core's L2). Nothing is proportional to B·N.
+//! Memory beyond the inputs and outputs: Vᵀ in panels (N·K floats), one
+//! row block's interleaved U groups (twice), and the strips of one row
+//! block, `mb × N` floats (48 to 96 rows, sized to one core's L2; twice
+//! that on the bf16 tier). When K is not a multiple of the vector width,
+//! also padded copies of U and V (V in column tiles) and an N×K dV
+//! accumulator; otherwise U and V are read as given and dV is summed into
+//! the caller's buffer. The bf16 tier packs bf16 copies instead (U's
+//! groups, V in panels and in row-paired tiles). Nothing is proportional
+//! to B·N.
 
 #[cfg(target_arch = "x86_64")]
 mod bf16;
