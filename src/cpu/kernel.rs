@@ -16,8 +16,9 @@
 //!
 //! Phases A and B run over the parts in parallel (one part per task); the
 //! merge and the combine run between them, over chunks of the block's
-//! rows in parallel, each row in part order (`steps.rs` runs the tasks). Every sum runs in a fixed order, independent of which thread
-//! runs which part: results are bit-for-bit reproducible.
+//! rows in parallel, each row in part order (`steps.rs` runs the tasks).
+//! Every sum runs in a fixed order, independent of which thread runs which
+//! part: results are bit-for-bit reproducible.
 
 use super::plan::Plan;
 use super::scratch::Aligned;

@@ -372,10 +372,10 @@ impl CpuBackend {
         // block's phase B and the next block's phase A share one step. The
         // same operations in the same order as separate phases: the results
         // are the same bits.
-        let u32 = p.u.as_f32().unwrap_or_default();
+        let u_f32 = p.u.as_f32().unwrap_or_default();
         let mut halves = ug.as_mut().map(|g| g.halves());
         if let Some(h) = &mut halves {
-            UGroups::pack(h[0].get_mut().unwrap(), S::ROWS, u32, k, kp, 0, mb.min(b));
+            UGroups::pack(h[0].get_mut().unwrap(), S::ROWS, u_f32, k, kp, 0, mb.min(b));
         }
         // Each block's merge and combine in one chunk of rows per worker.
         let per_block = self.threads().min(mb / kernel::MR);
@@ -384,18 +384,12 @@ impl CpuBackend {
         let parts: Vec<RwLock<Part<'_>>> = parts.into_iter().map(RwLock::new).collect();
         let blocks = b.div_ceil(mb);
         // Whether step t has a phase B / combine (of block t − 1) and a
-        // phase A / merge (of block t).
+        // phase A / merge (of block t); a forward-only call has no t = T.
         let has_b = |t: usize| t >= 1 && !forward_only;
         let has_a = |t: usize| t < blocks;
-        let counts: Vec<usize> = (0..=blocks)
-            .flat_map(|t| {
-                let any = has_a(t) || has_b(t);
-                [
-                    if any { parts.len() } else { 0 },
-                    if any { per_block + 1 } else { 0 },
-                ]
-            })
-            .collect();
+        let last = if forward_only { blocks - 1 } else { blocks };
+        let row_tasks = per_block + usize::from(halves.is_some());
+        let counts: Vec<usize> = (0..=last).flat_map(|_| [parts.len(), row_tasks]).collect();
         steps::run(self.threads(), &counts, |step, task| {
             let t = step / 2;
             if step % 2 == 0 {
@@ -423,7 +417,7 @@ impl CpuBackend {
             {
                 let i1 = (t + 1) * mb;
                 let mut h = h[(t + 1) % 2].write().unwrap();
-                UGroups::pack(&mut h, S::ROWS, u32, k, kp, i1, mb.min(b - i1));
+                UGroups::pack(&mut h, S::ROWS, u_f32, k, kp, i1, mb.min(b - i1));
             }
         });
         let parts = parts.into_iter().map(|q| q.into_inner().unwrap());
